@@ -1,0 +1,247 @@
+//! Instantiating an [`OperatorGraph`]: actors, the channels between them, and the edges that
+//! attach the new graph to the relations it reads.
+//!
+//! Every (upstream actor, downstream actor) pair gets its own channel, because barrier
+//! alignment counts one barrier per channel. Adding an operator means one line in
+//! [`build_operator`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use eddy_common::ids::ObjectId;
+use eddy_planner::catalog::{Distribution, RelationDef, RelationResolver};
+use eddy_planner::stream::{Exchange, FragmentInput, OperatorGraph, OperatorSpec};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::{Actor, ActorReport, Backfill, Input};
+use crate::coordinator::JobActors;
+use crate::dispatch::{Dispatcher, Edge};
+use crate::error::{ExecError, Result};
+use crate::message::{ActorId, Message, NewOutput};
+use crate::operator::Operator;
+use crate::ops::agg::HashAggOperator;
+use crate::ops::materialize::MaterializeOperator;
+use crate::ops::stateless::{FilterOperator, ProjectOperator, ScanOperator, UnionOperator, ValuesOperator};
+use crate::store::{RowCodec, Snapshot};
+
+/// Capacity of each actor-to-actor channel, in messages. Small, so a slow consumer slows its
+/// producers instead of growing memory.
+pub const CHANNEL_CAPACITY: usize = 16;
+
+/// A graph ready to start: its actors plus what the coordinator must apply to attach it.
+pub struct BuiltJob {
+    pub actors: Vec<Actor>,
+    pub job: JobActors,
+    /// Edges from the scanned relations' actors to this job's scan actors.
+    pub add_outputs: HashMap<ObjectId, Vec<Vec<NewOutput>>>,
+    /// Backfills waiting for the snapshot of the epoch that attaches the job.
+    pub snapshots: Vec<oneshot::Sender<Snapshot>>,
+    /// The channel of a table's DML (tables only).
+    pub dml: Option<mpsc::Sender<Message>>,
+}
+
+/// Builds the single actor of a table: DML and barriers in, rows stored, changes out.
+///
+/// # Errors
+/// When the table's columns have no storage encoding.
+pub fn build_table(
+    def: &RelationDef,
+    ids: &AtomicU32,
+    reports: &mpsc::UnboundedSender<ActorReport>,
+) -> Result<BuiltJob> {
+    let layout = def
+        .storage
+        .clone()
+        .ok_or_else(|| ExecError::Internal(format!("table {} has no storage layout", def.name)))?;
+    let codec = RowCodec::new(def.schema.clone(), layout)?;
+    let id = ids.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let actor = Actor {
+        id,
+        job: def.id,
+        inputs: vec![Input { index: 0, receiver: rx }],
+        chain: vec![Box::new(MaterializeOperator::new(def.id, codec))],
+        dispatcher: Dispatcher::default(),
+        backfill: None,
+        relation_output: Some((def.id, 0)),
+        reports: reports.clone(),
+    };
+    Ok(BuiltJob {
+        actors: vec![actor],
+        job: JobActors { job: def.id, actors: vec![id], injected: vec![(id, tx.clone())] },
+        add_outputs: HashMap::new(),
+        snapshots: Vec::new(),
+        dml: Some(tx),
+    })
+}
+
+/// Builds the actors of a materialized view.
+///
+/// # Errors
+/// When an operator cannot be built or a scanned relation is unknown.
+pub fn build_graph(
+    graph: &OperatorGraph,
+    def: &RelationDef,
+    resolver: &dyn RelationResolver,
+    ids: &AtomicU32,
+    reports: &mpsc::UnboundedSender<ActorReport>,
+) -> Result<BuiltJob> {
+    let n = graph.fragments.len();
+    let actor_ids: Vec<Vec<ActorId>> = graph
+        .fragments
+        .iter()
+        .map(|f| (0..f.parallelism).map(|_| ids.fetch_add(1, Ordering::Relaxed)).collect())
+        .collect();
+    // inputs[f][i]: the channels feeding actor i of fragment f.
+    let mut inputs: Vec<Vec<Vec<Input>>> =
+        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| Vec::new()).collect()).collect();
+    // edges[f][i]: the outgoing edges of actor i of fragment f.
+    let mut edges: Vec<Vec<Vec<Edge>>> =
+        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| Vec::new()).collect()).collect();
+    let mut backfills: Vec<Vec<Option<Backfill>>> =
+        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| None).collect()).collect();
+    let mut add_outputs: HashMap<ObjectId, Vec<Vec<NewOutput>>> = HashMap::new();
+    let mut snapshots = Vec::new();
+    let mut injected = Vec::new();
+
+    for (f, fragment) in graph.fragments.iter().enumerate() {
+        if fragment.inputs.is_empty() {
+            // A source fragment: barriers come straight from the coordinator.
+            for (i, actor) in actor_ids[f].iter().enumerate() {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                inputs[f][i].push(Input { index: 0, receiver: rx });
+                injected.push((*actor, tx));
+            }
+        }
+        for (input_index, input) in fragment.inputs.iter().enumerate() {
+            match input {
+                FragmentInput::Relation { id, name } => {
+                    let upstream = resolver.relation_by_id(*id).ok_or_else(|| {
+                        ExecError::Internal(format!("scanned relation {name} is not in the catalog"))
+                    })?;
+                    let up_p = upstream.output_parallelism.max(1);
+                    if up_p != fragment.parallelism {
+                        return Err(ExecError::Internal(format!(
+                            "scan of {name} has parallelism {} but the relation has {up_p} actors",
+                            fragment.parallelism
+                        )));
+                    }
+                    let layout = upstream.storage.clone().ok_or_else(|| {
+                        ExecError::Internal(format!("{name} is not stored and cannot be backfilled"))
+                    })?;
+                    let per_actor = add_outputs.entry(*id).or_insert_with(|| vec![Vec::new(); up_p]);
+                    for i in 0..fragment.parallelism {
+                        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                        inputs[f][i].push(Input { index: input_index, receiver: rx });
+                        per_actor[i].push(NewOutput { downstream: actor_ids[f][i], sender: tx });
+                        let partition = match (&upstream.output_distribution, up_p) {
+                            (_, 1) => None,
+                            (Distribution::HashBy(cols), p) => Some((cols.clone(), p, i)),
+                            // Unknown spread: the first actor reads the whole snapshot.
+                            _ if i == 0 => None,
+                            _ => continue,
+                        };
+                        let (snap_tx, snap_rx) = oneshot::channel();
+                        snapshots.push(snap_tx);
+                        backfills[f][i] = Some(Backfill {
+                            relation: *id,
+                            codec: RowCodec::new(upstream.schema.clone(), layout.clone())?,
+                            snapshot: snap_rx,
+                            partition,
+                        });
+                    }
+                }
+                FragmentInput::Fragment { fragment: up, exchange } => {
+                    let up = *up;
+                    if up >= n {
+                        return Err(ExecError::Internal(format!("fragment {f} reads unknown fragment {up}")));
+                    }
+                    let up_p = graph.fragments[up].parallelism;
+                    match exchange {
+                        Exchange::Forward => {
+                            if up_p != fragment.parallelism {
+                                return Err(ExecError::Internal("forward edge between different parallelisms".into()));
+                            }
+                            for i in 0..up_p {
+                                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                                inputs[f][i].push(Input { index: input_index, receiver: rx });
+                                edges[up][i].push(Edge::Forward { actor: actor_ids[f][i], sender: tx });
+                            }
+                        }
+                        Exchange::Hash(columns) => {
+                            for j in 0..up_p {
+                                let mut targets = Vec::new();
+                                for i in 0..fragment.parallelism {
+                                    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                                    inputs[f][i].push(Input { index: input_index, receiver: rx });
+                                    targets.push((actor_ids[f][i], tx));
+                                }
+                                edges[up][j].push(Edge::Hash { columns: columns.clone(), targets });
+                            }
+                        }
+                        Exchange::Single => {
+                            if fragment.parallelism != 1 {
+                                return Err(ExecError::Internal("single edge into a parallel fragment".into()));
+                            }
+                            for j in 0..up_p {
+                                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                                inputs[f][0].push(Input { index: input_index, receiver: rx });
+                                edges[up][j].push(Edge::Forward { actor: actor_ids[f][0], sender: tx });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let mut actors = Vec::new();
+    let last = n.saturating_sub(1);
+    for (f, fragment) in graph.fragments.iter().enumerate() {
+        for i in 0..fragment.parallelism {
+            let chain = fragment
+                .chain
+                .iter()
+                .map(|spec| build_operator(spec, def))
+                .collect::<Result<Vec<_>>>()?;
+            actors.push(Actor {
+                id: actor_ids[f][i],
+                job: def.id,
+                inputs: std::mem::take(&mut inputs[f][i]),
+                chain,
+                dispatcher: Dispatcher::new(std::mem::take(&mut edges[f][i])),
+                backfill: backfills[f][i].take(),
+                relation_output: (f == last).then_some((def.id, i)),
+                reports: reports.clone(),
+            });
+        }
+    }
+    Ok(BuiltJob {
+        actors,
+        job: JobActors { job: def.id, actors: actor_ids.into_iter().flatten().collect(), injected },
+        add_outputs,
+        snapshots,
+        dml: None,
+    })
+}
+
+/// The one place that maps an operator description to its implementation.
+fn build_operator(spec: &OperatorSpec, def: &RelationDef) -> Result<Box<dyn Operator>> {
+    Ok(match spec {
+        OperatorSpec::Scan { projection, schema, .. } => Box::new(ScanOperator::new(projection.clone(), schema)),
+        OperatorSpec::Filter { predicate, input_schema } => Box::new(FilterOperator::new(predicate, input_schema)?),
+        OperatorSpec::Project { exprs, input_schema, schema } => {
+            Box::new(ProjectOperator::new(exprs, input_schema, schema)?)
+        }
+        OperatorSpec::HashAgg { group_keys, calls, input_schema, schema, append_only_input } => {
+            Box::new(HashAggOperator::new(group_keys, calls, input_schema, schema, *append_only_input)?)
+        }
+        OperatorSpec::Union { schema, .. } => Box::new(UnionOperator::new(schema)),
+        OperatorSpec::Values { rows, schema } => Box::new(ValuesOperator::new(rows, schema)?),
+        OperatorSpec::Materialize { relation, layout, .. } => {
+            // Stored under the catalog's schema (its column names), not the plan's.
+            let codec = RowCodec::new(def.schema.clone(), layout.clone())?;
+            Box::new(MaterializeOperator::new(*relation, codec))
+        }
+    })
+}

@@ -1,0 +1,480 @@
+//! Hash aggregation with retractions.
+//!
+//! Each group owns a slot in every accumulator. A batch updates the slots of its rows' groups
+//! with their weights and marks them dirty; nothing is emitted until the barrier. At the
+//! barrier every dirty group emits `-old, +new` (or only one side when the group appears or
+//! disappears), so a group changed a thousand times in an epoch costs downstream one update.
+//! The row count per group (sum of weights) says when a group is gone; its slot is then reused.
+//! A global aggregate (no `GROUP BY`) has one group that always exists, as in SQL.
+
+pub mod accumulators;
+
+use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::DFSchema;
+use eddy_common::ChangeBatch;
+use eddy_planner::stream::{AggCall, AggKind};
+
+use self::accumulators::{DistinctAcc, GroupAccumulator, Update, make_accumulator};
+use crate::error::{ExecError, Result};
+use crate::expr::nullable_schema;
+use crate::message::Barrier;
+use crate::operator::{Operator, Output};
+
+struct CallState {
+    call: AggCall,
+    acc: Box<dyn GroupAccumulator>,
+    /// Encodes `ORDER BY` keys inside the call.
+    order_converter: Option<RowConverter>,
+}
+
+pub struct HashAggOperator {
+    group_keys: Vec<usize>,
+    key_converter: Option<RowConverter>,
+    /// Encoded group key -> slot.
+    slots: hashbrown::HashMap<Box<[u8]>, usize>,
+    /// Slot -> encoded group key (None for a free slot).
+    slot_keys: Vec<Option<Box<[u8]>>>,
+    row_counts: Vec<i64>,
+    /// The aggregate values last emitted for the slot, row-encoded.
+    emitted: Vec<Option<Vec<u8>>>,
+    dirty: Vec<bool>,
+    dirty_list: Vec<usize>,
+    free: Vec<usize>,
+    calls: Vec<CallState>,
+    /// Encodes the aggregate output values, to remember and retract them.
+    value_converter: RowConverter,
+    schema: SchemaRef,
+    global: bool,
+}
+
+impl HashAggOperator {
+    /// # Errors
+    /// When an aggregate cannot be built for its argument type.
+    pub fn new(
+        group_keys: &[usize],
+        calls: &[AggCall],
+        input_schema: &DFSchema,
+        schema: &DFSchema,
+        append_only_input: bool,
+    ) -> Result<Self> {
+        let key_types: Vec<DataType> =
+            group_keys.iter().map(|k| input_schema.field(*k).data_type().clone()).collect();
+        let key_converter = if key_types.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?)
+        };
+        let mut states = Vec::new();
+        for call in calls {
+            let mut acc = make_accumulator(&call.kind, call.arg_type.as_ref(), &call.return_type, append_only_input && !call.distinct)?;
+            if call.distinct || call.kind == AggKind::ApproxCountDistinct {
+                let arg_type = call
+                    .arg_type
+                    .as_ref()
+                    .ok_or_else(|| ExecError::Internal("DISTINCT aggregate without argument".into()))?;
+                acc = Box::new(DistinctAcc::new(acc, arg_type)?);
+            }
+            let order_converter = if call.order_by.is_empty() {
+                None
+            } else {
+                Some(RowConverter::new(
+                    call.order_by
+                        .iter()
+                        .map(|(c, asc, nulls_first)| {
+                            SortField::new_with_options(
+                                input_schema.field(*c).data_type().clone(),
+                                datafusion::arrow::compute::SortOptions { descending: !asc, nulls_first: *nulls_first },
+                            )
+                        })
+                        .collect(),
+                )?)
+            };
+            states.push(CallState { call: call.clone(), acc, order_converter });
+        }
+        let value_types: Vec<SortField> =
+            calls.iter().map(|c| SortField::new(c.return_type.clone())).collect();
+        let value_converter = RowConverter::new(if value_types.is_empty() {
+            vec![SortField::new(DataType::Boolean)]
+        } else {
+            value_types
+        })?;
+        let global = group_keys.is_empty();
+        let mut op = Self {
+            group_keys: group_keys.to_vec(),
+            key_converter,
+            slots: hashbrown::HashMap::new(),
+            slot_keys: Vec::new(),
+            row_counts: Vec::new(),
+            emitted: Vec::new(),
+            dirty: Vec::new(),
+            dirty_list: Vec::new(),
+            free: Vec::new(),
+            calls: states,
+            value_converter,
+            schema: nullable_schema(schema),
+            global,
+        };
+        if global {
+            // The single group exists from the start: an empty input still has one result row.
+            let slot = op.allocate(Box::from(&[][..]));
+            op.mark_dirty(slot);
+        }
+        Ok(op)
+    }
+
+    fn allocate(&mut self, key: Box<[u8]>) -> usize {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.slot_keys.len();
+                self.slot_keys.push(None);
+                self.row_counts.push(0);
+                self.emitted.push(None);
+                self.dirty.push(false);
+                for c in &mut self.calls {
+                    c.acc.resize(s + 1);
+                }
+                s
+            }
+        };
+        self.slot_keys[slot] = Some(key.clone());
+        self.slots.insert(key, slot);
+        slot
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if !self.dirty[slot] {
+            self.dirty[slot] = true;
+            self.dirty_list.push(slot);
+        }
+    }
+
+    /// The slot of every row's group, creating groups as needed.
+    fn slots_for(&mut self, batch: &RecordBatch) -> Result<Vec<usize>> {
+        let n = batch.num_rows();
+        let Some(conv) = &self.key_converter else {
+            return Ok(vec![0; n]);
+        };
+        let arrays: Vec<ArrayRef> = self.group_keys.iter().map(|k| batch.column(*k).clone()).collect();
+        let rows = conv.convert_columns(&arrays)?;
+        let mut out = Vec::with_capacity(n);
+        for row in rows.iter() {
+            let key = row.as_ref();
+            let slot = match self.slots.get(key) {
+                Some(s) => *s,
+                None => self.allocate(Box::from(key)),
+            };
+            out.push(slot);
+        }
+        Ok(out)
+    }
+
+    /// Decodes the group key columns of `slots`.
+    fn key_columns(&self, slots: &[usize]) -> Result<Vec<ArrayRef>> {
+        let Some(conv) = &self.key_converter else {
+            return Ok(Vec::new());
+        };
+        let parser = conv.parser();
+        let keys = slots
+            .iter()
+            .map(|s| {
+                self.slot_keys[*s]
+                    .as_deref()
+                    .map(|k| parser.parse(k))
+                    .ok_or_else(|| ExecError::Internal("dirty slot without key".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(conv.convert_rows(keys)?)
+    }
+
+    fn output_batch(&self, keys: Vec<ArrayRef>, values: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+        let mut columns = keys;
+        columns.extend(values);
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
+    }
+}
+
+impl Operator for HashAggOperator {
+    fn name(&self) -> &'static str {
+        "HashAgg"
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch, _out: &mut Output) -> Result<()> {
+        let data = batch.data();
+        let weights = batch.weights().values();
+        let slots = self.slots_for(data)?;
+        for (slot, w) in slots.iter().zip(weights.iter()) {
+            self.row_counts[*slot] += w;
+        }
+        for s in &slots {
+            if !self.dirty[*s] {
+                self.dirty[*s] = true;
+                self.dirty_list.push(*s);
+            }
+        }
+        let all_rows: Vec<usize> = (0..data.num_rows()).collect();
+        for state in &mut self.calls {
+            let call = &state.call;
+            // Rows passing the FILTER clause (null counts as false).
+            let (groups, rows, ws): (Vec<usize>, Vec<usize>, Vec<i64>) = match call.filter {
+                Some(f) => {
+                    let mask = data
+                        .column(f)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                        .ok_or_else(|| ExecError::Internal("FILTER clause is not boolean".into()))?;
+                    let mut g = Vec::new();
+                    let mut r = Vec::new();
+                    let mut w = Vec::new();
+                    for i in 0..data.num_rows() {
+                        if mask.is_valid(i) && mask.value(i) {
+                            g.push(slots[i]);
+                            r.push(i);
+                            w.push(weights[i]);
+                        }
+                    }
+                    (g, r, w)
+                }
+                None => (slots.clone(), all_rows.clone(), weights.to_vec()),
+            };
+            if groups.is_empty() {
+                continue;
+            }
+            let values = call.arg.map(|a| data.column(a));
+            let order_keys = match &state.order_converter {
+                Some(conv) => {
+                    let arrays: Vec<ArrayRef> = call.order_by.iter().map(|(c, _, _)| data.column(*c).clone()).collect();
+                    let encoded = conv.convert_columns(&arrays)?;
+                    Some(rows.iter().map(|r| encoded.row(*r).as_ref().to_vec()).collect::<Vec<_>>())
+                }
+                None => None,
+            };
+            state.acc.update(&Update {
+                groups: &groups,
+                rows: &rows,
+                weights: &ws,
+                values,
+                order_keys: order_keys.as_deref(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _barrier: &Barrier, out: &mut Output) -> Result<()> {
+        if self.dirty_list.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty_list);
+        for s in &dirty {
+            self.dirty[*s] = false;
+        }
+        // Groups that still exist get their new values computed.
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for s in &dirty {
+            let count = self.row_counts[*s];
+            if count > 0 || self.global {
+                live.push(*s);
+            } else if count == 0 {
+                gone.push(*s);
+            } else {
+                return Err(ExecError::Internal(format!(
+                    "group multiplicity went negative ({count}): the input retracted rows it never inserted"
+                )));
+            }
+        }
+        let new_values: Vec<ArrayRef> = if live.is_empty() {
+            Vec::new()
+        } else {
+            self.calls.iter().map(|c| c.acc.evaluate(&live)).collect::<Result<_>>()?
+        };
+        let new_encoded = if live.is_empty() || self.calls.is_empty() {
+            vec![Vec::new(); live.len()]
+        } else {
+            let rows = self.value_converter.convert_columns(&new_values)?;
+            rows.iter().map(|r| r.as_ref().to_vec()).collect()
+        };
+        // Decide, per group, what to retract and what to insert.
+        let mut retract_slots = Vec::new();
+        let mut retract_values: Vec<Vec<u8>> = Vec::new();
+        let mut insert_idx: Vec<u32> = Vec::new();
+        let mut insert_slots = Vec::new();
+        // (retract position, insert position) per output pair in emission order.
+        let mut order: Vec<(Option<usize>, Option<usize>)> = Vec::new();
+        for (i, s) in live.iter().enumerate() {
+            let unchanged = self.emitted[*s].as_deref() == Some(new_encoded[i].as_slice());
+            if unchanged {
+                continue;
+            }
+            let r = self.emitted[*s].take().map(|old| {
+                retract_slots.push(*s);
+                retract_values.push(old);
+                retract_slots.len() - 1
+            });
+            insert_idx.push(i as u32);
+            insert_slots.push(*s);
+            order.push((r, Some(insert_slots.len() - 1)));
+            self.emitted[*s] = Some(new_encoded[i].clone());
+        }
+        for s in &gone {
+            if let Some(old) = self.emitted[*s].take() {
+                retract_slots.push(*s);
+                retract_values.push(old);
+                order.push((Some(retract_slots.len() - 1), None));
+            }
+        }
+        // Old rows.
+        let old_batch = if retract_slots.is_empty() {
+            None
+        } else {
+            let keys = self.key_columns(&retract_slots)?;
+            let values = if self.calls.is_empty() {
+                Vec::new()
+            } else {
+                let parser = self.value_converter.parser();
+                self.value_converter.convert_rows(retract_values.iter().map(|v| parser.parse(v)))?
+            };
+            Some(self.output_batch(keys, values, retract_slots.len())?)
+        };
+        let new_batch = if insert_slots.is_empty() {
+            None
+        } else {
+            let keys = self.key_columns(&insert_slots)?;
+            let idx = UInt32Array::from(insert_idx);
+            let values = new_values
+                .iter()
+                .map(|v| datafusion::arrow::compute::take(v, &idx, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(self.output_batch(keys, values, insert_slots.len())?)
+        };
+        // Free the slots of vanished groups.
+        for s in gone {
+            if let Some(key) = self.slot_keys[s].take() {
+                self.slots.remove(&key);
+            }
+            for c in &mut self.calls {
+                c.acc.reset(s);
+            }
+            self.row_counts[s] = 0;
+            self.free.push(s);
+        }
+        // Interleave into -old, +new pairs.
+        let old_len = old_batch.as_ref().map(|b| b.num_rows()).unwrap_or(0);
+        let combined = match (old_batch, new_batch) {
+            (Some(o), Some(n)) => concat_batches(&self.schema, [&o, &n])?,
+            (Some(o), None) => o,
+            (None, Some(n)) => n,
+            (None, None) => return Ok(()),
+        };
+        let mut indices = Vec::with_capacity(combined.num_rows());
+        let mut weights = Vec::with_capacity(combined.num_rows());
+        for (r, i) in order {
+            if let Some(r) = r {
+                indices.push(r as u32);
+                weights.push(-1i64);
+            }
+            if let Some(i) = i {
+                indices.push((old_len + i) as u32);
+                weights.push(1);
+            }
+        }
+        let data = take_record_batch(&combined, &UInt32Array::from(indices))?;
+        out.push(ChangeBatch::try_new(data, weights.into())?);
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, _column: usize, _value: i64, _out: &mut Output) -> Result<Option<(usize, i64)>> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn schema(fields: Vec<(&str, DataType)>) -> DFSchema {
+        DFSchema::try_from(Schema::new(
+            fields.into_iter().map(|(n, t)| Field::new(n, t, true)).collect::<Vec<_>>(),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn call(kind: AggKind, arg: Option<usize>, ret: DataType) -> AggCall {
+        AggCall {
+            kind,
+            arg,
+            arg_type: arg.map(|_| DataType::Int64),
+            distinct: false,
+            filter: None,
+            order_by: vec![],
+            return_type: ret,
+        }
+    }
+
+    fn step(op: &mut HashAggOperator, input: &str) -> String {
+        let mut out = Output::default();
+        op.process(0, ChangeBatch::from_pretty(input), &mut out).unwrap_or_else(|e| panic!("{e}"));
+        let barrier = Barrier { epoch: 1, checkpoint: false, mutation: None };
+        op.on_barrier(&barrier, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        out.take().iter().map(|b| b.to_pretty()).collect()
+    }
+
+    #[test]
+    fn count_sum_max_with_retractions() {
+        let input = schema(vec![("k", DataType::Int64), ("v", DataType::Int64)]);
+        let output = schema(vec![
+            ("k", DataType::Int64),
+            ("n", DataType::Int64),
+            ("s", DataType::Int64),
+            ("m", DataType::Int64),
+        ]);
+        let calls = vec![
+            call(AggKind::CountRows, None, DataType::Int64),
+            call(AggKind::Sum, Some(1), DataType::Int64),
+            call(AggKind::Max, Some(1), DataType::Int64),
+        ];
+        let mut op = HashAggOperator::new(&[0], &calls, &input, &output, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(step(&mut op, "I I\n + 1 10\n + 1 20\n + 2 5"), "+ 1 2 30 20\n+ 2 1 5 5\n");
+        // Deleting the maximum falls back to the next value; the group is updated in place.
+        assert_eq!(step(&mut op, "I I\n - 1 20"), "- 1 2 30 20\n+ 1 1 10 10\n");
+        // Deleting the last row retracts the group.
+        assert_eq!(step(&mut op, "I I\n - 2 5"), "- 2 1 5 5\n");
+        // Changes that cancel within an epoch emit nothing.
+        assert_eq!(step(&mut op, "I I\n + 1 7\n - 1 7"), "");
+    }
+
+    #[test]
+    fn global_aggregate_always_has_a_row() {
+        let input = schema(vec![("v", DataType::Int64)]);
+        let output = schema(vec![("n", DataType::Int64), ("s", DataType::Int64)]);
+        let calls = vec![
+            call(AggKind::CountRows, None, DataType::Int64),
+            call(AggKind::Sum, Some(0), DataType::Int64),
+        ];
+        let mut op = HashAggOperator::new(&[], &calls, &input, &output, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(step(&mut op, "I"), "+ 0 null\n");
+        assert_eq!(step(&mut op, "I\n + 4"), "- 0 null\n+ 1 4\n");
+        assert_eq!(step(&mut op, "I\n - 4"), "- 1 4\n+ 0 null\n");
+    }
+
+    #[test]
+    fn count_distinct_tracks_multiplicity() {
+        let input = schema(vec![("k", DataType::Int64), ("v", DataType::Int64)]);
+        let output = schema(vec![("k", DataType::Int64), ("d", DataType::Int64)]);
+        let mut c = call(AggKind::Count, Some(1), DataType::Int64);
+        c.distinct = true;
+        let mut op = HashAggOperator::new(&[0], &[c], &input, &output, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(step(&mut op, "I I\n + 1 10\n + 1 10\n + 1 11"), "+ 1 2\n");
+        assert_eq!(step(&mut op, "I I\n - 1 10"), "");
+        assert_eq!(step(&mut op, "I I\n - 1 10"), "- 1 2\n+ 1 1\n");
+    }
+}

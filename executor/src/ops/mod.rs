@@ -1,0 +1,6 @@
+//! The operators. Each file holds one operator (or a family of small stateless ones) with its
+//! unit tests on pretty-printed change batches.
+
+pub mod agg;
+pub mod materialize;
+pub mod stateless;

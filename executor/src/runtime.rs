@@ -1,0 +1,240 @@
+//! The runtime: the state store, the coordinator and the running jobs, behind the operations
+//! the server needs (create, drop, write, flush, read).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use eddy_common::ChangeBatch;
+use eddy_common::ids::{Epoch, ObjectId};
+use eddy_planner::catalog::{RelationDef, RelationResolver};
+use eddy_planner::stream::OperatorGraph;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::actor::ActorReport;
+use crate::build::{BuiltJob, build_graph, build_table};
+use crate::coordinator::{self, Change, CoordinatorHandle, CoordinatorStatus};
+use crate::error::{ExecError, Result};
+use crate::message::{ActorId, Message, Mutation};
+use crate::store::{CatalogChange, Snapshot, Store};
+
+/// Settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// How often barriers are injected when no statement asks for one.
+    pub barrier_interval: Duration,
+    /// Actors per parallel fragment.
+    pub parallelism: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { barrier_interval: Duration::from_millis(1000), parallelism: 2 }
+    }
+}
+
+struct TableHandle {
+    dml: mpsc::Sender<Message>,
+    /// DML statements on one table run one at a time: each reads the committed table, and
+    /// its successor must see its effect.
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub struct Runtime {
+    store: Arc<Store>,
+    coordinator: CoordinatorHandle,
+    reports: mpsc::UnboundedSender<ActorReport>,
+    actor_ids: AtomicU32,
+    tables: Mutex<HashMap<ObjectId, TableHandle>>,
+    jobs: Mutex<HashMap<ObjectId, Vec<ActorId>>>,
+    config: RuntimeConfig,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Opens the store under `data_dir` and starts the coordinator.
+    ///
+    /// # Errors
+    /// When the store cannot be opened.
+    pub fn open(data_dir: &Path, config: RuntimeConfig) -> Result<Arc<Self>> {
+        let store = Store::open(data_dir)?;
+        let last_epoch = store
+            .meta("epoch")?
+            .map(|b| {
+                let mut buf = [0u8; 8];
+                let n = b.len().min(8);
+                buf[..n].copy_from_slice(&b[..n]);
+                u64::from_le_bytes(buf)
+            })
+            .unwrap_or(0);
+        let (coordinator, reports) = coordinator::spawn(store.clone(), config.barrier_interval, last_epoch + 1);
+        Ok(Arc::new(Self {
+            store,
+            coordinator,
+            reports,
+            actor_ids: AtomicU32::new(1),
+            tables: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
+            config,
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn parallelism(&self) -> usize {
+        self.config.parallelism
+    }
+
+    /// A consistent snapshot of every stored relation at the last committed epoch.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        self.store.snapshot()
+    }
+
+    /// Starts a table's actor and commits `catalog` with the epoch that starts it.
+    ///
+    /// # Errors
+    /// When the table cannot be built or the commit fails.
+    pub async fn create_table(&self, def: &RelationDef, catalog: Vec<CatalogChange>) -> Result<Epoch> {
+        let built = build_table(def, &self.actor_ids, &self.reports)?;
+        let dml = built.dml.clone().ok_or_else(|| ExecError::Internal("table without DML channel".into()))?;
+        self.tables.lock().insert(def.id, TableHandle { dml, lock: Arc::new(tokio::sync::Mutex::new(())) });
+        self.start(def.id, built, catalog).await
+    }
+
+    /// Starts a materialized view: attaches it to its inputs, backfills it from their
+    /// committed contents, and returns once the backfilled epoch is committed.
+    ///
+    /// # Errors
+    /// When the graph cannot be built or a commit fails.
+    pub async fn create_materialized_view(
+        &self,
+        def: &RelationDef,
+        graph: &OperatorGraph,
+        resolver: &dyn RelationResolver,
+        catalog: Vec<CatalogChange>,
+    ) -> Result<Epoch> {
+        let built = build_graph(graph, def, resolver, &self.actor_ids, &self.reports)?;
+        self.start(def.id, built, catalog).await?;
+        // The job's actors take part from the next epoch on; once it commits, the backfill
+        // and everything since are in the store.
+        self.coordinator.flush(true).await
+    }
+
+    async fn start(&self, job: ObjectId, built: BuiltJob, catalog: Vec<CatalogChange>) -> Result<Epoch> {
+        let BuiltJob { actors, job: job_actors, add_outputs, snapshots, .. } = built;
+        self.jobs.lock().insert(job, job_actors.actors.clone());
+        for actor in actors {
+            tokio::spawn(actor.run());
+        }
+        let mutation = (!add_outputs.is_empty()).then_some(Mutation::AddOutputs(add_outputs));
+        let change = Change { mutation, add_job: Some(job_actors), remove_jobs: vec![], catalog, snapshots };
+        match self.coordinator.apply(change).await {
+            Ok(epoch) => Ok(epoch),
+            Err(e) => {
+                self.jobs.lock().remove(&job);
+                self.tables.lock().remove(&job);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the jobs of `ids` (tables and views) and commits `catalog` (which drops their
+    /// definitions and stored rows) with the same epoch.
+    ///
+    /// # Errors
+    /// When the commit fails.
+    pub async fn drop_jobs(&self, ids: &[ObjectId], catalog: Vec<CatalogChange>) -> Result<Epoch> {
+        let mut actors = std::collections::HashSet::new();
+        {
+            let jobs = self.jobs.lock();
+            for id in ids {
+                if let Some(a) = jobs.get(id) {
+                    actors.extend(a.iter().copied());
+                }
+            }
+        }
+        let mutation = (!actors.is_empty()).then_some(Mutation::Stop(actors));
+        let epoch = self
+            .coordinator
+            .apply(Change { mutation, add_job: None, remove_jobs: ids.to_vec(), catalog, snapshots: vec![] })
+            .await?;
+        let mut jobs = self.jobs.lock();
+        let mut tables = self.tables.lock();
+        for id in ids {
+            jobs.remove(id);
+            tables.remove(id);
+        }
+        Ok(epoch)
+    }
+
+    /// Commits catalog changes that need no graph change (views, for example).
+    ///
+    /// # Errors
+    /// When the commit fails.
+    pub async fn commit_catalog(&self, catalog: Vec<CatalogChange>) -> Result<Epoch> {
+        self.coordinator.apply(Change { catalog, ..Default::default() }).await
+    }
+
+    /// The lock serializing DML on `table`.
+    ///
+    /// # Errors
+    /// When the table is not running.
+    pub fn table_lock(&self, table: ObjectId) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        self.tables
+            .lock()
+            .get(&table)
+            .map(|t| t.lock.clone())
+            .ok_or_else(|| ExecError::Internal(format!("table {table} is not running")))
+    }
+
+    /// Sends changes into a table. They become visible with the next committed epoch; call
+    /// [`Runtime::flush`] to wait for it.
+    ///
+    /// # Errors
+    /// When the table is not running.
+    pub async fn write_table(&self, table: ObjectId, batch: ChangeBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sender = self
+            .tables
+            .lock()
+            .get(&table)
+            .map(|t| t.dml.clone())
+            .ok_or_else(|| ExecError::Internal(format!("table {table} is not running")))?;
+        sender.send(Message::Data(batch)).await.map_err(|_| ExecError::ShuttingDown)
+    }
+
+    /// Waits until everything written so far is committed, durably.
+    ///
+    /// # Errors
+    /// When the commit fails.
+    pub async fn flush(&self) -> Result<Epoch> {
+        self.coordinator.flush(true).await
+    }
+
+    /// The coordinator's view of the running graph.
+    ///
+    /// # Errors
+    /// When the coordinator is gone.
+    pub async fn status(&self) -> Result<CoordinatorStatus> {
+        self.coordinator.status().await
+    }
+
+    pub async fn shutdown(&self) {
+        self.coordinator.shutdown().await;
+    }
+}

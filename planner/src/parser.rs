@@ -1,0 +1,831 @@
+//! Eddy's SQL dialect: Postgres as parsed by `sqlparser`, plus RisingWave's streaming statements.
+//!
+//! The parser peeks at the first tokens of each statement. Streaming DDL (`CREATE SOURCE`,
+//! `CREATE TABLE` with watermarks or connectors, `CREATE MATERIALIZED VIEW ... EMIT ON WINDOW
+//! CLOSE`, `CREATE SINK`, `SHOW`, `DESCRIBE`, `FLUSH`, `DROP`) is parsed here with
+//! `sqlparser`'s building blocks; everything else goes to `sqlparser`'s Postgres dialect
+//! unchanged. Each statement keeps its own text, which is what the catalog persists.
+
+use sqlparser::ast::{
+    ColumnOption, DataType, Expr, Ident, ObjectName, Query, Statement, TableConstraint,
+    Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Location, Token, Tokenizer};
+
+use crate::error::PlanError;
+
+/// One parsed statement and the text it was parsed from.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    pub statement: EddyStatement,
+    pub text: String,
+}
+
+/// The statements Eddy understands.
+#[derive(Debug, Clone)]
+pub enum EddyStatement {
+    CreateTable(CreateRelation),
+    CreateSource(CreateRelation),
+    CreateMaterializedView(CreateMaterializedView),
+    CreateView(CreateView),
+    CreateSink(CreateSink),
+    Drop(DropStatement),
+    Show(ShowStatement),
+    Describe(ObjectName),
+    Explain { analyze: bool, statement: Box<EddyStatement> },
+    Flush,
+    /// Plain Postgres SQL: queries, DML, SET, transactions.
+    Sql(Box<Statement>),
+}
+
+/// `CREATE TABLE` and `CREATE SOURCE` share their shape.
+#[derive(Debug, Clone)]
+pub struct CreateRelation {
+    pub name: ObjectName,
+    pub if_not_exists: bool,
+    pub columns: Vec<ColumnSpec>,
+    pub primary_key: Vec<Ident>,
+    pub watermark: Option<WatermarkSpec>,
+    pub append_only: bool,
+    pub with_options: Vec<(String, String)>,
+    pub format: Option<FormatSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ColumnSpec {
+    pub name: Ident,
+    pub data_type: DataType,
+    pub not_null: bool,
+    pub default: Option<Expr>,
+    /// `col TYPE AS expr`: computed from the other columns, not stored by the user.
+    pub generated: Option<Expr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatermarkSpec {
+    pub column: Ident,
+    pub expr: Expr,
+}
+
+#[derive(Debug, Clone)]
+pub struct FormatSpec {
+    pub format: String,
+    pub encode: String,
+    pub options: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateMaterializedView {
+    pub name: ObjectName,
+    pub if_not_exists: bool,
+    pub columns: Vec<Ident>,
+    pub query: Box<Query>,
+    pub emit_on_window_close: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateView {
+    pub name: ObjectName,
+    pub if_not_exists: bool,
+    pub or_replace: bool,
+    pub columns: Vec<Ident>,
+    pub query: Box<Query>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    pub name: ObjectName,
+    pub if_not_exists: bool,
+    pub from: SinkInput,
+    pub with_options: Vec<(String, String)>,
+    pub format: Option<FormatSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkInput {
+    Relation(ObjectName),
+    Query(Box<Query>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Table,
+    Source,
+    MaterializedView,
+    View,
+    Sink,
+}
+
+impl ObjectKind {
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ObjectKind::Table => "table",
+            ObjectKind::Source => "source",
+            ObjectKind::MaterializedView => "materialized view",
+            ObjectKind::View => "view",
+            ObjectKind::Sink => "sink",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DropStatement {
+    pub kind: ObjectKind,
+    pub names: Vec<ObjectName>,
+    pub if_exists: bool,
+    pub cascade: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ShowStatement {
+    Objects(ObjectKind),
+    Columns(ObjectName),
+    /// `SHOW name`: a session or server setting.
+    Variable(String),
+}
+
+/// Parses a string that may hold several statements separated by `;`.
+///
+/// # Errors
+/// [`PlanError::Parse`] with the character position of the offending token.
+pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>, PlanError> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(false)
+        .tokenize_with_location()
+        .map_err(|e| parse_error(sql, &ParserError::TokenizerError(e.to_string())))?;
+    let (tokens, emit_markers) = extract_emit_clauses(tokens);
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let line_starts = line_starts(sql);
+    let mut out = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if parser.peek_token().token == Token::EOF {
+            break;
+        }
+        let start = parser.peek_token().span.start;
+        let mut statement = parse_statement(&mut parser).map_err(|e| parse_error(sql, &e))?;
+        let end = parser.peek_token().span.start;
+        if let EddyStatement::CreateMaterializedView(mv) = &mut statement
+            && emit_markers.iter().any(|m| location_between(*m, start, end))
+        {
+            mv.emit_on_window_close = true;
+        }
+        let text = slice_between(sql, &line_starts, start, end).trim().trim_end_matches(';').trim();
+        out.push(ParsedStatement { statement, text: text.to_string() });
+        let next = parser.peek_token();
+        match next.token {
+            Token::EOF | Token::SemiColon => {}
+            _ => {
+                return Err(parse_error(
+                    sql,
+                    &ParserError::ParserError(format!(
+                        "Expected: end of statement, found: {}{}",
+                        next.token, next.span.start
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses exactly one statement.
+///
+/// # Errors
+/// A parse error, or an error when the text holds no statement or more than one.
+pub fn parse_one(sql: &str) -> Result<ParsedStatement, PlanError> {
+    let mut statements = parse_sql(sql)?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        0 => Err(PlanError::Parse { message: "empty statement".into(), position: None }),
+        _ => Err(PlanError::Parse { message: "expected a single statement".into(), position: None }),
+    }
+}
+
+/// Removes `EMIT ON WINDOW CLOSE` / `EMIT FINAL` clauses from the token stream, returning
+/// where each one stood. Left in, `sqlparser` would read `EMIT` as an alias of the last select
+/// item or table; the statement that spans a marker gets the clause back.
+fn extract_emit_clauses(tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> (Vec<sqlparser::tokenizer::TokenWithSpan>, Vec<Location>) {
+    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
+    let significant: Vec<usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t.token, Token::Whitespace(_)))
+        .map(|(i, _)| i)
+        .collect();
+    let mut remove = vec![false; tokens.len()];
+    let mut markers = Vec::new();
+    let mut k = 0;
+    while k < significant.len() {
+        let at = |j: usize| significant.get(k + j).map(|i| &tokens[*i].token);
+        if at(0).is_some_and(|t| is_word(t, "emit")) {
+            let len = if at(1).is_some_and(|t| is_word(t, "final")) {
+                2
+            } else if at(1).is_some_and(|t| is_word(t, "on"))
+                && at(2).is_some_and(|t| is_word(t, "window"))
+                && at(3).is_some_and(|t| is_word(t, "close"))
+            {
+                4
+            } else {
+                0
+            };
+            if len > 0 {
+                markers.push(tokens[significant[k]].span.start);
+                for j in 0..len {
+                    remove[significant[k + j]] = true;
+                }
+                k += len;
+                continue;
+            }
+        }
+        k += 1;
+    }
+    let kept = tokens.into_iter().zip(remove).filter(|(_, r)| !r).map(|(t, _)| t).collect();
+    (kept, markers)
+}
+
+fn location_between(loc: Location, start: Location, end: Location) -> bool {
+    let key = |l: Location| if l.line == 0 { (u64::MAX, u64::MAX) } else { (l.line, l.column) };
+    key(loc) >= key(start) && key(loc) < key(end)
+}
+
+fn line_starts(sql: &str) -> Vec<usize> {
+    let mut starts = vec![0];
+    for (i, c) in sql.char_indices() {
+        if c == '\n' {
+            starts.push(i + 1);
+        }
+    }
+    starts
+}
+
+/// Byte offset of a 1-based (line, column-in-chars) location.
+fn byte_offset(sql: &str, line_starts: &[usize], loc: Location) -> usize {
+    if loc.line == 0 {
+        return sql.len();
+    }
+    let Some(&line_start) = line_starts.get(loc.line as usize - 1) else {
+        return sql.len();
+    };
+    let line = &sql[line_start..];
+    line.char_indices()
+        .nth(loc.column.saturating_sub(1) as usize)
+        .map(|(i, _)| line_start + i)
+        .unwrap_or(sql.len())
+}
+
+fn slice_between<'a>(sql: &'a str, line_starts: &[usize], start: Location, end: Location) -> &'a str {
+    let a = byte_offset(sql, line_starts, start);
+    let b = byte_offset(sql, line_starts, end).max(a);
+    &sql[a..b]
+}
+
+/// Turns a sqlparser error into a [`PlanError::Parse`] with a 1-based character position.
+fn parse_error(sql: &str, e: &ParserError) -> PlanError {
+    let raw = match e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
+        ParserError::RecursionLimitExceeded => "statement nested too deeply".to_string(),
+    };
+    let (message, position) = match raw.rfind(" at Line: ") {
+        Some(idx) => {
+            let loc = &raw[idx + " at Line: ".len()..];
+            let mut parts = loc.split(", Column: ");
+            let line = parts.next().and_then(|l| l.trim().parse::<u64>().ok());
+            let column = parts.next().and_then(|c| c.trim().parse::<u64>().ok());
+            let position = match (line, column) {
+                (Some(line), Some(column)) => {
+                    let starts = line_starts(sql);
+                    let offset = byte_offset(sql, &starts, Location { line, column });
+                    Some(sql[..offset].chars().count() + 1)
+                }
+                _ => None,
+            };
+            (raw[..idx].to_string(), position)
+        }
+        None if raw.contains("found: EOF") => (raw, Some(sql.chars().count() + 1)),
+        None => (raw, None),
+    };
+    let message = if message.starts_with("Expected") {
+        format!("syntax error: {message}")
+    } else {
+        message
+    };
+    PlanError::Parse { message, position }
+}
+
+fn parse_statement(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
+    if p.peek_keyword(Keyword::CREATE) {
+        let checkpoint = p.index();
+        p.next_token();
+        let or_replace = p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+        if p.parse_keyword(Keyword::TABLE) {
+            return Ok(EddyStatement::CreateTable(parse_create_relation(p, true)?));
+        }
+        if p.parse_keyword(Keyword::SOURCE) {
+            return Ok(EddyStatement::CreateSource(parse_create_relation(p, false)?));
+        }
+        if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
+            return parse_create_mv(p);
+        }
+        if p.parse_keyword(Keyword::VIEW) {
+            return parse_create_view(p, or_replace);
+        }
+        if parse_word(p, "sink") {
+            return parse_create_sink(p);
+        }
+        rewind(p, checkpoint);
+    }
+    if p.peek_keyword(Keyword::DROP) {
+        let checkpoint = p.index();
+        p.next_token();
+        let kind = if p.parse_keyword(Keyword::TABLE) {
+            Some(ObjectKind::Table)
+        } else if p.parse_keyword(Keyword::SOURCE) {
+            Some(ObjectKind::Source)
+        } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
+            Some(ObjectKind::MaterializedView)
+        } else if p.parse_keyword(Keyword::VIEW) {
+            Some(ObjectKind::View)
+        } else if parse_word(p, "sink") {
+            Some(ObjectKind::Sink)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let names = p.parse_comma_separated(|p| p.parse_object_name(false))?;
+            let cascade = p.parse_keyword(Keyword::CASCADE);
+            if !cascade {
+                let _ = p.parse_keyword(Keyword::RESTRICT);
+            }
+            return Ok(EddyStatement::Drop(DropStatement { kind, names, if_exists, cascade }));
+        }
+        rewind(p, checkpoint);
+    }
+    if p.peek_keyword(Keyword::SHOW) {
+        let checkpoint = p.index();
+        p.next_token();
+        let kind = if p.parse_keyword(Keyword::TABLES) {
+            Some(ObjectKind::Table)
+        } else if parse_word(p, "sources") {
+            Some(ObjectKind::Source)
+        } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEWS]) {
+            Some(ObjectKind::MaterializedView)
+        } else if p.parse_keyword(Keyword::VIEWS) {
+            Some(ObjectKind::View)
+        } else if parse_word(p, "sinks") {
+            Some(ObjectKind::Sink)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            return Ok(EddyStatement::Show(ShowStatement::Objects(kind)));
+        }
+        if p.parse_keyword(Keyword::COLUMNS) {
+            if !p.parse_keyword(Keyword::FROM) {
+                p.expect_keyword(Keyword::IN)?;
+            }
+            let name = p.parse_object_name(false)?;
+            return Ok(EddyStatement::Show(ShowStatement::Columns(name)));
+        }
+        // `SHOW name` / `SHOW TRANSACTION ISOLATION LEVEL` / `SHOW ALL`: the words up to the end.
+        let mut words = Vec::new();
+        loop {
+            let t = p.peek_token();
+            match t.token {
+                Token::EOF | Token::SemiColon => break,
+                Token::Word(w) => {
+                    p.next_token();
+                    words.push(w.value.to_lowercase());
+                }
+                Token::Period => {
+                    p.next_token();
+                    words.push(".".into());
+                }
+                _ => {
+                    rewind(p, checkpoint);
+                    return Ok(EddyStatement::Sql(Box::new(p.parse_statement()?)));
+                }
+            }
+        }
+        if words.is_empty() {
+            return p.expected("a setting name", p.peek_token());
+        }
+        let name = words.join(" ").replace(" . ", ".");
+        return Ok(EddyStatement::Show(ShowStatement::Variable(name)));
+    }
+    if p.parse_keyword(Keyword::DESCRIBE) {
+        let name = p.parse_object_name(false)?;
+        return Ok(EddyStatement::Describe(name));
+    }
+    if let Token::Word(w) = &p.peek_token().token
+        && w.value.eq_ignore_ascii_case("flush")
+    {
+        p.next_token();
+        return Ok(EddyStatement::Flush);
+    }
+    if p.peek_keyword(Keyword::EXPLAIN) {
+        let checkpoint = p.index();
+        p.next_token();
+        let analyze = p.parse_keyword(Keyword::ANALYZE);
+        let _ = p.parse_keyword(Keyword::VERBOSE);
+        if p.peek_keyword(Keyword::CREATE) || p.peek_keyword(Keyword::SELECT) || p.peek_keyword(Keyword::WITH) {
+            let inner = parse_statement(p)?;
+            return Ok(EddyStatement::Explain { analyze, statement: Box::new(inner) });
+        }
+        rewind(p, checkpoint);
+    }
+    Ok(EddyStatement::Sql(Box::new(p.parse_statement()?)))
+}
+
+/// Consumes the next token when it is the given word; for the dialect's words that
+/// `sqlparser` has no keyword for (`SINK`, `ENCODE`, ...).
+fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
+    if let Token::Word(w) = &p.peek_token().token
+        && w.quote_style.is_none()
+        && w.value.eq_ignore_ascii_case(word)
+    {
+        p.next_token();
+        return true;
+    }
+    false
+}
+
+fn rewind(p: &mut Parser<'_>, index: usize) {
+    while p.index() > index {
+        p.prev_token();
+    }
+}
+
+fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRelation, ParserError> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_object_name(false)?;
+    let mut columns = Vec::new();
+    let mut primary_key = Vec::new();
+    let mut watermark = None;
+    if p.consume_token(&Token::LParen) {
+        if !p.consume_token(&Token::RParen) {
+            loop {
+                if let Token::Word(w) = &p.peek_token().token
+                    && w.value.eq_ignore_ascii_case("watermark")
+                    && matches!(p.peek_tokens::<2>()[1], Token::Word(ref f) if f.keyword == Keyword::FOR)
+                {
+                    p.next_token();
+                    p.expect_keyword(Keyword::FOR)?;
+                    let column = p.parse_identifier()?;
+                    p.expect_keyword(Keyword::AS)?;
+                    let expr = p.parse_expr()?;
+                    if watermark.is_some() {
+                        return p.expected("one WATERMARK clause", p.peek_token());
+                    }
+                    watermark = Some(WatermarkSpec { column, expr });
+                } else if let Some(constraint) = p.parse_optional_table_constraint()? {
+                    match constraint {
+                        TableConstraint::PrimaryKey(pk) => {
+                            if !primary_key.is_empty() {
+                                return Err(ParserError::ParserError(
+                                    "multiple primary keys are not allowed".into(),
+                                ));
+                            }
+                            for col in pk.columns {
+                                match col.column.expr {
+                                    Expr::Identifier(ident) => primary_key.push(ident),
+                                    other => {
+                                        return Err(ParserError::ParserError(format!(
+                                            "primary key must list columns, found {other}"
+                                        )));
+                                    }
+                                }
+                            }
+                        }
+                        other => {
+                            return Err(ParserError::ParserError(format!(
+                                "table constraint not supported: {other}"
+                            )));
+                        }
+                    }
+                } else {
+                    let (column, is_pk) = parse_column(p)?;
+                    if is_pk {
+                        if !primary_key.is_empty() {
+                            return Err(ParserError::ParserError(
+                                "multiple primary keys are not allowed".into(),
+                            ));
+                        }
+                        primary_key.push(column.name.clone());
+                    }
+                    columns.push(column);
+                }
+                if p.consume_token(&Token::Comma) {
+                    continue;
+                }
+                p.expect_token(&Token::RParen)?;
+                break;
+            }
+        }
+    }
+    let mut append_only = false;
+    if let Token::Word(w) = &p.peek_token().token
+        && w.value.eq_ignore_ascii_case("append")
+    {
+        p.next_token();
+        p.expect_keyword(Keyword::ONLY)?;
+        append_only = true;
+    }
+    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    let format = parse_format(p)?;
+    let _ = is_table;
+    Ok(CreateRelation {
+        name,
+        if_not_exists,
+        columns,
+        primary_key,
+        watermark,
+        append_only,
+        with_options,
+        format,
+    })
+}
+
+/// `name TYPE [PRIMARY KEY] [NOT NULL | NULL] [DEFAULT expr] [AS expr]`.
+fn parse_column(p: &mut Parser<'_>) -> Result<(ColumnSpec, bool), ParserError> {
+    let name = p.parse_identifier()?;
+    let data_type = p.parse_data_type()?;
+    let mut spec = ColumnSpec { name, data_type, not_null: false, default: None, generated: None };
+    let mut is_pk = false;
+    loop {
+        if p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+            is_pk = true;
+            spec.not_null = true;
+        } else if p.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
+            spec.not_null = true;
+        } else if p.parse_keyword(Keyword::NULL) {
+        } else if p.parse_keyword(Keyword::DEFAULT) {
+            spec.default = Some(p.parse_expr()?);
+        } else if p.parse_keyword(Keyword::AS) {
+            spec.generated = Some(p.parse_expr()?);
+        } else if p.parse_keywords(&[Keyword::GENERATED, Keyword::ALWAYS, Keyword::AS]) {
+            spec.generated = Some(p.parse_expr()?);
+            let _ = p.parse_keyword(Keyword::STORED);
+        } else if p.parse_keyword(Keyword::UNIQUE) {
+            return Err(ParserError::ParserError(
+                "UNIQUE constraints are not supported; use PRIMARY KEY".into(),
+            ));
+        } else {
+            break;
+        }
+    }
+    // Keep the option list sqlparser would build out of reach: we only need the flags above.
+    let _ = ColumnOption::Null;
+    Ok((spec, is_pk))
+}
+
+/// `( key = value, ... )` where keys may be dotted (`nexmark.table.type`) and values are
+/// literals or identifiers.
+fn parse_with_options(p: &mut Parser<'_>) -> Result<Vec<(String, String)>, ParserError> {
+    p.expect_token(&Token::LParen)?;
+    let mut options = Vec::new();
+    if p.consume_token(&Token::RParen) {
+        return Ok(options);
+    }
+    loop {
+        let mut key = Vec::new();
+        loop {
+            let t = p.next_token();
+            match t.token {
+                Token::Word(w) => key.push(w.value),
+                Token::SingleQuotedString(s) => key.push(s),
+                _ => return p.expected("an option name", t),
+            }
+            if !p.consume_token(&Token::Period) {
+                break;
+            }
+        }
+        p.expect_token(&Token::Eq)?;
+        let t = p.next_token();
+        let value = match t.token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Word(w) => w.value,
+            Token::Minus => match p.next_token().token {
+                Token::Number(n, _) => format!("-{n}"),
+                _ => return p.expected("an option value", t),
+            },
+            _ => return p.expected("an option value", t),
+        };
+        options.push((key.join(".").to_lowercase(), value));
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        p.expect_token(&Token::RParen)?;
+        break;
+    }
+    Ok(options)
+}
+
+fn parse_format(p: &mut Parser<'_>) -> Result<Option<FormatSpec>, ParserError> {
+    if !p.parse_keyword(Keyword::FORMAT) {
+        return Ok(None);
+    }
+    let format = p.parse_identifier()?.value.to_uppercase();
+    if !parse_word(p, "encode") {
+        return p.expected("ENCODE", p.peek_token());
+    }
+    let encode = p.parse_identifier()?.value.to_uppercase();
+    let options = if p.peek_token().token == Token::LParen { parse_with_options(p)? } else { Vec::new() };
+    Ok(Some(FormatSpec { format, encode, options }))
+}
+
+fn parse_create_mv(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_object_name(false)?;
+    let columns = parse_optional_column_names(p)?;
+    if p.parse_keyword(Keyword::WITH) {
+        // RisingWave accepts options here; none are meaningful to Eddy yet.
+        let _ = parse_with_options(p)?;
+    }
+    p.expect_keyword(Keyword::AS)?;
+    let query = p.parse_query()?;
+    let emit_on_window_close = parse_emit(p)?;
+    Ok(EddyStatement::CreateMaterializedView(CreateMaterializedView {
+        name,
+        if_not_exists,
+        columns,
+        query,
+        emit_on_window_close,
+    }))
+}
+
+/// `EMIT ON WINDOW CLOSE` or its alias `EMIT FINAL`.
+fn parse_emit(p: &mut Parser<'_>) -> Result<bool, ParserError> {
+    if let Token::Word(w) = &p.peek_token().token
+        && w.value.eq_ignore_ascii_case("emit")
+    {
+        p.next_token();
+        if let Token::Word(w) = &p.peek_token().token
+            && w.value.eq_ignore_ascii_case("final")
+        {
+            p.next_token();
+            return Ok(true);
+        }
+        p.expect_keyword(Keyword::ON)?;
+        p.expect_keyword(Keyword::WINDOW)?;
+        p.expect_keyword(Keyword::CLOSE)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn parse_optional_column_names(p: &mut Parser<'_>) -> Result<Vec<Ident>, ParserError> {
+    if p.peek_token().token != Token::LParen {
+        return Ok(Vec::new());
+    }
+    p.next_token();
+    let cols = p.parse_comma_separated(|p| p.parse_identifier())?;
+    p.expect_token(&Token::RParen)?;
+    Ok(cols)
+}
+
+fn parse_create_view(p: &mut Parser<'_>, or_replace: bool) -> Result<EddyStatement, ParserError> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_object_name(false)?;
+    let columns = parse_optional_column_names(p)?;
+    p.expect_keyword(Keyword::AS)?;
+    let query = p.parse_query()?;
+    Ok(EddyStatement::CreateView(CreateView { name, if_not_exists, or_replace, columns, query }))
+}
+
+fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_object_name(false)?;
+    let from = if p.parse_keyword(Keyword::FROM) {
+        SinkInput::Relation(p.parse_object_name(false)?)
+    } else {
+        p.expect_keyword(Keyword::AS)?;
+        SinkInput::Query(p.parse_query()?)
+    };
+    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    let format = parse_format(p)?;
+    Ok(EddyStatement::CreateSink(CreateSink { name, if_not_exists, from, with_options, format }))
+}
+
+/// The last identifier of a possibly qualified name, which is what Eddy's single schema uses.
+pub fn object_name_to_string(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|part| part.as_ident())
+        .map(normalize_ident)
+        .unwrap_or_default()
+}
+
+/// Postgres folds unquoted identifiers to lower case.
+pub fn normalize_ident(ident: &Ident) -> String {
+    if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
+}
+
+/// Reads a literal option value written as an expression (used for `SET x = value`).
+pub fn literal_to_string(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+            Value::Number(n, _) => Some(n.clone()),
+            Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        Expr::Identifier(i) => Some(i.value.clone()),
+        Expr::UnaryOp { op: sqlparser::ast::UnaryOperator::Minus, expr } => {
+            literal_to_string(expr).map(|s| format!("-{s}"))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> EddyStatement {
+        match parse_one(sql) {
+            Ok(s) => s.statement,
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+
+    #[test]
+    fn create_table_with_pk_and_watermark() {
+        let EddyStatement::CreateTable(t) = one(
+            "CREATE TABLE t (id INT PRIMARY KEY, ts TIMESTAMP, v VARCHAR,
+               WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) APPEND ONLY",
+        ) else {
+            panic!("not a table")
+        };
+        assert_eq!(t.columns.len(), 3);
+        assert_eq!(t.primary_key[0].value, "id");
+        assert!(t.append_only);
+        assert_eq!(t.watermark.map(|w| w.column.value), Some("ts".to_string()));
+    }
+
+    #[test]
+    fn create_source_with_options_and_format() {
+        let EddyStatement::CreateSource(s) = one(
+            "CREATE SOURCE bid (auction BIGINT, date_time TIMESTAMP)
+             WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.split.num = 2)
+             FORMAT PLAIN ENCODE JSON",
+        ) else {
+            panic!("not a source")
+        };
+        assert_eq!(s.with_options[1], ("nexmark.table.type".to_string(), "Bid".to_string()));
+        assert_eq!(s.with_options[2].1, "2");
+        assert_eq!(s.format.map(|f| (f.format, f.encode)), Some(("PLAIN".into(), "JSON".into())));
+    }
+
+    #[test]
+    fn mv_with_emit() {
+        let EddyStatement::CreateMaterializedView(mv) =
+            one("CREATE MATERIALIZED VIEW m AS SELECT 1 EMIT ON WINDOW CLOSE")
+        else {
+            panic!("not a mv")
+        };
+        assert!(mv.emit_on_window_close);
+        let EddyStatement::CreateMaterializedView(mv) = one("CREATE MATERIALIZED VIEW m AS SELECT a FROM t") else {
+            panic!("not a mv")
+        };
+        assert!(!mv.emit_on_window_close);
+        let stmts = parse_sql("CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL; SELECT 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(&stmts[0].statement, EddyStatement::CreateMaterializedView(m) if m.emit_on_window_close));
+        assert_eq!(stmts[0].text, "CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL");
+    }
+
+    #[test]
+    fn multiple_statements_keep_their_text() {
+        let stmts = match parse_sql("CREATE TABLE a (x INT); SELECT * FROM a ;\n DROP TABLE a CASCADE") {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let texts: Vec<_> = stmts.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(texts, vec!["CREATE TABLE a (x INT)", "SELECT * FROM a", "DROP TABLE a CASCADE"]);
+        assert!(matches!(stmts[2].statement, EddyStatement::Drop(DropStatement { cascade: true, .. })));
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        match parse_sql("CREATE TABLE t (a INT,, b INT)") {
+            Err(PlanError::Parse { position, .. }) => assert_eq!(position, Some(23)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn show_forms() {
+        assert!(matches!(one("SHOW MATERIALIZED VIEWS"), EddyStatement::Show(ShowStatement::Objects(ObjectKind::MaterializedView))));
+        match one("SHOW TRANSACTION ISOLATION LEVEL") {
+            EddyStatement::Show(ShowStatement::Variable(v)) => assert_eq!(v, "transaction isolation level"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

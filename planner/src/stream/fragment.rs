@@ -1,0 +1,329 @@
+//! Cutting a stream plan into fragments: chains of operators run by a set of parallel actors,
+//! joined by exchanges.
+//!
+//! A new fragment starts where rows must move between actors: before an aggregation whose
+//! groups are not already held together by one actor, at a union of several inputs, and at
+//! each scan (which is fed by the scanned relation's actors). Stateless operators and the final
+//! materialization join the fragment of their input.
+
+use std::fmt::Write as _;
+
+use datafusion::common::DFSchemaRef;
+use datafusion::logical_expr::Expr;
+use eddy_common::ids::ObjectId;
+
+use super::agg::AggCall;
+use super::{StreamNode, StreamNodeKind};
+use crate::catalog::{Distribution, RelationKind, StorageLayout};
+use crate::error::{PlanError, Result};
+
+/// How rows travel from the actors of one fragment to those of the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// Actor `i` sends to actor `i`; both sides have the same parallelism.
+    Forward,
+    /// Rows go to the actor chosen by hashing these columns.
+    Hash(Vec<usize>),
+    /// Everything goes to the single downstream actor.
+    Single,
+}
+
+/// Where a fragment's input comes from.
+#[derive(Debug, Clone)]
+pub enum FragmentInput {
+    /// The change stream of a stored relation (table or materialized view), preceded by a
+    /// backfill of its contents. Forward from the relation's actors.
+    Relation { id: ObjectId, name: String },
+    /// Another fragment of the same graph.
+    Fragment { fragment: usize, exchange: Exchange },
+}
+
+/// One operator of a fragment's chain.
+#[derive(Debug, Clone)]
+pub enum OperatorSpec {
+    /// Applies the scan's projection to the relation's rows; on a backfilled relation this is
+    /// where the snapshot enters the stream.
+    Scan { relation: ObjectId, name: String, relation_kind: RelationKind, projection: Option<Vec<usize>>, schema: DFSchemaRef },
+    Filter { predicate: Expr, input_schema: DFSchemaRef },
+    Project { exprs: Vec<Expr>, input_schema: DFSchemaRef, schema: DFSchemaRef },
+    HashAgg { group_keys: Vec<usize>, calls: Vec<AggCall>, input_schema: DFSchemaRef, schema: DFSchemaRef, append_only_input: bool },
+    /// Merges `inputs` streams of the same shape.
+    Union { inputs: usize, schema: DFSchemaRef },
+    /// Emits constant rows once, at the first barrier.
+    Values { rows: Vec<Vec<Expr>>, schema: DFSchemaRef },
+    /// Stores the stream as a relation and forwards it to downstream relations.
+    Materialize { relation: ObjectId, layout: StorageLayout, schema: DFSchemaRef },
+}
+
+impl OperatorSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OperatorSpec::Scan { .. } => "Scan",
+            OperatorSpec::Filter { .. } => "Filter",
+            OperatorSpec::Project { .. } => "Project",
+            OperatorSpec::HashAgg { .. } => "HashAgg",
+            OperatorSpec::Union { .. } => "Union",
+            OperatorSpec::Values { .. } => "Values",
+            OperatorSpec::Materialize { .. } => "Materialize",
+        }
+    }
+}
+
+/// A chain of operators and the actors that run it.
+#[derive(Debug, Clone)]
+pub struct FragmentSpec {
+    pub id: usize,
+    pub parallelism: usize,
+    /// Input `i` of the first operator comes from `inputs[i]`.
+    pub inputs: Vec<FragmentInput>,
+    pub chain: Vec<OperatorSpec>,
+}
+
+/// The fragments of one materialized view, inputs before the fragments that read them; the
+/// last fragment holds the `Materialize`.
+#[derive(Debug, Clone)]
+pub struct OperatorGraph {
+    pub fragments: Vec<FragmentSpec>,
+    /// How the stored result is spread over the last fragment's actors.
+    pub output_distribution: Distribution,
+    pub layout: StorageLayout,
+    /// The unique key of the result, if any.
+    pub unique_key: Option<Vec<usize>>,
+    pub append_only: bool,
+}
+
+impl OperatorGraph {
+    pub fn output_parallelism(&self) -> usize {
+        self.fragments.last().map(|f| f.parallelism).unwrap_or(1)
+    }
+
+    /// The relations this graph reads.
+    pub fn upstream_relations(&self) -> Vec<ObjectId> {
+        let mut out = Vec::new();
+        for f in &self.fragments {
+            for i in &f.inputs {
+                if let FragmentInput::Relation { id, .. } = i
+                    && !out.contains(id)
+                {
+                    out.push(*id);
+                }
+            }
+        }
+        out
+    }
+
+    /// The text `EXPLAIN` prints: one block per fragment, its chain top-down.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        for f in self.fragments.iter().rev() {
+            let _ = writeln!(out, "Fragment {} (parallelism {})", f.id, f.parallelism);
+            for op in f.chain.iter().rev() {
+                let _ = writeln!(out, "  {}", describe(op));
+            }
+            for input in &f.inputs {
+                match input {
+                    FragmentInput::Relation { name, .. } => {
+                        let _ = writeln!(out, "  <- relation {name} (backfill, then changes)");
+                    }
+                    FragmentInput::Fragment { fragment, exchange } => {
+                        let how = match exchange {
+                            Exchange::Forward => "forward".to_string(),
+                            Exchange::Hash(cols) => format!("hash {}", cols_text(cols)),
+                            Exchange::Single => "single".to_string(),
+                        };
+                        let _ = writeln!(out, "  <- fragment {fragment} ({how})");
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn cols_text(cols: &[usize]) -> String {
+    let parts: Vec<String> = cols.iter().map(|c| format!("${c}")).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+fn describe(op: &OperatorSpec) -> String {
+    match op {
+        OperatorSpec::Scan { name, projection, relation_kind, .. } => match projection {
+            Some(p) => format!("Scan {} {name} columns {}", relation_kind.sql_name(), cols_text(p)),
+            None => format!("Scan {} {name}", relation_kind.sql_name()),
+        },
+        OperatorSpec::Filter { predicate, .. } => format!("Filter {predicate}"),
+        OperatorSpec::Project { exprs, .. } => {
+            let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+            format!("Project {}", parts.join(", "))
+        }
+        OperatorSpec::HashAgg { group_keys, calls, append_only_input, .. } => {
+            let parts: Vec<String> = calls.iter().map(|c| c.to_string()).collect();
+            format!(
+                "HashAgg group {} aggs [{}]{} state: per-group accumulators",
+                cols_text(group_keys),
+                parts.join(", "),
+                if *append_only_input { " (append-only input)" } else { "" }
+            )
+        }
+        OperatorSpec::Union { inputs, .. } => format!("Union {inputs} inputs"),
+        OperatorSpec::Values { rows, .. } => format!("Values {} rows", rows.len()),
+        OperatorSpec::Materialize { layout, .. } => match layout {
+            StorageLayout::Keyed { key } => format!("Materialize keyed by {}", cols_text(key)),
+            StorageLayout::Counted => "Materialize as multiset (row -> count)".to_string(),
+        },
+    }
+}
+
+/// Builds the operator graph of a materialized view from its stream plan.
+///
+/// # Errors
+/// `Internal` on a malformed plan.
+pub fn build_graph(root: &StreamNode, relation: ObjectId, parallelism: usize) -> Result<OperatorGraph> {
+    let mut builder = Builder { fragments: Vec::new(), parallelism: parallelism.max(1) };
+    let top = builder.place(root)?;
+    let layout = match (&root.props.unique_key, &root.props.distribution) {
+        (Some(key), Distribution::Single) => StorageLayout::Keyed { key: key.clone() },
+        (Some(key), Distribution::HashBy(h)) if !h.is_empty() && h.iter().all(|c| key.contains(c)) => {
+            StorageLayout::Keyed { key: key.clone() }
+        }
+        _ => StorageLayout::Counted,
+    };
+    builder.fragments[top].chain.push(OperatorSpec::Materialize {
+        relation,
+        layout: layout.clone(),
+        schema: root.schema.clone(),
+    });
+    // Fragments are created children-first, so the root's fragment is already last unless a
+    // later sibling was placed after it; move it to the end to keep the documented order.
+    if top != builder.fragments.len() - 1 {
+        return Err(PlanError::Internal("root fragment is not the last one".into()));
+    }
+    Ok(OperatorGraph {
+        fragments: builder.fragments,
+        output_distribution: root.props.distribution.clone(),
+        layout,
+        unique_key: root.props.unique_key.clone(),
+        append_only: root.props.append_only,
+    })
+}
+
+struct Builder {
+    fragments: Vec<FragmentSpec>,
+    parallelism: usize,
+}
+
+impl Builder {
+    fn new_fragment(&mut self, parallelism: usize, inputs: Vec<FragmentInput>) -> usize {
+        let id = self.fragments.len();
+        self.fragments.push(FragmentSpec { id, parallelism, inputs, chain: Vec::new() });
+        id
+    }
+
+    /// Places `node` and its inputs; returns the fragment whose chain ends with `node`.
+    fn place(&mut self, node: &StreamNode) -> Result<usize> {
+        match &node.kind {
+            StreamNodeKind::Scan { relation, name, relation_kind, projection, upstream_parallelism } => {
+                let f = self.new_fragment(
+                    (*upstream_parallelism).max(1),
+                    vec![FragmentInput::Relation { id: *relation, name: name.clone() }],
+                );
+                self.fragments[f].chain.push(OperatorSpec::Scan {
+                    relation: *relation,
+                    name: name.clone(),
+                    relation_kind: *relation_kind,
+                    projection: projection.clone(),
+                    schema: node.schema.clone(),
+                });
+                Ok(f)
+            }
+            StreamNodeKind::Filter { predicate } => {
+                let input = single_input(node)?;
+                let f = self.place(input)?;
+                self.fragments[f].chain.push(OperatorSpec::Filter {
+                    predicate: predicate.clone(),
+                    input_schema: input.schema.clone(),
+                });
+                Ok(f)
+            }
+            StreamNodeKind::Project { exprs } => {
+                let input = single_input(node)?;
+                let f = self.place(input)?;
+                self.fragments[f].chain.push(OperatorSpec::Project {
+                    exprs: exprs.clone(),
+                    input_schema: input.schema.clone(),
+                    schema: node.schema.clone(),
+                });
+                Ok(f)
+            }
+            StreamNodeKind::Aggregate { group_keys, calls } => {
+                let input = single_input(node)?;
+                let child = self.place(input)?;
+                let already_grouped = match &input.props.distribution {
+                    // One actor already sees every group; spreading keyed groups over more actors
+                    // is still worth an exchange.
+                    Distribution::Single => group_keys.is_empty() && self.fragments[child].parallelism == 1,
+                    Distribution::HashBy(h) => {
+                        !group_keys.is_empty() && !h.is_empty() && h.iter().all(|c| group_keys.contains(c))
+                    }
+                    Distribution::Arbitrary => false,
+                };
+                let f = if already_grouped {
+                    child
+                } else if group_keys.is_empty() {
+                    self.new_fragment(1, vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }])
+                } else {
+                    let p = self.parallelism;
+                    self.new_fragment(
+                        p,
+                        vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Hash(group_keys.clone()) }],
+                    )
+                };
+                self.fragments[f].chain.push(OperatorSpec::HashAgg {
+                    group_keys: group_keys.clone(),
+                    calls: calls.clone(),
+                    input_schema: input.schema.clone(),
+                    schema: node.schema.clone(),
+                    append_only_input: input.props.append_only,
+                });
+                Ok(f)
+            }
+            StreamNodeKind::UnionAll => {
+                let mut children = Vec::new();
+                for input in &node.inputs {
+                    children.push(self.place(input)?);
+                }
+                let p = self.parallelism;
+                let all_columns: Vec<usize> = (0..node.schema.fields().len()).collect();
+                let inputs = children
+                    .iter()
+                    .map(|c| {
+                        let exchange = if self.fragments[*c].parallelism == p {
+                            Exchange::Forward
+                        } else {
+                            Exchange::Hash(all_columns.clone())
+                        };
+                        FragmentInput::Fragment { fragment: *c, exchange }
+                    })
+                    .collect();
+                let f = self.new_fragment(p, inputs);
+                self.fragments[f].chain.push(OperatorSpec::Union {
+                    inputs: node.inputs.len(),
+                    schema: node.schema.clone(),
+                });
+                Ok(f)
+            }
+            StreamNodeKind::Values { rows } => {
+                let f = self.new_fragment(1, vec![]);
+                self.fragments[f].chain.push(OperatorSpec::Values {
+                    rows: rows.clone(),
+                    schema: node.schema.clone(),
+                });
+                Ok(f)
+            }
+        }
+    }
+}
+
+fn single_input(node: &StreamNode) -> Result<&StreamNode> {
+    node.input().ok_or_else(|| PlanError::Internal("operator without input".into()))
+}

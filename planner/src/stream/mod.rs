@@ -1,0 +1,81 @@
+//! Streaming plans: what an incremental query is made of, before and after it is cut into
+//! fragments of actors.
+//!
+//! [`rewrite`] turns an optimized DataFusion [`LogicalPlan`] into a tree of [`StreamNode`]s,
+//! computing each node's [`StreamProps`] once, when the node is built, and refusing what cannot
+//! be maintained incrementally. [`fragment::build_graph`] then cuts the tree at exchanges into
+//! an [`OperatorGraph`]: the description the executor instantiates and `EXPLAIN` prints.
+
+pub mod agg;
+pub mod fragment;
+pub mod rewrite;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::DFSchemaRef;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use eddy_common::ids::ObjectId;
+
+pub use agg::{AggCall, AggKind};
+pub use fragment::{Exchange, FragmentInput, FragmentSpec, OperatorGraph, OperatorSpec};
+
+use crate::catalog::{Distribution, RelationKind};
+
+/// Properties of the stream a node produces, fixed when the node is built.
+#[derive(Debug, Clone)]
+pub struct StreamProps {
+    /// Only inserts ever flow (no weight is negative).
+    pub append_only: bool,
+    /// Columns on which the relation's rows are unique, when known.
+    pub unique_key: Option<Vec<usize>>,
+    /// How rows are spread over the actors producing them.
+    pub distribution: Distribution,
+    /// Columns that carry event time with a watermark.
+    pub watermark_columns: Vec<usize>,
+}
+
+/// A node of a streaming plan.
+#[derive(Debug, Clone)]
+pub struct StreamNode {
+    pub kind: StreamNodeKind,
+    pub schema: DFSchemaRef,
+    pub props: StreamProps,
+    pub inputs: Vec<StreamNode>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StreamNodeKind {
+    /// Reads the changes of a table, materialized view or source.
+    Scan {
+        relation: ObjectId,
+        name: String,
+        relation_kind: RelationKind,
+        projection: Option<Vec<usize>>,
+        /// Actors of the scanned relation; the scan runs with as many, fed one-to-one.
+        upstream_parallelism: usize,
+    },
+    Filter { predicate: Expr },
+    Project { exprs: Vec<Expr> },
+    /// Groups by the first `group_keys` input columns.
+    Aggregate { group_keys: Vec<usize>, calls: Vec<AggCall> },
+    UnionAll,
+    /// Constant rows, emitted once.
+    Values { rows: Vec<Vec<Expr>> },
+}
+
+impl StreamNode {
+    pub fn input(&self) -> Option<&StreamNode> {
+        self.inputs.first()
+    }
+
+    pub fn output_types(&self) -> Vec<DataType> {
+        self.schema.fields().iter().map(|f| f.data_type().clone()).collect()
+    }
+}
+
+/// The plan of a materialized view (or sink): the stream and how to store it.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    pub root: StreamNode,
+    /// The optimized logical plan it came from, kept for `EXPLAIN`.
+    pub logical: LogicalPlan,
+}
