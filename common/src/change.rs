@@ -148,7 +148,8 @@ impl ChangeBatch {
 
     /// Same rows under another schema of the same types (for example other column names).
     pub fn with_schema(&self, schema: SchemaRef) -> Result<Self, ArrowError> {
-        let data = self.data.clone().with_schema(schema)?;
+        let options = RecordBatchOptions::new().with_row_count(Some(self.num_rows()));
+        let data = RecordBatch::try_new_with_options(schema, self.data.columns().to_vec(), &options)?;
         Ok(Self { data, weights: self.weights.clone() })
     }
 

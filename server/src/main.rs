@@ -1,1 +1,69 @@
-fn main() {}
+//! `eddy`: the streaming SQL server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use eddy_server::EngineConfig;
+use tracing_subscriber::EnvFilter;
+
+/// Eddy: a streaming SQL server speaking the Postgres protocol.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to accept Postgres connections on.
+    #[arg(long, default_value = "127.0.0.1:4566")]
+    listen: SocketAddr,
+    /// Directory holding the catalog and all state.
+    #[arg(long, default_value = "./eddy-data")]
+    data_dir: PathBuf,
+    /// Log level or filter (e.g. `info`, `eddy_executor=debug`).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// How often a barrier (and a commit) happens when no statement asks for one.
+    #[arg(long, default_value_t = 1000)]
+    barrier_interval_ms: u64,
+    /// Actors per parallel operator; defaults to the number of cores.
+    #[arg(long)]
+    parallelism: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let parallelism = args
+        .parallelism
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let config = EngineConfig {
+        data_dir: args.data_dir,
+        barrier_interval: Duration::from_millis(args.barrier_interval_ms.max(1)),
+        parallelism: parallelism.max(1),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(eddy_server::serve(args.listen, config, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

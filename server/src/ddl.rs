@@ -1,0 +1,501 @@
+//! Data definition: creating and dropping tables, sources, views and materialized views.
+//!
+//! Every definition change is committed with the epoch that applies it to the running graph,
+//! so the catalog on disk and the dataflow never disagree, even across a crash.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use eddy_common::SqlState;
+use eddy_common::ids::ObjectId;
+use eddy_executor::store::CatalogChange;
+use eddy_planner::catalog::{
+    ConnectorDef, Distribution, RelationDef, RelationKind, StorageLayout,
+};
+use eddy_planner::names::output_names;
+use eddy_planner::parser::{
+    CreateMaterializedView, CreateRelation, CreateView, DropStatement, EddyStatement, ObjectKind,
+    ParsedStatement, normalize_ident, object_name_to_string,
+};
+use eddy_planner::{PlanError, plan_stream};
+use sqlparser::ast::{Ident, Query, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+
+use crate::catalog::{PersistedObject, kind_tag};
+use crate::engine::Engine;
+use crate::error::{Result, ServerError};
+use crate::session::{Session, StatementResult};
+
+/// Re-creates a persisted object with its original id.
+///
+/// # Errors
+/// When the definition no longer plans or its job cannot start.
+pub async fn replay(engine: &Arc<Engine>, session: &Arc<Session>, statement: &ParsedStatement, id: ObjectId) -> Result<()> {
+    match &statement.statement {
+        EddyStatement::CreateTable(t) => create_table(engine, session, t, &statement.text, Some(id)).await?,
+        EddyStatement::CreateSource(s) => create_source(engine, session, s, &statement.text, Some(id)).await?,
+        EddyStatement::CreateMaterializedView(mv) => {
+            create_materialized_view(engine, session, mv, &statement.text, Some(id)).await?
+        }
+        EddyStatement::CreateView(v) => create_view(engine, session, v, &statement.text, Some(id)).await?,
+        other => {
+            return Err(ServerError::new(SqlState::Internal, format!("unexpected catalog statement {other:?}")));
+        }
+    };
+    Ok(())
+}
+
+fn persist(def: &RelationDef) -> CatalogChange {
+    CatalogChange::Put {
+        id: def.id,
+        definition: PersistedObject {
+            id: def.id.0,
+            kind: kind_tag(def.kind).to_string(),
+            name: def.name.clone(),
+            sql: def.definition.clone(),
+        }
+        .encode(),
+    }
+}
+
+/// Fails with 42P07 when `name` is taken (or returns `Ok(true)` for `IF NOT EXISTS`).
+fn check_name_free(engine: &Engine, name: &str, if_not_exists: bool) -> Result<bool> {
+    match engine.catalog.get(name) {
+        Some(existing) if if_not_exists => {
+            let _ = existing;
+            Ok(true)
+        }
+        Some(existing) => Err(ServerError::new(
+            SqlState::DuplicateTable,
+            format!("{} \"{name}\" already exists", existing.kind.sql_name()),
+        )),
+        None => Ok(false),
+    }
+}
+
+/// Plans the column list of a table or source through DataFusion, which gives the Arrow types
+/// it uses for the same SQL types, the NOT NULL flags and the DEFAULT expressions.
+async fn plan_columns(engine: &Engine, create: &CreateRelation) -> Result<(SchemaRef, Vec<Option<datafusion::logical_expr::Expr>>)> {
+    if create.columns.is_empty() {
+        return Err(ServerError::new(SqlState::SyntaxError, "a table or source needs at least one column"));
+    }
+    let mut seen = HashSet::new();
+    let mut cols = Vec::new();
+    for c in &create.columns {
+        let name = normalize_ident(&c.name);
+        if !seen.insert(name.clone()) {
+            return Err(ServerError::new(SqlState::DuplicateObject, format!("column \"{name}\" specified more than once")));
+        }
+        if c.generated.is_some() {
+            return Err(ServerError::with_hint(
+                SqlState::FeatureNotSupported,
+                "not supported: generated columns",
+                "compute the value in a materialized view over the table",
+            ));
+        }
+        let mut text = format!("{} {}", Ident::with_quote('"', name), c.data_type);
+        if c.not_null || create.primary_key.iter().any(|k| normalize_ident(k) == normalize_ident(&c.name)) {
+            text.push_str(" NOT NULL");
+        }
+        if let Some(d) = &c.default {
+            text.push_str(&format!(" DEFAULT {d}"));
+        }
+        cols.push(text);
+    }
+    let sql = format!("CREATE TABLE eddy_column_check ({})", cols.join(", "));
+    let statement = sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, &sql)
+        .map_err(|e| ServerError::new(SqlState::SyntaxError, e.to_string()))?
+        .pop()
+        .ok_or_else(|| ServerError::new(SqlState::Internal, "column check produced no statement"))?;
+    let state = engine.state(None);
+    let plan = engine.plan(&state, &statement).await?;
+    let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create_table)) = plan else {
+        return Err(ServerError::new(SqlState::Internal, "column check did not plan as a table"));
+    };
+    let schema: SchemaRef = Arc::new(create_table.input.schema().as_arrow().clone());
+    let defaults = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            create_table
+                .column_defaults
+                .iter()
+                .find(|(n, _)| n == f.name())
+                .map(|(_, e)| e.clone())
+        })
+        .collect();
+    Ok((schema, defaults))
+}
+
+fn connector_def(create: &CreateRelation) -> Option<ConnectorDef> {
+    if create.with_options.is_empty() && create.format.is_none() {
+        return None;
+    }
+    let options: HashMap<String, String> = create.with_options.iter().cloned().collect();
+    Some(ConnectorDef {
+        connector: options.get("connector").cloned().unwrap_or_default(),
+        options,
+        format: create.format.as_ref().map(|f| f.format.clone()),
+        encode: create.format.as_ref().map(|f| f.encode.clone()),
+        format_options: create.format.as_ref().map(|f| f.options.iter().cloned().collect()).unwrap_or_default(),
+    })
+}
+
+/// `CREATE TABLE`.
+///
+/// # Errors
+/// On a name conflict, an unknown type, or a failing commit.
+pub async fn create_table(
+    engine: &Arc<Engine>,
+    _session: &Arc<Session>,
+    create: &CreateRelation,
+    sql: &str,
+    replay_id: Option<ObjectId>,
+) -> Result<StatementResult> {
+    let _ddl = engine.ddl_lock.lock().await;
+    let name = object_name_to_string(&create.name);
+    if replay_id.is_none() && check_name_free(engine, &name, create.if_not_exists)? {
+        return Ok(StatementResult::command("CREATE TABLE"));
+    }
+    let connector = connector_def(create);
+    if let Some(c) = &connector {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            format!("not supported: tables fed by connector \"{}\"", c.connector),
+            "create the table without WITH (...) and fill it with INSERT",
+        ));
+    }
+    if create.watermark.is_some() {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            "not supported: WATERMARK on a table",
+            "event time and watermarks arrive with the windowing work",
+        ));
+    }
+    let (schema, defaults) = plan_columns(engine, create).await?;
+    let mut primary_key = Vec::new();
+    for k in &create.primary_key {
+        let col = normalize_ident(k);
+        let idx = schema.index_of(&col).map_err(|_| {
+            ServerError::new(SqlState::UndefinedColumn, format!("column \"{col}\" named in key does not exist"))
+        })?;
+        primary_key.push(idx);
+    }
+    let storage = if primary_key.is_empty() {
+        StorageLayout::Counted
+    } else {
+        StorageLayout::Keyed { key: primary_key.clone() }
+    };
+    let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
+    let def = RelationDef {
+        id,
+        name: name.clone(),
+        kind: RelationKind::Table,
+        schema,
+        primary_key,
+        storage: Some(storage),
+        append_only: create.append_only,
+        watermark: None,
+        defaults,
+        generated: vec![None; create.columns.len()],
+        connector,
+        dependencies: vec![],
+        output_parallelism: 1,
+        output_distribution: Distribution::Single,
+        definition: sql.to_string(),
+        view_plan: None,
+        emit_on_window_close: false,
+    };
+    let catalog = if replay_id.is_some() { vec![] } else { vec![persist(&def)] };
+    engine.runtime.create_table(&def, catalog).await?;
+    engine.catalog.insert(Arc::new(def));
+    Ok(StatementResult::command("CREATE TABLE"))
+}
+
+/// `CREATE SOURCE`: no connector is implemented in this build, so every source is refused
+/// with the list of what is planned.
+///
+/// # Errors
+/// Always, for now, with 0A000.
+pub async fn create_source(
+    _engine: &Arc<Engine>,
+    _session: &Arc<Session>,
+    create: &CreateRelation,
+    _sql: &str,
+    _replay_id: Option<ObjectId>,
+) -> Result<StatementResult> {
+    let connector = connector_def(create).map(|c| c.connector).unwrap_or_default();
+    Err(ServerError::with_hint(
+        SqlState::FeatureNotSupported,
+        format!("not supported: source connector \"{connector}\""),
+        "use a table fed by INSERT for now; nexmark, datagen and kafka sources arrive with the connector work",
+    ))
+}
+
+/// Names of the relations a plan reads, as written (views included, before inlining).
+fn referenced_relations(plan: &LogicalPlan) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table().to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names
+}
+
+/// The output schema of a query under Postgres column names (or the given column list).
+fn named_schema(query: &Query, plan: &LogicalPlan, columns: &[Ident]) -> Result<SchemaRef> {
+    let names = if columns.is_empty() {
+        output_names(query, plan.schema())
+    } else {
+        if columns.len() != plan.schema().fields().len() {
+            return Err(ServerError::new(
+                SqlState::SyntaxError,
+                format!(
+                    "{} column names given but the query produces {} columns",
+                    columns.len(),
+                    plan.schema().fields().len()
+                ),
+            ));
+        }
+        columns.iter().map(normalize_ident).collect()
+    };
+    let mut seen = HashSet::new();
+    for n in &names {
+        if !seen.insert(n.clone()) {
+            return Err(ServerError::with_hint(
+                SqlState::DuplicateObject,
+                format!("column \"{n}\" specified more than once"),
+                "give the columns distinct names with AS",
+            ));
+        }
+    }
+    let fields: Vec<Field> = plan
+        .schema()
+        .fields()
+        .iter()
+        .zip(names)
+        .map(|(f, n)| Field::new(n, f.data_type().clone(), true))
+        .collect();
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// `CREATE MATERIALIZED VIEW`: plans the query incrementally, starts it, backfills it and
+/// returns once its contents are committed.
+///
+/// # Errors
+/// When the query cannot be maintained incrementally (0A000) or does not plan.
+pub async fn create_materialized_view(
+    engine: &Arc<Engine>,
+    _session: &Arc<Session>,
+    create: &CreateMaterializedView,
+    sql: &str,
+    replay_id: Option<ObjectId>,
+) -> Result<StatementResult> {
+    let _ddl = engine.ddl_lock.lock().await;
+    let name = object_name_to_string(&create.name);
+    if replay_id.is_none() && check_name_free(engine, &name, create.if_not_exists)? {
+        return Ok(StatementResult::command("CREATE MATERIALIZED VIEW"));
+    }
+    if create.emit_on_window_close {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            "not supported: EMIT ON WINDOW CLOSE",
+            "windows and watermarks arrive with the event-time work",
+        ));
+    }
+    let state = engine.state(None);
+    let statement = Statement::Query(create.query.clone());
+    let plan = engine.plan(&state, &statement).await?;
+    let schema = named_schema(&create.query, &plan, &create.columns)?;
+    let mut dependencies = Vec::new();
+    for rel in referenced_relations(&plan) {
+        if let Some(def) = engine.catalog.get(&rel) {
+            dependencies.push(def.id);
+        }
+    }
+    let optimized = state.optimize(&plan)?;
+    let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
+    let (_stream, graph) = plan_stream(&optimized, engine.catalog.as_ref(), id, engine.runtime.parallelism())?;
+    let primary_key = graph.unique_key.clone().unwrap_or_default();
+    let def = RelationDef {
+        id,
+        name: name.clone(),
+        kind: RelationKind::MaterializedView,
+        schema,
+        primary_key,
+        storage: Some(graph.layout.clone()),
+        append_only: graph.append_only,
+        watermark: None,
+        defaults: vec![],
+        generated: vec![],
+        connector: None,
+        dependencies,
+        output_parallelism: graph.output_parallelism(),
+        output_distribution: graph.output_distribution.clone(),
+        definition: sql.to_string(),
+        view_plan: None,
+        emit_on_window_close: create.emit_on_window_close,
+    };
+    let catalog = if replay_id.is_some() {
+        // Rebuilt from its inputs: what was stored before the restart is replaced.
+        vec![CatalogChange::DropRelationData { id }]
+    } else {
+        vec![persist(&def)]
+    };
+    engine.runtime.create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog).await?;
+    engine.catalog.insert(Arc::new(def));
+    Ok(StatementResult::command("CREATE MATERIALIZED VIEW"))
+}
+
+/// `CREATE VIEW`: a named query, inlined where it is used.
+///
+/// # Errors
+/// When the query does not plan or the name is taken.
+pub async fn create_view(
+    engine: &Arc<Engine>,
+    _session: &Arc<Session>,
+    create: &CreateView,
+    sql: &str,
+    replay_id: Option<ObjectId>,
+) -> Result<StatementResult> {
+    let _ddl = engine.ddl_lock.lock().await;
+    let name = object_name_to_string(&create.name);
+    if replay_id.is_none() {
+        if create.or_replace && engine.catalog.get(&name).is_some() {
+            return Err(ServerError::unsupported("CREATE OR REPLACE VIEW over an existing view"));
+        }
+        if check_name_free(engine, &name, create.if_not_exists)? {
+            return Ok(StatementResult::command("CREATE VIEW"));
+        }
+    }
+    let state = engine.state(None);
+    let statement = Statement::Query(create.query.clone());
+    let plan = engine.plan(&state, &statement).await?;
+    let schema = named_schema(&create.query, &plan, &create.columns)?;
+    // Rename the plan's output to the view's column names.
+    let exprs: Vec<datafusion::logical_expr::Expr> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| datafusion::logical_expr::Expr::Column(c).alias(f.name()))
+        .collect();
+    let view_plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan.clone()).project(exprs)?.build()?;
+    let mut dependencies = Vec::new();
+    for rel in referenced_relations(&plan) {
+        if let Some(def) = engine.catalog.get(&rel) {
+            dependencies.push(def.id);
+        }
+    }
+    let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
+    let def = RelationDef {
+        id,
+        name,
+        kind: RelationKind::View,
+        schema,
+        primary_key: vec![],
+        storage: None,
+        append_only: false,
+        watermark: None,
+        defaults: vec![],
+        generated: vec![],
+        connector: None,
+        dependencies,
+        output_parallelism: 1,
+        output_distribution: Distribution::Arbitrary,
+        definition: sql.to_string(),
+        view_plan: Some(Arc::new(view_plan)),
+        emit_on_window_close: false,
+    };
+    if replay_id.is_none() {
+        engine.runtime.commit_catalog(vec![persist(&def)]).await?;
+    }
+    engine.catalog.insert(Arc::new(def));
+    Ok(StatementResult::command("CREATE VIEW"))
+}
+
+fn kind_matches(kind: ObjectKind, actual: RelationKind) -> bool {
+    matches!(
+        (kind, actual),
+        (ObjectKind::Table, RelationKind::Table)
+            | (ObjectKind::Source, RelationKind::Source)
+            | (ObjectKind::MaterializedView, RelationKind::MaterializedView)
+            | (ObjectKind::View, RelationKind::View)
+            | (ObjectKind::Sink, RelationKind::Sink)
+    )
+}
+
+/// `DROP ... [IF EXISTS] names [CASCADE]`: refuses while other objects depend on a dropped one,
+/// unless `CASCADE`; drops dependents first, frees stored rows with the definitions.
+///
+/// # Errors
+/// Unknown names (without IF EXISTS), wrong kinds, dependents without CASCADE.
+pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<StatementResult> {
+    let _ddl = engine.ddl_lock.lock().await;
+    let tag = format!("DROP {}", drop.kind.sql_name().to_uppercase());
+    let mut targets: Vec<Arc<RelationDef>> = Vec::new();
+    for n in &drop.names {
+        let name = object_name_to_string(n);
+        match engine.catalog.get(&name) {
+            None if drop.if_exists => continue,
+            None => {
+                return Err(PlanError::UnknownObject { kind: drop.kind.sql_name(), name }.into());
+            }
+            Some(def) if !kind_matches(drop.kind, def.kind) => {
+                return Err(ServerError::with_hint(
+                    SqlState::WrongObjectType,
+                    format!("\"{name}\" is not a {}", drop.kind.sql_name()),
+                    format!("use DROP {} to remove it", def.kind.sql_name().to_uppercase()),
+                ));
+            }
+            Some(def) => targets.push(def),
+        }
+    }
+    if targets.is_empty() {
+        return Ok(StatementResult::command(&tag));
+    }
+    let mut ordered: Vec<Arc<RelationDef>> = Vec::new();
+    for t in &targets {
+        let closure = engine.catalog.dependents_closure(t.id);
+        let others: Vec<String> = closure
+            .iter()
+            .filter(|d| d.id != t.id && !targets.iter().any(|x| x.id == d.id))
+            .map(|d| format!("{} {}", d.kind.sql_name(), d.name))
+            .collect();
+        if !others.is_empty() && !drop.cascade {
+            return Err(PlanError::HasDependents {
+                kind: t.kind.sql_name(),
+                name: t.name.clone(),
+                dependents: others.join(", "),
+            }
+            .into());
+        }
+        for d in closure {
+            if !ordered.iter().any(|o| o.id == d.id) {
+                ordered.push(d);
+            }
+        }
+    }
+    let mut catalog = Vec::new();
+    let mut jobs = Vec::new();
+    for d in &ordered {
+        catalog.push(CatalogChange::Delete { id: d.id });
+        if d.kind.is_stored() {
+            catalog.push(CatalogChange::DropRelationData { id: d.id });
+            jobs.push(d.id);
+        }
+    }
+    engine.runtime.drop_jobs(&jobs, catalog).await?;
+    for d in &ordered {
+        engine.catalog.remove(d.id);
+    }
+    Ok(StatementResult::command(&tag))
+}

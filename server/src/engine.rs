@@ -1,0 +1,155 @@
+//! The engine: catalog, runtime and DataFusion context shared by every session.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use eddy_executor::read::QuerySnapshot;
+use eddy_executor::store::Snapshot;
+use eddy_executor::{Runtime, RuntimeConfig};
+use eddy_planner::parser::parse_sql;
+use sqlparser::ast::Statement;
+
+use crate::catalog::{Catalog, PersistedObject, PublicSchema};
+use crate::error::{Result, ServerError};
+use crate::functions;
+use crate::session::Session;
+
+/// The database name clients connect to; Eddy has one.
+pub const DATABASE: &str = "dev";
+/// The schema every object lives in.
+pub const SCHEMA: &str = "public";
+
+/// Server settings that shape the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub barrier_interval: Duration,
+    pub parallelism: usize,
+}
+
+pub struct Engine {
+    pub runtime: Arc<Runtime>,
+    pub catalog: Arc<Catalog>,
+    context: SessionContext,
+    /// DDL statements run one at a time.
+    pub ddl_lock: tokio::sync::Mutex<()>,
+    pub config: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the data directory, starts the runtime and replays the catalog.
+    ///
+    /// # Errors
+    /// When the store cannot be opened or a persisted definition no longer plans.
+    pub async fn start(config: EngineConfig) -> Result<Arc<Self>> {
+        let runtime = Runtime::open(
+            &config.data_dir,
+            RuntimeConfig { barrier_interval: config.barrier_interval, parallelism: config.parallelism },
+        )?;
+        let catalog = Arc::new(Catalog::new(runtime.store().clone(), 1));
+        let context = build_context(catalog.clone())?;
+        let engine = Arc::new(Self {
+            runtime,
+            catalog,
+            context,
+            ddl_lock: tokio::sync::Mutex::new(()),
+            config,
+        });
+        engine.replay().await?;
+        Ok(engine)
+    }
+
+    /// Re-creates every persisted object in id order. Tables keep their stored rows;
+    /// materialized views are rebuilt from their inputs.
+    async fn replay(self: &Arc<Self>) -> Result<()> {
+        let entries = self.runtime.store().catalog_entries()?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(objects = entries.len(), "restoring the catalog");
+        let session = Session::new("eddy-replay");
+        for (id, bytes) in entries {
+            let Some(object) = PersistedObject::decode(&bytes) else {
+                return Err(ServerError::new(
+                    eddy_common::SqlState::Internal,
+                    format!("catalog entry {id} is unreadable; refusing to start with a partial catalog"),
+                ));
+            };
+            self.catalog.observe_id(id);
+            let statements = parse_sql(&object.sql)?;
+            for statement in statements {
+                crate::ddl::replay(self, &session, &statement, id).await.map_err(|e| {
+                    ServerError::new(
+                        eddy_common::SqlState::Internal,
+                        format!("cannot restore {} \"{}\": {e}", object.kind, object.name),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A DataFusion session state reading `snapshot` (or the latest commit per scan).
+    pub fn state(&self, snapshot: Option<Snapshot>) -> SessionState {
+        let state = self.context.state();
+        match snapshot {
+            Some(snapshot) => {
+                let config = state.config().clone().with_extension(Arc::new(QuerySnapshot(snapshot)));
+                SessionStateBuilder::new_from_existing(state).with_config(config).build()
+            }
+            None => state,
+        }
+    }
+
+    /// A state reading the latest committed epoch, consistently across relations.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn snapshot_state(&self) -> Result<SessionState> {
+        Ok(self.state(Some(self.runtime.snapshot()?)))
+    }
+
+    /// Plans a Postgres statement with DataFusion.
+    ///
+    /// # Errors
+    /// Planning errors (unknown table or column, type errors).
+    pub async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
+        Ok(state.statement_to_plan(DfStatement::Statement(Box::new(statement.clone()))).await?)
+    }
+
+    pub async fn shutdown(&self) {
+        self.runtime.shutdown().await;
+    }
+}
+
+fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema(DATABASE, SCHEMA)
+        .with_information_schema(true)
+        .with_create_default_catalog_and_schema(false)
+        .with_target_partitions(2);
+    let options = config.options_mut();
+    options.sql_parser.map_string_types_to_utf8view = false;
+    options.sql_parser.enable_ident_normalization = true;
+    options.execution.time_zone = Some("+00:00".to_string());
+    let context = SessionContext::new_with_config(config);
+    let dev = Arc::new(MemoryCatalogProvider::new());
+    dev.register_schema(SCHEMA, Arc::new(PublicSchema { catalog }))?;
+    context.register_catalog(DATABASE, dev);
+    crate::pg_catalog::install(&context)?;
+    functions::register(&context);
+    Ok(context)
+}

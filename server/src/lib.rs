@@ -1,0 +1,60 @@
+//! The Eddy server: a Postgres-compatible front end over the streaming engine.
+//!
+//! [`serve`] binds the listener and runs until told to stop; everything a client can do goes
+//! through [`pg`] (the wire protocol) into [`session::Session::execute`].
+
+pub mod catalog;
+pub mod ddl;
+pub mod dml;
+pub mod engine;
+pub mod error;
+pub mod functions;
+pub mod pg;
+pub mod pg_catalog;
+pub mod query;
+pub mod session;
+pub mod show;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use engine::{Engine, EngineConfig};
+
+/// Starts the engine and serves Postgres clients on `listen` until `shutdown` resolves.
+///
+/// # Errors
+/// When the data directory cannot be opened or the address cannot be bound.
+pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let engine = Engine::start(config).await?;
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
+    let factory = Arc::new(pg::HandlerFactory::new(engine.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let factory = factory.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down");
+    engine.shutdown().await;
+    Ok(())
+}

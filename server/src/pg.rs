@@ -1,0 +1,455 @@
+//! The Postgres wire protocol front end, on the `pgwire` crate.
+//!
+//! Simple queries may hold several statements; they run in order and stop at the first error,
+//! as in Postgres. The extended protocol plans a statement at `Parse`, so `Describe` can answer
+//! with parameter types (inferred when the client sends none, as asyncpg, pg8000 and
+//! tokio-postgres do) and result columns; `Execute` binds the parameters into the plan.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, Decimal128Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::logical_expr::LogicalPlan;
+use eddy_planner::parser::{EddyStatement, ParsedStatement, parse_sql};
+use futures::{Sink, stream};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use crate::engine::Engine;
+use crate::error::{ServerError, to_pg_error};
+use crate::session::{Session, StatementResult};
+
+/// Builds the handlers for one server.
+pub struct HandlerFactory {
+    handler: Arc<EddyHandler>,
+    startup: Arc<EddyStartup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl HandlerFactory {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let connections = Arc::new(ConnectionManager::new());
+        Self {
+            handler: Arc::new(EddyHandler { engine: engine.clone(), parser: Arc::new(EddyQueryParser { engine }) }),
+            startup: Arc::new(EddyStartup { connections: connections.clone(), pids: RandomPidSecretKeyGenerator::default() }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        }
+    }
+}
+
+impl PgWireServerHandlers for HandlerFactory {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(LogErrors)
+    }
+}
+
+struct LogErrors;
+
+impl ErrorHandler for LogErrors {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        match error {
+            PgWireError::UserError(_) => {}
+            other => tracing::debug!(error = %other, "protocol error"),
+        }
+    }
+}
+
+/// Trust authentication (the default on loopback) with the parameters clients check.
+pub struct EddyStartup {
+    connections: Arc<ConnectionManager>,
+    pids: RandomPidSecretKeyGenerator,
+}
+
+fn server_parameters() -> DefaultServerParameterProvider {
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = "15.0".to_string();
+    p.date_style = "ISO, MDY".to_string();
+    p.time_zone = "UTC".to_string();
+    p.interval_style = "postgres".to_string();
+    p.client_encoding = Some("UTF8".to_string());
+    p
+}
+
+#[async_trait]
+impl StartupHandler for EddyStartup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(startup) = &message {
+            if startup.parameters.get("replication").is_some_and(|r| r != "false" && r != "0") {
+                return Err(PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+                    "FATAL".into(),
+                    "08P01".into(),
+                    "replication connections are not supported".into(),
+                ))));
+            }
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let (pid, secret) = self.pids.generate(client);
+            client.set_pid_and_secret_key(pid, secret.clone());
+            let (handle, guard) = self.connections.register(pid, secret);
+            client.session_extensions().insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+            client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
+            let app = client.metadata().get("application_name").cloned().unwrap_or_default();
+            client.session_extensions().insert::<Arc<Session>>(Session::new(&app));
+            finish_authentication(client, &server_parameters()).await?;
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+        }
+        Ok(())
+    }
+}
+
+fn session_of<C: ClientInfo>(client: &C) -> Arc<Session> {
+    match client.session_extensions().get::<Arc<Session>>() {
+        Some(s) => s.as_ref().clone(),
+        None => {
+            let s = Session::new("");
+            client.session_extensions().insert::<Arc<Session>>(s.clone());
+            s
+        }
+    }
+}
+
+pub struct EddyHandler {
+    engine: Arc<Engine>,
+    parser: Arc<EddyQueryParser>,
+}
+
+/// True when `sql` reads the system catalogs; those statements go through the Postgres
+/// compatibility rewrites (`OPERATOR(pg_catalog.~)`, `::regclass`, ...) that psql needs.
+fn is_catalog_query(sql: &str) -> bool {
+    let lower = sql.to_lowercase();
+    lower.contains("pg_catalog")
+        || lower.contains("information_schema")
+        || lower.contains("pg_class")
+        || lower.contains("pg_type")
+        || lower.contains("pg_namespace")
+        || lower.contains("::reg")
+}
+
+/// Parses a query string, with the catalog rewrites for system-catalog queries.
+fn parse(sql: &str) -> Result<Vec<ParsedStatement>, ServerError> {
+    if is_catalog_query(sql) {
+        let rewriter = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new();
+        if let Ok(statements) = rewriter.parse(sql) {
+            return Ok(statements
+                .into_iter()
+                .map(|s| ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) })
+                .collect());
+        }
+    }
+    Ok(parse_sql(sql)?)
+}
+
+#[async_trait]
+impl SimpleQueryHandler for EddyHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        let statements = match parse(query) {
+            Ok(s) => s,
+            Err(e) => return Err(to_pg_error(&e, query)),
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            match session.execute(&self.engine, statement, None).await {
+                Ok(result) => responses.push(to_response(result, &Format::UnifiedText)?),
+                Err(e) => {
+                    let PgWireError::UserError(info) = to_pg_error(&e, query) else {
+                        return Err(PgWireError::ApiError(Box::new(e)));
+                    };
+                    responses.push(Response::Error(info));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// A statement prepared with `Parse`: planned once, so `Describe` knows its shape.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    statement: Option<ParsedStatement>,
+    /// The plan of a query or DML statement, with `$n` placeholders.
+    plan: Option<Arc<LogicalPlan>>,
+    param_types: Vec<Option<DataType>>,
+    /// Columns of the rows it returns (queries, SHOW, ...), under their Postgres names.
+    result: Option<SchemaRef>,
+}
+
+pub struct EddyQueryParser {
+    engine: Arc<Engine>,
+}
+
+fn single_text_column(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]))
+}
+
+#[async_trait]
+impl QueryParser for EddyQueryParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut statements = parse(sql).map_err(|e| to_pg_error(&e, sql))?;
+        if statements.is_empty() {
+            return Ok(None);
+        }
+        if statements.len() > 1 {
+            return Err(to_pg_error(
+                &ServerError::new(eddy_common::SqlState::SyntaxError, "cannot insert multiple commands into a prepared statement"),
+                sql,
+            ));
+        }
+        let statement = statements.remove(0);
+        let mut prepared = Prepared { statement: None, plan: None, param_types: vec![], result: None };
+        match &statement.statement {
+            EddyStatement::Sql(stmt) => match stmt.as_ref() {
+                sqlparser::ast::Statement::Query(q) => {
+                    let state = self.engine.state(None);
+                    let plan = self.engine.plan(&state, stmt).await.map_err(|e| to_pg_error(&e, sql))?;
+                    prepared.param_types = parameter_types(&plan);
+                    prepared.result = Some(crate::query::result_schema(q, &plan));
+                    prepared.plan = Some(Arc::new(plan));
+                }
+                sqlparser::ast::Statement::Insert(_)
+                | sqlparser::ast::Statement::Update(_)
+                | sqlparser::ast::Statement::Delete(_) => {
+                    let state = self.engine.state(None);
+                    let plan = self.engine.plan(&state, stmt).await.map_err(|e| to_pg_error(&e, sql))?;
+                    prepared.param_types = parameter_types(&plan);
+                    prepared.plan = Some(Arc::new(plan));
+                }
+                sqlparser::ast::Statement::ShowVariable { variable } => {
+                    let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
+                    prepared.result = Some(single_text_column(&name));
+                }
+                _ => {}
+            },
+            EddyStatement::Show(eddy_planner::parser::ShowStatement::Variable(name)) => {
+                let column = if name == "transaction isolation level" { "transaction_isolation" } else { name };
+                prepared.result = Some(single_text_column(column));
+            }
+            EddyStatement::Show(_) | EddyStatement::Describe(_) | EddyStatement::Explain { .. } => {
+                // Shapes known only when run; describe them as one text column.
+                prepared.result = None;
+            }
+            _ => {}
+        }
+        prepared.statement = Some(statement);
+        Ok(Some(prepared))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        stmt.param_types
+            .iter()
+            .map(|t| match t {
+                Some(t) => arrow_pg::datatypes::into_pg_type(t),
+                None => Ok(Type::UNKNOWN),
+            })
+            .collect()
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.result {
+            Some(schema) => arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None),
+            None => Ok(vec![]),
+        }
+    }
+}
+
+/// `$1, $2, ...` in order, with the types DataFusion inferred from their context.
+fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
+    let Ok(types) = plan.get_parameter_types() else { return vec![] };
+    let mut entries: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(k, v)| k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v)))
+        .collect();
+    entries.sort_by_key(|(i, _)| *i);
+    let n = entries.last().map(|(i, _)| *i).unwrap_or(0);
+    let mut out = vec![None; n];
+    for (i, t) in entries {
+        if i >= 1 {
+            out[i - 1] = t;
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for EddyHandler {
+    type Statement = Prepared;
+    type QueryParser = EddyQueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        let prepared = &portal.statement.statement;
+        let Some(statement) = &prepared.statement else {
+            return Ok(Response::EmptyQuery);
+        };
+        let params = if portal.parameter_len() > 0 {
+            let inferred: Vec<Option<&DataType>> = prepared.param_types.iter().map(|t| t.as_ref()).collect();
+            Some(arrow_pg::datatypes::df::deserialize_parameters(portal, &inferred)?)
+        } else {
+            None
+        };
+        let result = session.execute(&self.engine, statement, params.as_ref()).await;
+        match result {
+            Ok(result) => to_response(result, &portal.result_column_format),
+            Err(e) => Err(to_pg_error(&e, &statement.text)),
+        }
+    }
+
+    async fn do_describe_statement<C>(&self, _client: &mut C, target: &StoredStatement<Prepared>) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let server_types = self.parser.get_parameter_types(&target.statement)?;
+        let n = server_types.len().max(target.parameter_types.len());
+        let types = (0..n)
+            .map(|i| {
+                target
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|t| *t != Type::UNKNOWN)
+                    .or_else(|| server_types.get(i).cloned())
+                    .unwrap_or(Type::UNKNOWN)
+            })
+            .collect();
+        let fields = self.parser.get_result_schema(&target.statement, None)?;
+        Ok(DescribeStatementResponse::new(types, fields))
+    }
+
+    async fn do_describe_portal<C>(&self, _client: &mut C, target: &Portal<Prepared>) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+}
+
+/// Unconstrained `NUMERIC` maps to `Decimal128(38, 10)` (and sums/averages of it stay at
+/// precision 38); Postgres prints such values without padding zeros, so text output trims them.
+fn trim_decimal_text(array: &ArrayRef) -> Option<ArrayRef> {
+    let DataType::Decimal128(38, _) = array.data_type() else { return None };
+    let decimals = array.as_any().downcast_ref::<Decimal128Array>()?;
+    let out: StringArray = (0..decimals.len())
+        .map(|i| {
+            decimals.is_valid(i).then(|| {
+                let s = decimals.value_as_string(i);
+                if s.contains('.') {
+                    s.trim_end_matches('0').trim_end_matches('.').to_string()
+                } else {
+                    s
+                }
+            })
+        })
+        .collect();
+    Some(Arc::new(out))
+}
+
+fn encode_batches(schema: &SchemaRef, batches: Vec<RecordBatch>, format: &Format) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)?);
+    let mut rows = Vec::new();
+    for batch in batches {
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let mut out_fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (i, c) in columns.iter_mut().enumerate() {
+            if format.format_for(i) == pgwire::api::results::FieldFormat::Text
+                && let Some(text) = trim_decimal_text(c)
+            {
+                *c = text;
+                out_fields[i] = Field::new(out_fields[i].name(), DataType::Utf8, true);
+            }
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(out_fields)), columns)
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        rows.extend(arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch));
+    }
+    Ok(QueryResponse::new(fields, stream::iter(rows)))
+}
+
+fn to_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
+    Ok(match result {
+        StatementResult::Rows { schema, batches } => Response::Query(encode_batches(&schema, batches, format)?),
+        StatementResult::Command { tag, rows } => {
+            let mut t = Tag::new(&tag);
+            if let Some(n) = rows {
+                t = t.with_rows(n);
+            }
+            Response::Execution(t)
+        }
+        StatementResult::TransactionStart(tag) => Response::TransactionStart(Tag::new(&tag)),
+        StatementResult::TransactionEnd(tag) => Response::TransactionEnd(Tag::new(&tag)),
+        StatementResult::Empty => Response::EmptyQuery,
+    })
+}
+
