@@ -134,23 +134,37 @@ impl ChangeBatch {
     }
 
     /// Replaces the columns, keeping the weights; `columns` must have this batch's length.
-    pub fn with_columns(&self, schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Self, ArrowError> {
+    pub fn with_columns(
+        &self,
+        schema: SchemaRef,
+        columns: Vec<ArrayRef>,
+    ) -> Result<Self, ArrowError> {
         let options = RecordBatchOptions::new().with_row_count(Some(self.num_rows()));
         let data = RecordBatch::try_new_with_options(schema, columns, &options)?;
-        Ok(Self { data, weights: self.weights.clone() })
+        Ok(Self {
+            data,
+            weights: self.weights.clone(),
+        })
     }
 
     /// Same rows, every weight negated.
     pub fn negate(&self) -> Self {
         let weights: Int64Array = self.weights.values().iter().map(|w| -w).collect();
-        Self { data: self.data.clone(), weights }
+        Self {
+            data: self.data.clone(),
+            weights,
+        }
     }
 
     /// Same rows under another schema of the same types (for example other column names).
     pub fn with_schema(&self, schema: SchemaRef) -> Result<Self, ArrowError> {
         let options = RecordBatchOptions::new().with_row_count(Some(self.num_rows()));
-        let data = RecordBatch::try_new_with_options(schema, self.data.columns().to_vec(), &options)?;
-        Ok(Self { data, weights: self.weights.clone() })
+        let data =
+            RecordBatch::try_new_with_options(schema, self.data.columns().to_vec(), &options)?;
+        Ok(Self {
+            data,
+            weights: self.weights.clone(),
+        })
     }
 
     /// Concatenates batches of the same schema.
@@ -160,7 +174,10 @@ impl ChangeBatch {
         for b in batches {
             weights.extend_from_slice(b.weights.values());
         }
-        Ok(Self { data, weights: Int64Array::from(weights) })
+        Ok(Self {
+            data,
+            weights: Int64Array::from(weights),
+        })
     }
 
     /// The operation each row stands for, pairing `-1, +1` rows that `is_same_key` says belong
@@ -225,7 +242,11 @@ impl ChangeBatch {
     #[allow(clippy::unwrap_used)]
     pub fn from_pretty(text: &str) -> Self {
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-        let header: Vec<&str> = lines.next().expect("type header").split_whitespace().collect();
+        let header: Vec<&str> = lines
+            .next()
+            .expect("type header")
+            .split_whitespace()
+            .collect();
         let types: Vec<DataType> = header
             .iter()
             .map(|t| match *t {
@@ -256,7 +277,9 @@ impl ChangeBatch {
             };
             weights.push(weight);
             for (i, cell) in cells.iter_mut().enumerate() {
-                let v = parts.next().unwrap_or_else(|| panic!("missing column {i} in {line:?}"));
+                let v = parts
+                    .next()
+                    .unwrap_or_else(|| panic!("missing column {i} in {line:?}"));
                 cell.push(if v == "." { None } else { Some(v.to_string()) });
             }
         }
@@ -271,7 +294,10 @@ impl ChangeBatch {
             &RecordBatchOptions::new().with_row_count(Some(weights.len())),
         )
         .unwrap();
-        Self { data, weights: Int64Array::from(weights) }
+        Self {
+            data,
+            weights: Int64Array::from(weights),
+        }
     }
 }
 
@@ -280,16 +306,28 @@ fn parse_column(t: &DataType, values: &[Option<String>]) -> ArrayRef {
     use arrow::array::{BooleanArray, Float64Array, Int32Array, StringArray};
     match t {
         DataType::Int64 => Arc::new(
-            values.iter().map(|v| v.as_ref().map(|s| s.parse::<i64>().unwrap())).collect::<Int64Array>(),
+            values
+                .iter()
+                .map(|v| v.as_ref().map(|s| s.parse::<i64>().unwrap()))
+                .collect::<Int64Array>(),
         ),
         DataType::Int32 => Arc::new(
-            values.iter().map(|v| v.as_ref().map(|s| s.parse::<i32>().unwrap())).collect::<Int32Array>(),
+            values
+                .iter()
+                .map(|v| v.as_ref().map(|s| s.parse::<i32>().unwrap()))
+                .collect::<Int32Array>(),
         ),
         DataType::Float64 => Arc::new(
-            values.iter().map(|v| v.as_ref().map(|s| s.parse::<f64>().unwrap())).collect::<Float64Array>(),
+            values
+                .iter()
+                .map(|v| v.as_ref().map(|s| s.parse::<f64>().unwrap()))
+                .collect::<Float64Array>(),
         ),
         DataType::Boolean => Arc::new(
-            values.iter().map(|v| v.as_ref().map(|s| s == "t" || s == "true")).collect::<BooleanArray>(),
+            values
+                .iter()
+                .map(|v| v.as_ref().map(|s| s == "t" || s == "true"))
+                .collect::<BooleanArray>(),
         ),
         DataType::Utf8 => Arc::new(values.iter().map(|v| v.as_deref()).collect::<StringArray>()),
         other => new_null_array(other, values.len()),
@@ -326,15 +364,26 @@ mod tests {
              - 2 20
              + 3 30",
         );
-        let keys = b.column(0).as_any().downcast_ref::<Int64Array>().cloned().unwrap_or_else(|| Int64Array::from(Vec::<i64>::new()));
+        let keys = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+            .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new()));
         let ops = b.ops(|a, c| keys.value(a) == keys.value(c));
-        assert_eq!(ops, vec![Op::UpdateDelete, Op::UpdateInsert, Op::Delete, Op::Insert]);
+        assert_eq!(
+            ops,
+            vec![Op::UpdateDelete, Op::UpdateInsert, Op::Delete, Op::Insert]
+        );
     }
 
     #[test]
     fn filter_keeps_weights_aligned() {
         let b = ChangeBatch::from_pretty("I\n + 1\n - 2\n +2 3");
         let mask = BooleanArray::from(vec![false, true, true]);
-        assert_eq!(b.filter(&mask).map(|f| f.to_pretty()).ok(), Some("- 2\n+2 3\n".to_string()));
+        assert_eq!(
+            b.filter(&mask).map(|f| f.to_pretty()).ok(),
+            Some("- 2\n+2 3\n".to_string())
+        );
     }
 }

@@ -28,9 +28,17 @@ use crate::store::{RelationDelta, RowCodec, Snapshot};
 #[derive(Debug)]
 pub enum ActorReport {
     /// The actor processed the barrier of `epoch`; these are its state changes of the epoch.
-    Collected { actor: ActorId, epoch: Epoch, deltas: Vec<(ObjectId, RelationDelta)> },
+    Collected {
+        actor: ActorId,
+        epoch: Epoch,
+        deltas: Vec<(ObjectId, RelationDelta)>,
+    },
     /// The actor stopped with an error.
-    Failed { actor: ActorId, job: ObjectId, error: String },
+    Failed {
+        actor: ActorId,
+        job: ObjectId,
+        error: String,
+    },
 }
 
 /// One input channel and the logical input (for joins and unions) it feeds.
@@ -85,7 +93,11 @@ impl Actor {
         let reports = self.reports.clone();
         if let Err(error) = self.run_inner().await {
             tracing::error!(actor = id, job = job.0, %error, "actor failed");
-            let _ = reports.send(ActorReport::Failed { actor: id, job, error: error.to_string() });
+            let _ = reports.send(ActorReport::Failed {
+                actor: id,
+                job,
+                error: error.to_string(),
+            });
         }
     }
 
@@ -95,7 +107,12 @@ impl Actor {
         }
         let mut inputs: Vec<InputState> = std::mem::take(&mut self.inputs)
             .into_iter()
-            .map(|i| InputState { index: i.index, receiver: i.receiver, blocked: false, closed: false })
+            .map(|i| InputState {
+                index: i.index,
+                receiver: i.receiver,
+                blocked: false,
+                closed: false,
+            })
             .collect();
         let mut pending_barrier: Option<Barrier> = None;
         let mut rotate = 0usize;
@@ -117,7 +134,11 @@ impl Actor {
                         return Poll::Ready(Some((i, m)));
                     }
                 }
-                if any_open { Poll::Pending } else { Poll::Ready(None) }
+                if any_open {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(None)
+                }
             })
             .await;
             rotate = rotate.wrapping_add(1);
@@ -152,7 +173,9 @@ impl Actor {
                             x.blocked = false;
                         }
                         let Some(barrier) = pending_barrier.take() else {
-                            return Err(ExecError::Internal("barrier alignment lost its barrier".into()));
+                            return Err(ExecError::Internal(
+                                "barrier alignment lost its barrier".into(),
+                            ));
                         };
                         let stop = self.handle_barrier(barrier).await?;
                         if stop {
@@ -170,7 +193,13 @@ impl Actor {
             return Err(ExecError::ShuttingDown);
         };
         let batches = tokio::task::block_in_place(|| {
-            snapshot.scan(backfill.relation, &backfill.codec, &[], BACKFILL_BATCH_ROWS, None)
+            snapshot.scan(
+                backfill.relation,
+                &backfill.codec,
+                &[],
+                BACKFILL_BATCH_ROWS,
+                None,
+            )
         })?;
         for batch in batches {
             let mut change = ChangeBatch::inserts(batch);
@@ -219,7 +248,9 @@ impl Actor {
             }
         }
         if let Some((column, value)) = wm {
-            self.dispatcher.broadcast(Message::Watermark { column, value }).await;
+            self.dispatcher
+                .broadcast(Message::Watermark { column, value })
+                .await;
         }
         Ok(())
     }
@@ -233,7 +264,11 @@ impl Actor {
                 Box::pin(self.push(i + 1, 0, b)).await?;
             }
         }
-        let deltas: Vec<_> = self.chain.iter_mut().filter_map(|op| op.take_delta()).collect();
+        let deltas: Vec<_> = self
+            .chain
+            .iter_mut()
+            .filter_map(|op| op.take_delta())
+            .collect();
         if let Some(Mutation::Stop(actors)) = barrier.mutation.as_deref() {
             self.dispatcher.remove_actors(actors);
         }
@@ -247,10 +282,17 @@ impl Actor {
             && let Some(mine) = per_actor.get(index)
         {
             for o in mine {
-                self.dispatcher.add(Edge::Forward { actor: o.downstream, sender: o.sender.clone() });
+                self.dispatcher.add(Edge::Forward {
+                    actor: o.downstream,
+                    sender: o.sender.clone(),
+                });
             }
         }
-        let _ = self.reports.send(ActorReport::Collected { actor: self.id, epoch, deltas });
+        let _ = self.reports.send(ActorReport::Collected {
+            actor: self.id,
+            epoch,
+            deltas,
+        });
         Ok(stop)
     }
 }

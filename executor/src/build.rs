@@ -21,7 +21,9 @@ use crate::message::{ActorId, Message, NewOutput};
 use crate::operator::Operator;
 use crate::ops::agg::HashAggOperator;
 use crate::ops::materialize::MaterializeOperator;
-use crate::ops::stateless::{FilterOperator, ProjectOperator, ScanOperator, UnionOperator, ValuesOperator};
+use crate::ops::stateless::{
+    FilterOperator, ProjectOperator, ScanOperator, UnionOperator, ValuesOperator,
+};
 use crate::store::{RowCodec, Snapshot};
 
 /// Capacity of each actor-to-actor channel, in messages. Small, so a slow consumer slows its
@@ -59,7 +61,10 @@ pub fn build_table(
     let actor = Actor {
         id,
         job: def.id,
-        inputs: vec![Input { index: 0, receiver: rx }],
+        inputs: vec![Input {
+            index: 0,
+            receiver: rx,
+        }],
         chain: vec![Box::new(MaterializeOperator::new(def.id, codec))],
         dispatcher: Dispatcher::default(),
         backfill: None,
@@ -68,7 +73,11 @@ pub fn build_table(
     };
     Ok(BuiltJob {
         actors: vec![actor],
-        job: JobActors { job: def.id, actors: vec![id], injected: vec![(id, tx.clone())] },
+        job: JobActors {
+            job: def.id,
+            actors: vec![id],
+            injected: vec![(id, tx.clone())],
+        },
         add_outputs: HashMap::new(),
         snapshots: Vec::new(),
         dml: Some(tx),
@@ -90,16 +99,29 @@ pub fn build_graph(
     let actor_ids: Vec<Vec<ActorId>> = graph
         .fragments
         .iter()
-        .map(|f| (0..f.parallelism).map(|_| ids.fetch_add(1, Ordering::Relaxed)).collect())
+        .map(|f| {
+            (0..f.parallelism)
+                .map(|_| ids.fetch_add(1, Ordering::Relaxed))
+                .collect()
+        })
         .collect();
     // inputs[f][i]: the channels feeding actor i of fragment f.
-    let mut inputs: Vec<Vec<Vec<Input>>> =
-        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| Vec::new()).collect()).collect();
+    let mut inputs: Vec<Vec<Vec<Input>>> = graph
+        .fragments
+        .iter()
+        .map(|f| (0..f.parallelism).map(|_| Vec::new()).collect())
+        .collect();
     // edges[f][i]: the outgoing edges of actor i of fragment f.
-    let mut edges: Vec<Vec<Vec<Edge>>> =
-        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| Vec::new()).collect()).collect();
-    let mut backfills: Vec<Vec<Option<Backfill>>> =
-        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| None).collect()).collect();
+    let mut edges: Vec<Vec<Vec<Edge>>> = graph
+        .fragments
+        .iter()
+        .map(|f| (0..f.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    let mut backfills: Vec<Vec<Option<Backfill>>> = graph
+        .fragments
+        .iter()
+        .map(|f| (0..f.parallelism).map(|_| None).collect())
+        .collect();
     let mut add_outputs: HashMap<ObjectId, Vec<Vec<NewOutput>>> = HashMap::new();
     let mut snapshots = Vec::new();
     let mut injected = Vec::new();
@@ -109,7 +131,10 @@ pub fn build_graph(
             // A source fragment: barriers come straight from the coordinator.
             for (i, actor) in actor_ids[f].iter().enumerate() {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                inputs[f][i].push(Input { index: 0, receiver: rx });
+                inputs[f][i].push(Input {
+                    index: 0,
+                    receiver: rx,
+                });
                 injected.push((*actor, tx));
             }
         }
@@ -117,7 +142,9 @@ pub fn build_graph(
             match input {
                 FragmentInput::Relation { id, name } => {
                     let upstream = resolver.relation_by_id(*id).ok_or_else(|| {
-                        ExecError::Internal(format!("scanned relation {name} is not in the catalog"))
+                        ExecError::Internal(format!(
+                            "scanned relation {name} is not in the catalog"
+                        ))
                     })?;
                     let up_p = upstream.output_parallelism.max(1);
                     if up_p != fragment.parallelism {
@@ -127,13 +154,23 @@ pub fn build_graph(
                         )));
                     }
                     let layout = upstream.storage.clone().ok_or_else(|| {
-                        ExecError::Internal(format!("{name} is not stored and cannot be backfilled"))
+                        ExecError::Internal(format!(
+                            "{name} is not stored and cannot be backfilled"
+                        ))
                     })?;
-                    let per_actor = add_outputs.entry(*id).or_insert_with(|| vec![Vec::new(); up_p]);
+                    let per_actor = add_outputs
+                        .entry(*id)
+                        .or_insert_with(|| vec![Vec::new(); up_p]);
                     for i in 0..fragment.parallelism {
                         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                        inputs[f][i].push(Input { index: input_index, receiver: rx });
-                        per_actor[i].push(NewOutput { downstream: actor_ids[f][i], sender: tx });
+                        inputs[f][i].push(Input {
+                            index: input_index,
+                            receiver: rx,
+                        });
+                        per_actor[i].push(NewOutput {
+                            downstream: actor_ids[f][i],
+                            sender: tx,
+                        });
                         let partition = match (&upstream.output_distribution, up_p) {
                             (_, 1) => None,
                             (Distribution::HashBy(cols), p) => Some((cols.clone(), p, i)),
@@ -151,42 +188,69 @@ pub fn build_graph(
                         });
                     }
                 }
-                FragmentInput::Fragment { fragment: up, exchange } => {
+                FragmentInput::Fragment {
+                    fragment: up,
+                    exchange,
+                } => {
                     let up = *up;
                     if up >= n {
-                        return Err(ExecError::Internal(format!("fragment {f} reads unknown fragment {up}")));
+                        return Err(ExecError::Internal(format!(
+                            "fragment {f} reads unknown fragment {up}"
+                        )));
                     }
                     let up_p = graph.fragments[up].parallelism;
                     match exchange {
                         Exchange::Forward => {
                             if up_p != fragment.parallelism {
-                                return Err(ExecError::Internal("forward edge between different parallelisms".into()));
+                                return Err(ExecError::Internal(
+                                    "forward edge between different parallelisms".into(),
+                                ));
                             }
                             for i in 0..up_p {
                                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                                inputs[f][i].push(Input { index: input_index, receiver: rx });
-                                edges[up][i].push(Edge::Forward { actor: actor_ids[f][i], sender: tx });
+                                inputs[f][i].push(Input {
+                                    index: input_index,
+                                    receiver: rx,
+                                });
+                                edges[up][i].push(Edge::Forward {
+                                    actor: actor_ids[f][i],
+                                    sender: tx,
+                                });
                             }
                         }
                         Exchange::Hash(columns) => {
-                            for j in 0..up_p {
+                            for upstream_edges in edges[up].iter_mut() {
                                 let mut targets = Vec::new();
                                 for i in 0..fragment.parallelism {
                                     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                                    inputs[f][i].push(Input { index: input_index, receiver: rx });
+                                    inputs[f][i].push(Input {
+                                        index: input_index,
+                                        receiver: rx,
+                                    });
                                     targets.push((actor_ids[f][i], tx));
                                 }
-                                edges[up][j].push(Edge::Hash { columns: columns.clone(), targets });
+                                upstream_edges.push(Edge::Hash {
+                                    columns: columns.clone(),
+                                    targets,
+                                });
                             }
                         }
                         Exchange::Single => {
                             if fragment.parallelism != 1 {
-                                return Err(ExecError::Internal("single edge into a parallel fragment".into()));
+                                return Err(ExecError::Internal(
+                                    "single edge into a parallel fragment".into(),
+                                ));
                             }
-                            for j in 0..up_p {
+                            for upstream_edges in edges[up].iter_mut() {
                                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                                inputs[f][0].push(Input { index: input_index, receiver: rx });
-                                edges[up][j].push(Edge::Forward { actor: actor_ids[f][0], sender: tx });
+                                inputs[f][0].push(Input {
+                                    index: input_index,
+                                    receiver: rx,
+                                });
+                                upstream_edges.push(Edge::Forward {
+                                    actor: actor_ids[f][0],
+                                    sender: tx,
+                                });
                             }
                         }
                     }
@@ -218,7 +282,11 @@ pub fn build_graph(
     }
     Ok(BuiltJob {
         actors,
-        job: JobActors { job: def.id, actors: actor_ids.into_iter().flatten().collect(), injected },
+        job: JobActors {
+            job: def.id,
+            actors: actor_ids.into_iter().flatten().collect(),
+            injected,
+        },
         add_outputs,
         snapshots,
         dml: None,
@@ -228,17 +296,36 @@ pub fn build_graph(
 /// The one place that maps an operator description to its implementation.
 fn build_operator(spec: &OperatorSpec, def: &RelationDef) -> Result<Box<dyn Operator>> {
     Ok(match spec {
-        OperatorSpec::Scan { projection, schema, .. } => Box::new(ScanOperator::new(projection.clone(), schema)),
-        OperatorSpec::Filter { predicate, input_schema } => Box::new(FilterOperator::new(predicate, input_schema)?),
-        OperatorSpec::Project { exprs, input_schema, schema } => {
-            Box::new(ProjectOperator::new(exprs, input_schema, schema)?)
-        }
-        OperatorSpec::HashAgg { group_keys, calls, input_schema, schema, append_only_input } => {
-            Box::new(HashAggOperator::new(group_keys, calls, input_schema, schema, *append_only_input)?)
-        }
+        OperatorSpec::Scan {
+            projection, schema, ..
+        } => Box::new(ScanOperator::new(projection.clone(), schema)),
+        OperatorSpec::Filter {
+            predicate,
+            input_schema,
+        } => Box::new(FilterOperator::new(predicate, input_schema)?),
+        OperatorSpec::Project {
+            exprs,
+            input_schema,
+            schema,
+        } => Box::new(ProjectOperator::new(exprs, input_schema, schema)?),
+        OperatorSpec::HashAgg {
+            group_keys,
+            calls,
+            input_schema,
+            schema,
+            append_only_input,
+        } => Box::new(HashAggOperator::new(
+            group_keys,
+            calls,
+            input_schema,
+            schema,
+            *append_only_input,
+        )?),
         OperatorSpec::Union { schema, .. } => Box::new(UnionOperator::new(schema)),
         OperatorSpec::Values { rows, schema } => Box::new(ValuesOperator::new(rows, schema)?),
-        OperatorSpec::Materialize { relation, layout, .. } => {
+        OperatorSpec::Materialize {
+            relation, layout, ..
+        } => {
             // Stored under the catalog's schema (its column names), not the plan's.
             let codec = RowCodec::new(def.schema.clone(), layout.clone())?;
             Box::new(MaterializeOperator::new(*relation, codec))

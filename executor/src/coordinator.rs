@@ -46,12 +46,22 @@ pub struct Change {
 
 pub enum Request {
     /// Start a barrier soon and answer with its epoch once committed.
-    Flush { durable: bool, reply: oneshot::Sender<Result<Epoch>> },
+    Flush {
+        durable: bool,
+        reply: oneshot::Sender<Result<Epoch>>,
+    },
     /// Apply `change` with the next barrier and answer once that epoch committed.
-    Apply { change: Box<Change>, reply: oneshot::Sender<Result<Epoch>> },
+    Apply {
+        change: Box<Change>,
+        reply: oneshot::Sender<Result<Epoch>>,
+    },
     /// Live job status, for system views.
-    Status { reply: oneshot::Sender<CoordinatorStatus> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Status {
+        reply: oneshot::Sender<CoordinatorStatus>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What the coordinator can say about the running graph.
@@ -76,7 +86,9 @@ impl CoordinatorHandle {
     /// When the commit fails or the coordinator is gone.
     pub async fn flush(&self, durable: bool) -> Result<Epoch> {
         let (reply, rx) = oneshot::channel();
-        self.requests.send(Request::Flush { durable, reply }).map_err(|_| ExecError::ShuttingDown)?;
+        self.requests
+            .send(Request::Flush { durable, reply })
+            .map_err(|_| ExecError::ShuttingDown)?;
         rx.await.map_err(|_| ExecError::ShuttingDown)?
     }
 
@@ -87,14 +99,19 @@ impl CoordinatorHandle {
     pub async fn apply(&self, change: Change) -> Result<Epoch> {
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(Request::Apply { change: Box::new(change), reply })
+            .send(Request::Apply {
+                change: Box::new(change),
+                reply,
+            })
             .map_err(|_| ExecError::ShuttingDown)?;
         rx.await.map_err(|_| ExecError::ShuttingDown)?
     }
 
     pub async fn status(&self) -> Result<CoordinatorStatus> {
         let (reply, rx) = oneshot::channel();
-        self.requests.send(Request::Status { reply }).map_err(|_| ExecError::ShuttingDown)?;
+        self.requests
+            .send(Request::Status { reply })
+            .map_err(|_| ExecError::ShuttingDown)?;
         rx.await.map_err(|_| ExecError::ShuttingDown)
     }
 
@@ -216,11 +233,22 @@ impl Coordinator {
         // interval, and it makes every acknowledged statement durable without bookkeeping.
         let durable = true;
         let mut change = self.queued_changes.pop_front();
-        let mutation = change.as_mut().and_then(|(c, _)| c.mutation.take()).map(Arc::new);
-        let barrier = Barrier { epoch, checkpoint: durable, mutation };
+        let mutation = change
+            .as_mut()
+            .and_then(|(c, _)| c.mutation.take())
+            .map(Arc::new);
+        let barrier = Barrier {
+            epoch,
+            checkpoint: durable,
+            mutation,
+        };
         let mut dead = Vec::new();
         for (actor, sender) in &self.injected {
-            if sender.send(Message::Barrier(barrier.clone())).await.is_err() {
+            if sender
+                .send(Message::Barrier(barrier.clone()))
+                .await
+                .is_err()
+            {
                 dead.push(*actor);
             }
         }
@@ -241,8 +269,14 @@ impl Coordinator {
 
     async fn on_report(&mut self, report: ActorReport) {
         match report {
-            ActorReport::Collected { actor, epoch, deltas } => {
-                let Some(flight) = self.in_flight.as_mut() else { return };
+            ActorReport::Collected {
+                actor,
+                epoch,
+                deltas,
+            } => {
+                let Some(flight) = self.in_flight.as_mut() else {
+                    return;
+                };
                 if flight.epoch != epoch || !flight.remaining.remove(&actor) {
                     return;
                 }
@@ -266,7 +300,10 @@ impl Coordinator {
                 }
                 // Tell the rest of the graph to drop its edges to the failed job.
                 self.queued_changes.push_back((
-                    Box::new(Change { mutation: Some(Mutation::Stop(stop)), ..Default::default() }),
+                    Box::new(Change {
+                        mutation: Some(Mutation::Stop(stop)),
+                        ..Default::default()
+                    }),
                     oneshot::channel().0,
                 ));
                 self.maybe_commit().await;
@@ -279,7 +316,9 @@ impl Coordinator {
         if !ready {
             return;
         }
-        let Some(mut flight) = self.in_flight.take() else { return };
+        let Some(mut flight) = self.in_flight.take() else {
+            return;
+        };
         let mut commit = EpochCommit {
             relations: std::mem::take(&mut flight.deltas),
             catalog: Vec::new(),
@@ -319,7 +358,12 @@ impl Coordinator {
         }
     }
 
-    fn finish_change(&mut self, change: Change, epoch: Epoch, reply: oneshot::Sender<Result<Epoch>>) {
+    fn finish_change(
+        &mut self,
+        change: Change,
+        epoch: Epoch,
+        reply: oneshot::Sender<Result<Epoch>>,
+    ) {
         for job in &change.remove_jobs {
             for a in self.jobs.remove(job).unwrap_or_default() {
                 self.live.remove(&a);

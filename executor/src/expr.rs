@@ -28,7 +28,9 @@ impl CompiledExpr {
     /// When DataFusion cannot plan the expression against `schema`.
     pub fn new(expr: &Expr, schema: &DFSchema) -> Result<Self> {
         let props = ExecutionProps::new();
-        Ok(Self { expr: create_physical_expr(expr, schema, &props, &PhysicalPlanningContext::default())? })
+        Ok(Self {
+            expr: create_physical_expr(expr, schema, &props, &PhysicalPlanningContext::default())?,
+        })
     }
 
     /// Evaluates the expression for every row of `batch`.

@@ -20,7 +20,10 @@ pub enum Message {
     Data(ChangeBatch),
     /// Event time of column `column` has reached `value` (in the column's own unit): no later
     /// row will carry a smaller value.
-    Watermark { column: usize, value: i64 },
+    Watermark {
+        column: usize,
+        value: i64,
+    },
     Barrier(Barrier),
 }
 

@@ -54,7 +54,12 @@ pub trait Operator: Send {
     }
 
     /// A watermark on `column`; returns the watermark to pass on, if any, in output columns.
-    fn on_watermark(&mut self, column: usize, value: i64, _out: &mut Output) -> Result<Option<(usize, i64)>> {
+    fn on_watermark(
+        &mut self,
+        column: usize,
+        value: i64,
+        _out: &mut Output,
+    ) -> Result<Option<(usize, i64)>> {
         Ok(Some((column, value)))
     }
 

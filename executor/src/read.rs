@@ -74,25 +74,31 @@ impl StoredTable {
 /// `name = literal` (either side) inside a conjunction.
 fn equality_literal(expr: &Expr, name: &str) -> Option<ScalarValue> {
     match expr {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => {
-            match (left.as_ref(), right.as_ref()) {
-                (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
-                    if c.name == name =>
-                {
-                    Some(v.clone())
-                }
-                (Expr::Column(c), Expr::Cast(cast)) | (Expr::Cast(cast), Expr::Column(c)) if c.name == name => {
-                    match cast.expr.as_ref() {
-                        Expr::Literal(v, _) => v.cast_to(cast.field.data_type()).ok(),
-                        _ => None,
-                    }
-                }
-                _ => None,
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
+                if c.name == name =>
+            {
+                Some(v.clone())
             }
-        }
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
-            equality_literal(left, name).or_else(|| equality_literal(right, name))
-        }
+            (Expr::Column(c), Expr::Cast(cast)) | (Expr::Cast(cast), Expr::Column(c))
+                if c.name == name =>
+            {
+                match cast.expr.as_ref() {
+                    Expr::Literal(v, _) => v.cast_to(cast.field.data_type()).ok(),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => equality_literal(left, name).or_else(|| equality_literal(right, name)),
         _ => None,
     }
 }
@@ -110,7 +116,10 @@ impl TableProvider for StoredTable {
         }
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         // Filters narrow the key range; DataFusion still applies them to what is read.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -124,7 +133,10 @@ impl TableProvider for StoredTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = match state.config().get_extension::<QuerySnapshot>() {
             Some(s) => s.0.clone(),
-            None => self.store.snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?,
+            None => self
+                .store
+                .snapshot()
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
         };
         let prefix = self.key_prefix(filters)?;
         let limit = if filters.is_empty() { limit } else { None };
@@ -134,7 +146,11 @@ impl TableProvider for StoredTable {
             snapshot.scan(id, &codec, &prefix, SCAN_BATCH_ROWS, limit)
         })
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let exec = MemorySourceConfig::try_new_exec(&[batches], self.def.schema.clone(), projection.cloned())?;
+        let exec = MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.def.schema.clone(),
+            projection.cloned(),
+        )?;
         Ok(exec)
     }
 }

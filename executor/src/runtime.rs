@@ -32,7 +32,10 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { barrier_interval: Duration::from_millis(1000), parallelism: 2 }
+        Self {
+            barrier_interval: Duration::from_millis(1000),
+            parallelism: 2,
+        }
     }
 }
 
@@ -55,7 +58,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,7 +80,8 @@ impl Runtime {
                 u64::from_le_bytes(buf)
             })
             .unwrap_or(0);
-        let (coordinator, reports) = coordinator::spawn(store.clone(), config.barrier_interval, last_epoch + 1);
+        let (coordinator, reports) =
+            coordinator::spawn(store.clone(), config.barrier_interval, last_epoch + 1);
         Ok(Arc::new(Self {
             store,
             coordinator,
@@ -107,10 +113,23 @@ impl Runtime {
     ///
     /// # Errors
     /// When the table cannot be built or the commit fails.
-    pub async fn create_table(&self, def: &RelationDef, catalog: Vec<CatalogChange>) -> Result<Epoch> {
+    pub async fn create_table(
+        &self,
+        def: &RelationDef,
+        catalog: Vec<CatalogChange>,
+    ) -> Result<Epoch> {
         let built = build_table(def, &self.actor_ids, &self.reports)?;
-        let dml = built.dml.clone().ok_or_else(|| ExecError::Internal("table without DML channel".into()))?;
-        self.tables.lock().insert(def.id, TableHandle { dml, lock: Arc::new(tokio::sync::Mutex::new(())) });
+        let dml = built
+            .dml
+            .clone()
+            .ok_or_else(|| ExecError::Internal("table without DML channel".into()))?;
+        self.tables.lock().insert(
+            def.id,
+            TableHandle {
+                dml,
+                lock: Arc::new(tokio::sync::Mutex::new(())),
+            },
+        );
         self.start(def.id, built, catalog).await
     }
 
@@ -133,14 +152,31 @@ impl Runtime {
         self.coordinator.flush(true).await
     }
 
-    async fn start(&self, job: ObjectId, built: BuiltJob, catalog: Vec<CatalogChange>) -> Result<Epoch> {
-        let BuiltJob { actors, job: job_actors, add_outputs, snapshots, .. } = built;
+    async fn start(
+        &self,
+        job: ObjectId,
+        built: BuiltJob,
+        catalog: Vec<CatalogChange>,
+    ) -> Result<Epoch> {
+        let BuiltJob {
+            actors,
+            job: job_actors,
+            add_outputs,
+            snapshots,
+            ..
+        } = built;
         self.jobs.lock().insert(job, job_actors.actors.clone());
         for actor in actors {
             tokio::spawn(actor.run());
         }
         let mutation = (!add_outputs.is_empty()).then_some(Mutation::AddOutputs(add_outputs));
-        let change = Change { mutation, add_job: Some(job_actors), remove_jobs: vec![], catalog, snapshots };
+        let change = Change {
+            mutation,
+            add_job: Some(job_actors),
+            remove_jobs: vec![],
+            catalog,
+            snapshots,
+        };
         match self.coordinator.apply(change).await {
             Ok(epoch) => Ok(epoch),
             Err(e) => {
@@ -169,7 +205,13 @@ impl Runtime {
         let mutation = (!actors.is_empty()).then_some(Mutation::Stop(actors));
         let epoch = self
             .coordinator
-            .apply(Change { mutation, add_job: None, remove_jobs: ids.to_vec(), catalog, snapshots: vec![] })
+            .apply(Change {
+                mutation,
+                add_job: None,
+                remove_jobs: ids.to_vec(),
+                catalog,
+                snapshots: vec![],
+            })
             .await?;
         let mut jobs = self.jobs.lock();
         let mut tables = self.tables.lock();
@@ -185,7 +227,12 @@ impl Runtime {
     /// # Errors
     /// When the commit fails.
     pub async fn commit_catalog(&self, catalog: Vec<CatalogChange>) -> Result<Epoch> {
-        self.coordinator.apply(Change { catalog, ..Default::default() }).await
+        self.coordinator
+            .apply(Change {
+                catalog,
+                ..Default::default()
+            })
+            .await
     }
 
     /// The lock serializing DML on `table`.
@@ -215,7 +262,10 @@ impl Runtime {
             .get(&table)
             .map(|t| t.dml.clone())
             .ok_or_else(|| ExecError::Internal(format!("table {table} is not running")))?;
-        sender.send(Message::Data(batch)).await.map_err(|_| ExecError::ShuttingDown)
+        sender
+            .send(Message::Data(batch))
+            .await
+            .map_err(|_| ExecError::ShuttingDown)
     }
 
     /// Waits until everything written so far is committed, durably.

@@ -32,5 +32,11 @@ pub fn plan_stream(
 ) -> Result<(StreamPlan, OperatorGraph)> {
     let root = stream::rewrite::rewrite(logical, resolver)?;
     let graph = stream::fragment::build_graph(&root, relation, parallelism)?;
-    Ok((StreamPlan { root, logical: logical.clone() }, graph))
+    Ok((
+        StreamPlan {
+            root,
+            logical: logical.clone(),
+        },
+        graph,
+    ))
 }

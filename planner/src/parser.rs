@@ -7,8 +7,7 @@
 //! unchanged. Each statement keeps its own text, which is what the catalog persists.
 
 use sqlparser::ast::{
-    ColumnOption, DataType, Expr, Ident, ObjectName, Query, Statement, TableConstraint,
-    Value,
+    ColumnOption, DataType, Expr, Ident, ObjectName, Query, Statement, TableConstraint, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -35,7 +34,10 @@ pub enum EddyStatement {
     Drop(DropStatement),
     Show(ShowStatement),
     Describe(ObjectName),
-    Explain { analyze: bool, statement: Box<EddyStatement> },
+    Explain {
+        analyze: bool,
+        statement: Box<EddyStatement>,
+    },
     Flush,
     /// Plain Postgres SQL: queries, DML, SET, transactions.
     Sql(Box<Statement>),
@@ -170,12 +172,20 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>, PlanError> {
         let mut statement = parse_statement(&mut parser).map_err(|e| parse_error(sql, &e))?;
         let end = parser.peek_token().span.start;
         if let EddyStatement::CreateMaterializedView(mv) = &mut statement
-            && emit_markers.iter().any(|m| location_between(*m, start, end))
+            && emit_markers
+                .iter()
+                .any(|m| location_between(*m, start, end))
         {
             mv.emit_on_window_close = true;
         }
-        let text = slice_between(sql, &line_starts, start, end).trim().trim_end_matches(';').trim();
-        out.push(ParsedStatement { statement, text: text.to_string() });
+        let text = slice_between(sql, &line_starts, start, end)
+            .trim()
+            .trim_end_matches(';')
+            .trim();
+        out.push(ParsedStatement {
+            statement,
+            text: text.to_string(),
+        });
         let next = parser.peek_token();
         match next.token {
             Token::EOF | Token::SemiColon => {}
@@ -201,15 +211,23 @@ pub fn parse_one(sql: &str) -> Result<ParsedStatement, PlanError> {
     let mut statements = parse_sql(sql)?;
     match statements.len() {
         1 => Ok(statements.remove(0)),
-        0 => Err(PlanError::Parse { message: "empty statement".into(), position: None }),
-        _ => Err(PlanError::Parse { message: "expected a single statement".into(), position: None }),
+        0 => Err(PlanError::Parse {
+            message: "empty statement".into(),
+            position: None,
+        }),
+        _ => Err(PlanError::Parse {
+            message: "expected a single statement".into(),
+            position: None,
+        }),
     }
 }
 
 /// Removes `EMIT ON WINDOW CLOSE` / `EMIT FINAL` clauses from the token stream, returning
 /// where each one stood. Left in, `sqlparser` would read `EMIT` as an alias of the last select
 /// item or table; the statement that spans a marker gets the clause back.
-fn extract_emit_clauses(tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> (Vec<sqlparser::tokenizer::TokenWithSpan>, Vec<Location>) {
+fn extract_emit_clauses(
+    tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> (Vec<sqlparser::tokenizer::TokenWithSpan>, Vec<Location>) {
     let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
     let significant: Vec<usize> = tokens
         .iter()
@@ -244,12 +262,23 @@ fn extract_emit_clauses(tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> (Ve
         }
         k += 1;
     }
-    let kept = tokens.into_iter().zip(remove).filter(|(_, r)| !r).map(|(t, _)| t).collect();
+    let kept = tokens
+        .into_iter()
+        .zip(remove)
+        .filter(|(_, r)| !r)
+        .map(|(t, _)| t)
+        .collect();
     (kept, markers)
 }
 
 fn location_between(loc: Location, start: Location, end: Location) -> bool {
-    let key = |l: Location| if l.line == 0 { (u64::MAX, u64::MAX) } else { (l.line, l.column) };
+    let key = |l: Location| {
+        if l.line == 0 {
+            (u64::MAX, u64::MAX)
+        } else {
+            (l.line, l.column)
+        }
+    };
     key(loc) >= key(start) && key(loc) < key(end)
 }
 
@@ -278,7 +307,12 @@ fn byte_offset(sql: &str, line_starts: &[usize], loc: Location) -> usize {
         .unwrap_or(sql.len())
 }
 
-fn slice_between<'a>(sql: &'a str, line_starts: &[usize], start: Location, end: Location) -> &'a str {
+fn slice_between<'a>(
+    sql: &'a str,
+    line_starts: &[usize],
+    start: Location,
+    end: Location,
+) -> &'a str {
     let a = byte_offset(sql, line_starts, start);
     let b = byte_offset(sql, line_starts, end).max(a);
     &sql[a..b]
@@ -326,7 +360,9 @@ fn parse_statement(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
             return Ok(EddyStatement::CreateTable(parse_create_relation(p, true)?));
         }
         if p.parse_keyword(Keyword::SOURCE) {
-            return Ok(EddyStatement::CreateSource(parse_create_relation(p, false)?));
+            return Ok(EddyStatement::CreateSource(parse_create_relation(
+                p, false,
+            )?));
         }
         if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
             return parse_create_mv(p);
@@ -362,7 +398,12 @@ fn parse_statement(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
             if !cascade {
                 let _ = p.parse_keyword(Keyword::RESTRICT);
             }
-            return Ok(EddyStatement::Drop(DropStatement { kind, names, if_exists, cascade }));
+            return Ok(EddyStatement::Drop(DropStatement {
+                kind,
+                names,
+                if_exists,
+                cascade,
+            }));
         }
         rewind(p, checkpoint);
     }
@@ -433,9 +474,15 @@ fn parse_statement(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
         p.next_token();
         let analyze = p.parse_keyword(Keyword::ANALYZE);
         let _ = p.parse_keyword(Keyword::VERBOSE);
-        if p.peek_keyword(Keyword::CREATE) || p.peek_keyword(Keyword::SELECT) || p.peek_keyword(Keyword::WITH) {
+        if p.peek_keyword(Keyword::CREATE)
+            || p.peek_keyword(Keyword::SELECT)
+            || p.peek_keyword(Keyword::WITH)
+        {
             let inner = parse_statement(p)?;
-            return Ok(EddyStatement::Explain { analyze, statement: Box::new(inner) });
+            return Ok(EddyStatement::Explain {
+                analyze,
+                statement: Box::new(inner),
+            });
         }
         rewind(p, checkpoint);
     }
@@ -461,14 +508,17 @@ fn rewind(p: &mut Parser<'_>, index: usize) {
     }
 }
 
-fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRelation, ParserError> {
+fn parse_create_relation(
+    p: &mut Parser<'_>,
+    is_table: bool,
+) -> Result<CreateRelation, ParserError> {
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = p.parse_object_name(false)?;
     let mut columns = Vec::new();
     let mut primary_key = Vec::new();
     let mut watermark = None;
-    if p.consume_token(&Token::LParen) {
-        if !p.consume_token(&Token::RParen) {
+    if p.consume_token(&Token::LParen) && !p.consume_token(&Token::RParen) {
+        {
             loop {
                 if let Token::Word(w) = &p.peek_token().token
                     && w.value.eq_ignore_ascii_case("watermark")
@@ -536,7 +586,11 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
         p.expect_keyword(Keyword::ONLY)?;
         append_only = true;
     }
-    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    let with_options = if p.parse_keyword(Keyword::WITH) {
+        parse_with_options(p)?
+    } else {
+        Vec::new()
+    };
     let format = parse_format(p)?;
     let _ = is_table;
     Ok(CreateRelation {
@@ -555,7 +609,13 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
 fn parse_column(p: &mut Parser<'_>) -> Result<(ColumnSpec, bool), ParserError> {
     let name = p.parse_identifier()?;
     let data_type = p.parse_data_type()?;
-    let mut spec = ColumnSpec { name, data_type, not_null: false, default: None, generated: None };
+    let mut spec = ColumnSpec {
+        name,
+        data_type,
+        not_null: false,
+        default: None,
+        generated: None,
+    };
     let mut is_pk = false;
     loop {
         if p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
@@ -636,8 +696,16 @@ fn parse_format(p: &mut Parser<'_>) -> Result<Option<FormatSpec>, ParserError> {
         return p.expected("ENCODE", p.peek_token());
     }
     let encode = p.parse_identifier()?.value.to_uppercase();
-    let options = if p.peek_token().token == Token::LParen { parse_with_options(p)? } else { Vec::new() };
-    Ok(Some(FormatSpec { format, encode, options }))
+    let options = if p.peek_token().token == Token::LParen {
+        parse_with_options(p)?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(FormatSpec {
+        format,
+        encode,
+        options,
+    }))
 }
 
 fn parse_create_mv(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
@@ -651,13 +719,15 @@ fn parse_create_mv(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
     p.expect_keyword(Keyword::AS)?;
     let query = p.parse_query()?;
     let emit_on_window_close = parse_emit(p)?;
-    Ok(EddyStatement::CreateMaterializedView(CreateMaterializedView {
-        name,
-        if_not_exists,
-        columns,
-        query,
-        emit_on_window_close,
-    }))
+    Ok(EddyStatement::CreateMaterializedView(
+        CreateMaterializedView {
+            name,
+            if_not_exists,
+            columns,
+            query,
+            emit_on_window_close,
+        },
+    ))
 }
 
 /// `EMIT ON WINDOW CLOSE` or its alias `EMIT FINAL`.
@@ -696,7 +766,13 @@ fn parse_create_view(p: &mut Parser<'_>, or_replace: bool) -> Result<EddyStateme
     let columns = parse_optional_column_names(p)?;
     p.expect_keyword(Keyword::AS)?;
     let query = p.parse_query()?;
-    Ok(EddyStatement::CreateView(CreateView { name, if_not_exists, or_replace, columns, query }))
+    Ok(EddyStatement::CreateView(CreateView {
+        name,
+        if_not_exists,
+        or_replace,
+        columns,
+        query,
+    }))
 }
 
 fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
@@ -708,9 +784,19 @@ fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
         p.expect_keyword(Keyword::AS)?;
         SinkInput::Query(p.parse_query()?)
     };
-    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    let with_options = if p.parse_keyword(Keyword::WITH) {
+        parse_with_options(p)?
+    } else {
+        Vec::new()
+    };
     let format = parse_format(p)?;
-    Ok(EddyStatement::CreateSink(CreateSink { name, if_not_exists, from, with_options, format }))
+    Ok(EddyStatement::CreateSink(CreateSink {
+        name,
+        if_not_exists,
+        from,
+        with_options,
+        format,
+    }))
 }
 
 /// The last identifier of a possibly qualified name, which is what Eddy's single schema uses.
@@ -724,7 +810,11 @@ pub fn object_name_to_string(name: &ObjectName) -> String {
 
 /// Postgres folds unquoted identifiers to lower case.
 pub fn normalize_ident(ident: &Ident) -> String {
-    if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
 }
 
 /// Reads a literal option value written as an expression (used for `SET x = value`).
@@ -737,9 +827,10 @@ pub fn literal_to_string(expr: &Expr) -> Option<String> {
             _ => None,
         },
         Expr::Identifier(i) => Some(i.value.clone()),
-        Expr::UnaryOp { op: sqlparser::ast::UnaryOperator::Minus, expr } => {
-            literal_to_string(expr).map(|s| format!("-{s}"))
-        }
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Minus,
+            expr,
+        } => literal_to_string(expr).map(|s| format!("-{s}")),
         _ => None,
     }
 }
@@ -771,16 +862,22 @@ mod tests {
 
     #[test]
     fn create_source_with_options_and_format() {
-        let EddyStatement::CreateSource(s) = one(
-            "CREATE SOURCE bid (auction BIGINT, date_time TIMESTAMP)
+        let EddyStatement::CreateSource(s) =
+            one("CREATE SOURCE bid (auction BIGINT, date_time TIMESTAMP)
              WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.split.num = 2)
-             FORMAT PLAIN ENCODE JSON",
-        ) else {
+             FORMAT PLAIN ENCODE JSON")
+        else {
             panic!("not a source")
         };
-        assert_eq!(s.with_options[1], ("nexmark.table.type".to_string(), "Bid".to_string()));
+        assert_eq!(
+            s.with_options[1],
+            ("nexmark.table.type".to_string(), "Bid".to_string())
+        );
         assert_eq!(s.with_options[2].1, "2");
-        assert_eq!(s.format.map(|f| (f.format, f.encode)), Some(("PLAIN".into(), "JSON".into())));
+        assert_eq!(
+            s.format.map(|f| (f.format, f.encode)),
+            Some(("PLAIN".into(), "JSON".into()))
+        );
     }
 
     #[test]
@@ -791,25 +888,43 @@ mod tests {
             panic!("not a mv")
         };
         assert!(mv.emit_on_window_close);
-        let EddyStatement::CreateMaterializedView(mv) = one("CREATE MATERIALIZED VIEW m AS SELECT a FROM t") else {
+        let EddyStatement::CreateMaterializedView(mv) =
+            one("CREATE MATERIALIZED VIEW m AS SELECT a FROM t")
+        else {
             panic!("not a mv")
         };
         assert!(!mv.emit_on_window_close);
         let stmts = parse_sql("CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL; SELECT 1")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(&stmts[0].statement, EddyStatement::CreateMaterializedView(m) if m.emit_on_window_close));
-        assert_eq!(stmts[0].text, "CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL");
+        assert!(
+            matches!(&stmts[0].statement, EddyStatement::CreateMaterializedView(m) if m.emit_on_window_close)
+        );
+        assert_eq!(
+            stmts[0].text,
+            "CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL"
+        );
     }
 
     #[test]
     fn multiple_statements_keep_their_text() {
-        let stmts = match parse_sql("CREATE TABLE a (x INT); SELECT * FROM a ;\n DROP TABLE a CASCADE") {
-            Ok(s) => s,
-            Err(e) => panic!("{e}"),
-        };
+        let stmts =
+            match parse_sql("CREATE TABLE a (x INT); SELECT * FROM a ;\n DROP TABLE a CASCADE") {
+                Ok(s) => s,
+                Err(e) => panic!("{e}"),
+            };
         let texts: Vec<_> = stmts.iter().map(|s| s.text.as_str()).collect();
-        assert_eq!(texts, vec!["CREATE TABLE a (x INT)", "SELECT * FROM a", "DROP TABLE a CASCADE"]);
-        assert!(matches!(stmts[2].statement, EddyStatement::Drop(DropStatement { cascade: true, .. })));
+        assert_eq!(
+            texts,
+            vec![
+                "CREATE TABLE a (x INT)",
+                "SELECT * FROM a",
+                "DROP TABLE a CASCADE"
+            ]
+        );
+        assert!(matches!(
+            stmts[2].statement,
+            EddyStatement::Drop(DropStatement { cascade: true, .. })
+        ));
     }
 
     #[test]
@@ -822,9 +937,14 @@ mod tests {
 
     #[test]
     fn show_forms() {
-        assert!(matches!(one("SHOW MATERIALIZED VIEWS"), EddyStatement::Show(ShowStatement::Objects(ObjectKind::MaterializedView))));
+        assert!(matches!(
+            one("SHOW MATERIALIZED VIEWS"),
+            EddyStatement::Show(ShowStatement::Objects(ObjectKind::MaterializedView))
+        ));
         match one("SHOW TRANSACTION ISOLATION LEVEL") {
-            EddyStatement::Show(ShowStatement::Variable(v)) => assert_eq!(v, "transaction isolation level"),
+            EddyStatement::Show(ShowStatement::Variable(v)) => {
+                assert_eq!(v, "transaction isolation level")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -63,7 +63,9 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("objects", &self.inner.read().by_id.len()).finish()
+        f.debug_struct("Catalog")
+            .field("objects", &self.inner.read().by_id.len())
+            .finish()
     }
 }
 
@@ -78,12 +80,16 @@ impl Catalog {
 
     /// A fresh object id; ids are never reused, even after a drop.
     pub fn allocate_id(&self) -> ObjectId {
-        ObjectId(self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        ObjectId(
+            self.next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Makes sure ids handed out later exceed `id` (used when replaying definitions).
     pub fn observe_id(&self, id: ObjectId) {
-        self.next_id.fetch_max(id.0 + 1, std::sync::atomic::Ordering::Relaxed);
+        self.next_id
+            .fetch_max(id.0 + 1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn next_id_value(&self) -> u32 {
@@ -92,7 +98,11 @@ impl Catalog {
 
     pub fn get(&self, name: &str) -> Option<Arc<RelationDef>> {
         let inner = self.inner.read();
-        inner.by_name.get(name).and_then(|id| inner.by_id.get(id)).cloned()
+        inner
+            .by_name
+            .get(name)
+            .and_then(|id| inner.by_id.get(id))
+            .cloned()
     }
 
     pub fn get_by_id(&self, id: ObjectId) -> Option<Arc<RelationDef>> {
@@ -119,7 +129,13 @@ impl Catalog {
 
     /// Objects that read `id` directly.
     pub fn dependents(&self, id: ObjectId) -> Vec<Arc<RelationDef>> {
-        self.inner.read().by_id.values().filter(|d| d.dependencies.contains(&id)).cloned().collect()
+        self.inner
+            .read()
+            .by_id
+            .values()
+            .filter(|d| d.dependencies.contains(&id))
+            .cloned()
+            .collect()
     }
 
     /// `id` and everything that depends on it, dependents first (the order to drop them in).
@@ -237,7 +253,9 @@ impl SchemaProvider for PublicSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let Some(def) = self.catalog.get(name) else { return Ok(None) };
+        let Some(def) = self.catalog.get(name) else {
+            return Ok(None);
+        };
         match def.kind {
             RelationKind::Table | RelationKind::MaterializedView => {
                 let t = StoredTable::new(def, self.catalog.store().clone())
@@ -245,7 +263,10 @@ impl SchemaProvider for PublicSchema {
                 Ok(Some(Arc::new(t)))
             }
             RelationKind::View => match &def.view_plan {
-                Some(plan) => Ok(Some(Arc::new(ViewTable { plan: plan.clone(), def }))),
+                Some(plan) => Ok(Some(Arc::new(ViewTable {
+                    plan: plan.clone(),
+                    def,
+                }))),
                 None => Ok(None),
             },
             RelationKind::Source => Ok(Some(Arc::new(SourceTable { def }))),
@@ -254,7 +275,9 @@ impl SchemaProvider for PublicSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.catalog.get(name).is_some_and(|d| d.kind != RelationKind::Sink)
+        self.catalog
+            .get(name)
+            .is_some_and(|d| d.kind != RelationKind::Sink)
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {

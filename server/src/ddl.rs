@@ -12,9 +12,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use eddy_common::SqlState;
 use eddy_common::ids::ObjectId;
 use eddy_executor::store::CatalogChange;
-use eddy_planner::catalog::{
-    ConnectorDef, Distribution, RelationDef, RelationKind, StorageLayout,
-};
+use eddy_planner::catalog::{ConnectorDef, Distribution, RelationDef, RelationKind, StorageLayout};
 use eddy_planner::names::output_names;
 use eddy_planner::parser::{
     CreateMaterializedView, CreateRelation, CreateView, DropStatement, EddyStatement, ObjectKind,
@@ -33,16 +31,30 @@ use crate::session::{Session, StatementResult};
 ///
 /// # Errors
 /// When the definition no longer plans or its job cannot start.
-pub async fn replay(engine: &Arc<Engine>, session: &Arc<Session>, statement: &ParsedStatement, id: ObjectId) -> Result<()> {
+pub async fn replay(
+    engine: &Arc<Engine>,
+    session: &Arc<Session>,
+    statement: &ParsedStatement,
+    id: ObjectId,
+) -> Result<()> {
     match &statement.statement {
-        EddyStatement::CreateTable(t) => create_table(engine, session, t, &statement.text, Some(id)).await?,
-        EddyStatement::CreateSource(s) => create_source(engine, session, s, &statement.text, Some(id)).await?,
+        EddyStatement::CreateTable(t) => {
+            create_table(engine, session, t, &statement.text, Some(id)).await?
+        }
+        EddyStatement::CreateSource(s) => {
+            create_source(engine, session, s, &statement.text, Some(id)).await?
+        }
         EddyStatement::CreateMaterializedView(mv) => {
             create_materialized_view(engine, session, mv, &statement.text, Some(id)).await?
         }
-        EddyStatement::CreateView(v) => create_view(engine, session, v, &statement.text, Some(id)).await?,
+        EddyStatement::CreateView(v) => {
+            create_view(engine, session, v, &statement.text, Some(id)).await?
+        }
         other => {
-            return Err(ServerError::new(SqlState::Internal, format!("unexpected catalog statement {other:?}")));
+            return Err(ServerError::new(
+                SqlState::Internal,
+                format!("unexpected catalog statement {other:?}"),
+            ));
         }
     };
     Ok(())
@@ -78,16 +90,25 @@ fn check_name_free(engine: &Engine, name: &str, if_not_exists: bool) -> Result<b
 
 /// Plans the column list of a table or source through DataFusion, which gives the Arrow types
 /// it uses for the same SQL types, the NOT NULL flags and the DEFAULT expressions.
-async fn plan_columns(engine: &Engine, create: &CreateRelation) -> Result<(SchemaRef, Vec<Option<datafusion::logical_expr::Expr>>)> {
+async fn plan_columns(
+    engine: &Engine,
+    create: &CreateRelation,
+) -> Result<(SchemaRef, Vec<Option<datafusion::logical_expr::Expr>>)> {
     if create.columns.is_empty() {
-        return Err(ServerError::new(SqlState::SyntaxError, "a table or source needs at least one column"));
+        return Err(ServerError::new(
+            SqlState::SyntaxError,
+            "a table or source needs at least one column",
+        ));
     }
     let mut seen = HashSet::new();
     let mut cols = Vec::new();
     for c in &create.columns {
         let name = normalize_ident(&c.name);
         if !seen.insert(name.clone()) {
-            return Err(ServerError::new(SqlState::DuplicateObject, format!("column \"{name}\" specified more than once")));
+            return Err(ServerError::new(
+                SqlState::DuplicateObject,
+                format!("column \"{name}\" specified more than once"),
+            ));
         }
         if c.generated.is_some() {
             return Err(ServerError::with_hint(
@@ -97,7 +118,12 @@ async fn plan_columns(engine: &Engine, create: &CreateRelation) -> Result<(Schem
             ));
         }
         let mut text = format!("{} {}", Ident::with_quote('"', name), c.data_type);
-        if c.not_null || create.primary_key.iter().any(|k| normalize_ident(k) == normalize_ident(&c.name)) {
+        if c.not_null
+            || create
+                .primary_key
+                .iter()
+                .any(|k| normalize_ident(k) == normalize_ident(&c.name))
+        {
             text.push_str(" NOT NULL");
         }
         if let Some(d) = &c.default {
@@ -109,11 +135,16 @@ async fn plan_columns(engine: &Engine, create: &CreateRelation) -> Result<(Schem
     let statement = sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, &sql)
         .map_err(|e| ServerError::new(SqlState::SyntaxError, e.to_string()))?
         .pop()
-        .ok_or_else(|| ServerError::new(SqlState::Internal, "column check produced no statement"))?;
+        .ok_or_else(|| {
+            ServerError::new(SqlState::Internal, "column check produced no statement")
+        })?;
     let state = engine.state(None);
     let plan = engine.plan(&state, &statement).await?;
     let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create_table)) = plan else {
-        return Err(ServerError::new(SqlState::Internal, "column check did not plan as a table"));
+        return Err(ServerError::new(
+            SqlState::Internal,
+            "column check did not plan as a table",
+        ));
     };
     let schema: SchemaRef = Arc::new(create_table.input.schema().as_arrow().clone());
     let defaults = schema
@@ -140,7 +171,11 @@ fn connector_def(create: &CreateRelation) -> Option<ConnectorDef> {
         options,
         format: create.format.as_ref().map(|f| f.format.clone()),
         encode: create.format.as_ref().map(|f| f.encode.clone()),
-        format_options: create.format.as_ref().map(|f| f.options.iter().cloned().collect()).unwrap_or_default(),
+        format_options: create
+            .format
+            .as_ref()
+            .map(|f| f.options.iter().cloned().collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -180,14 +215,19 @@ pub async fn create_table(
     for k in &create.primary_key {
         let col = normalize_ident(k);
         let idx = schema.index_of(&col).map_err(|_| {
-            ServerError::new(SqlState::UndefinedColumn, format!("column \"{col}\" named in key does not exist"))
+            ServerError::new(
+                SqlState::UndefinedColumn,
+                format!("column \"{col}\" named in key does not exist"),
+            )
         })?;
         primary_key.push(idx);
     }
     let storage = if primary_key.is_empty() {
         StorageLayout::Counted
     } else {
-        StorageLayout::Keyed { key: primary_key.clone() }
+        StorageLayout::Keyed {
+            key: primary_key.clone(),
+        }
     };
     let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
     let def = RelationDef {
@@ -209,7 +249,11 @@ pub async fn create_table(
         view_plan: None,
         emit_on_window_close: false,
     };
-    let catalog = if replay_id.is_some() { vec![] } else { vec![persist(&def)] };
+    let catalog = if replay_id.is_some() {
+        vec![]
+    } else {
+        vec![persist(&def)]
+    };
     engine.runtime.create_table(&def, catalog).await?;
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE TABLE"))
@@ -227,7 +271,9 @@ pub async fn create_source(
     _sql: &str,
     _replay_id: Option<ObjectId>,
 ) -> Result<StatementResult> {
-    let connector = connector_def(create).map(|c| c.connector).unwrap_or_default();
+    let connector = connector_def(create)
+        .map(|c| c.connector)
+        .unwrap_or_default();
     Err(ServerError::with_hint(
         SqlState::FeatureNotSupported,
         format!("not supported: source connector \"{connector}\""),
@@ -323,7 +369,12 @@ pub async fn create_materialized_view(
     }
     let optimized = state.optimize(&plan)?;
     let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
-    let (_stream, graph) = plan_stream(&optimized, engine.catalog.as_ref(), id, engine.runtime.parallelism())?;
+    let (_stream, graph) = plan_stream(
+        &optimized,
+        engine.catalog.as_ref(),
+        id,
+        engine.runtime.parallelism(),
+    )?;
     let primary_key = graph.unique_key.clone().unwrap_or_default();
     let def = RelationDef {
         id,
@@ -350,7 +401,10 @@ pub async fn create_materialized_view(
     } else {
         vec![persist(&def)]
     };
-    engine.runtime.create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog).await?;
+    engine
+        .runtime
+        .create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog)
+        .await?;
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE MATERIALIZED VIEW"))
 }
@@ -370,7 +424,9 @@ pub async fn create_view(
     let name = object_name_to_string(&create.name);
     if replay_id.is_none() {
         if create.or_replace && engine.catalog.get(&name).is_some() {
-            return Err(ServerError::unsupported("CREATE OR REPLACE VIEW over an existing view"));
+            return Err(ServerError::unsupported(
+                "CREATE OR REPLACE VIEW over an existing view",
+            ));
         }
         if check_name_free(engine, &name, create.if_not_exists)? {
             return Ok(StatementResult::command("CREATE VIEW"));
@@ -388,7 +444,9 @@ pub async fn create_view(
         .zip(schema.fields())
         .map(|(c, f)| datafusion::logical_expr::Expr::Column(c).alias(f.name()))
         .collect();
-    let view_plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan.clone()).project(exprs)?.build()?;
+    let view_plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan.clone())
+        .project(exprs)?
+        .build()?;
     let mut dependencies = Vec::new();
     for rel in referenced_relations(&plan) {
         if let Some(def) = engine.catalog.get(&rel) {
@@ -447,13 +505,20 @@ pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<Statemen
         match engine.catalog.get(&name) {
             None if drop.if_exists => continue,
             None => {
-                return Err(PlanError::UnknownObject { kind: drop.kind.sql_name(), name }.into());
+                return Err(PlanError::UnknownObject {
+                    kind: drop.kind.sql_name(),
+                    name,
+                }
+                .into());
             }
             Some(def) if !kind_matches(drop.kind, def.kind) => {
                 return Err(ServerError::with_hint(
                     SqlState::WrongObjectType,
                     format!("\"{name}\" is not a {}", drop.kind.sql_name()),
-                    format!("use DROP {} to remove it", def.kind.sql_name().to_uppercase()),
+                    format!(
+                        "use DROP {} to remove it",
+                        def.kind.sql_name().to_uppercase()
+                    ),
                 ));
             }
             Some(def) => targets.push(def),

@@ -45,7 +45,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,7 +59,10 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>> {
         let runtime = Runtime::open(
             &config.data_dir,
-            RuntimeConfig { barrier_interval: config.barrier_interval, parallelism: config.parallelism },
+            RuntimeConfig {
+                barrier_interval: config.barrier_interval,
+                parallelism: config.parallelism,
+            },
         )?;
         let catalog = Arc::new(Catalog::new(runtime.store().clone(), 1));
         let context = build_context(catalog.clone())?;
@@ -85,18 +90,22 @@ impl Engine {
             let Some(object) = PersistedObject::decode(&bytes) else {
                 return Err(ServerError::new(
                     eddy_common::SqlState::Internal,
-                    format!("catalog entry {id} is unreadable; refusing to start with a partial catalog"),
+                    format!(
+                        "catalog entry {id} is unreadable; refusing to start with a partial catalog"
+                    ),
                 ));
             };
             self.catalog.observe_id(id);
             let statements = parse_sql(&object.sql)?;
             for statement in statements {
-                crate::ddl::replay(self, &session, &statement, id).await.map_err(|e| {
-                    ServerError::new(
-                        eddy_common::SqlState::Internal,
-                        format!("cannot restore {} \"{}\": {e}", object.kind, object.name),
-                    )
-                })?;
+                crate::ddl::replay(self, &session, &statement, id)
+                    .await
+                    .map_err(|e| {
+                        ServerError::new(
+                            eddy_common::SqlState::Internal,
+                            format!("cannot restore {} \"{}\": {e}", object.kind, object.name),
+                        )
+                    })?;
             }
         }
         Ok(())
@@ -107,8 +116,13 @@ impl Engine {
         let state = self.context.state();
         match snapshot {
             Some(snapshot) => {
-                let config = state.config().clone().with_extension(Arc::new(QuerySnapshot(snapshot)));
-                SessionStateBuilder::new_from_existing(state).with_config(config).build()
+                let config = state
+                    .config()
+                    .clone()
+                    .with_extension(Arc::new(QuerySnapshot(snapshot)));
+                SessionStateBuilder::new_from_existing(state)
+                    .with_config(config)
+                    .build()
             }
             None => state,
         }
@@ -127,7 +141,9 @@ impl Engine {
     /// # Errors
     /// Planning errors (unknown table or column, type errors).
     pub async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
-        Ok(state.statement_to_plan(DfStatement::Statement(Box::new(statement.clone()))).await?)
+        Ok(state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await?)
     }
 
     pub async fn shutdown(&self) {

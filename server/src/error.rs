@@ -21,20 +21,35 @@ pub enum ServerError {
     DataFusion(#[from] DataFusionError),
     /// An error with an explicit SQLSTATE, raised by the server itself.
     #[error("{message}")]
-    Sql { state: SqlState, message: String, hint: Option<String> },
+    Sql {
+        state: SqlState,
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl ServerError {
     pub fn new(state: SqlState, message: impl Into<String>) -> Self {
-        ServerError::Sql { state, message: message.into(), hint: None }
+        ServerError::Sql {
+            state,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn with_hint(state: SqlState, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        ServerError::Sql { state, message: message.into(), hint: Some(hint.into()) }
+        ServerError::Sql {
+            state,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 
     pub fn unsupported(what: impl Into<String>) -> Self {
-        ServerError::new(SqlState::FeatureNotSupported, format!("not supported: {}", what.into()))
+        ServerError::new(
+            SqlState::FeatureNotSupported,
+            format!("not supported: {}", what.into()),
+        )
     }
 }
 
@@ -107,12 +122,28 @@ fn postgres_message(e: &DataFusionError) -> (String, Option<String>, Option<SqlS
     }
     // "Schema error: No field named foo. Valid fields are ..."
     if let Some(rest) = text.split("No field named ").nth(1) {
-        let raw = rest.split(". Valid fields").next().unwrap_or(rest).trim_end_matches('.');
-        let name = raw.rsplit('.').next().unwrap_or(raw).trim_matches('"').to_string();
+        let raw = rest
+            .split(". Valid fields")
+            .next()
+            .unwrap_or(rest)
+            .trim_end_matches('.');
+        let name = raw
+            .rsplit('.')
+            .next()
+            .unwrap_or(raw)
+            .trim_matches('"')
+            .to_string();
         return (
             format!("column \"{name}\" does not exist"),
             Some(name),
             Some(SqlState::UndefinedColumn),
+        );
+    }
+    if text.contains("declared as non-nullable but contains null values") {
+        return (
+            "null value violates not-null constraint".to_string(),
+            None,
+            Some(SqlState::NotNullViolation),
         );
     }
     if let Some(rest) = text.split("Invalid function '").nth(1) {
@@ -210,7 +241,9 @@ mod tests {
 
     #[test]
     fn unknown_table_reads_like_postgres() {
-        let e = ServerError::DataFusion(DataFusionError::Plan("table 'dev.public.nope' not found".into()));
+        let e = ServerError::DataFusion(DataFusionError::Plan(
+            "table 'dev.public.nope' not found".into(),
+        ));
         let PgWireError::UserError(info) = to_pg_error(&e, "SELECT * FROM nope") else {
             panic!("not a user error")
         };

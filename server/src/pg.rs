@@ -21,12 +21,14 @@ use pgwire::api::auth::{
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
-    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireConnectionState,
+    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -46,8 +48,14 @@ impl HandlerFactory {
     pub fn new(engine: Arc<Engine>) -> Self {
         let connections = Arc::new(ConnectionManager::new());
         Self {
-            handler: Arc::new(EddyHandler { engine: engine.clone(), parser: Arc::new(EddyQueryParser { engine }) }),
-            startup: Arc::new(EddyStartup { connections: connections.clone(), pids: RandomPidSecretKeyGenerator::default() }),
+            handler: Arc::new(EddyHandler {
+                engine: engine.clone(),
+                parser: Arc::new(EddyQueryParser { engine }),
+            }),
+            startup: Arc::new(EddyStartup {
+                connections: connections.clone(),
+                pids: RandomPidSecretKeyGenerator::default(),
+            }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         }
     }
@@ -107,29 +115,49 @@ fn server_parameters() -> DefaultServerParameterProvider {
 
 #[async_trait]
 impl StartupHandler for EddyStartup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let PgWireFrontendMessage::Startup(startup) = &message {
-            if startup.parameters.get("replication").is_some_and(|r| r != "false" && r != "0") {
-                return Err(PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
-                    "FATAL".into(),
-                    "08P01".into(),
-                    "replication connections are not supported".into(),
-                ))));
+            if startup
+                .parameters
+                .get("replication")
+                .is_some_and(|r| r != "false" && r != "0")
+            {
+                return Err(PgWireError::UserError(Box::new(
+                    pgwire::error::ErrorInfo::new(
+                        "FATAL".into(),
+                        "08P01".into(),
+                        "replication connections are not supported".into(),
+                    ),
+                )));
             }
             protocol_negotiation(client, startup).await?;
             save_startup_parameters_to_metadata(client, startup);
             let (pid, secret) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, secret.clone());
             let (handle, guard) = self.connections.register(pid, secret);
-            client.session_extensions().insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
-            client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
-            let app = client.metadata().get("application_name").cloned().unwrap_or_default();
-            client.session_extensions().insert::<Arc<Session>>(Session::new(&app));
+            client
+                .session_extensions()
+                .insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+            client
+                .session_extensions()
+                .insert::<pgwire::api::ConnectionGuard>(guard);
+            let app = client
+                .metadata()
+                .get("application_name")
+                .cloned()
+                .unwrap_or_default();
+            client
+                .session_extensions()
+                .insert::<Arc<Session>>(Session::new(&app));
             finish_authentication(client, &server_parameters()).await?;
             client.set_state(PgWireConnectionState::ReadyForQuery);
         }
@@ -142,7 +170,9 @@ fn session_of<C: ClientInfo>(client: &C) -> Arc<Session> {
         Some(s) => s.as_ref().clone(),
         None => {
             let s = Session::new("");
-            client.session_extensions().insert::<Arc<Session>>(s.clone());
+            client
+                .session_extensions()
+                .insert::<Arc<Session>>(s.clone());
             s
         }
     }
@@ -172,7 +202,10 @@ fn parse(sql: &str) -> Result<Vec<ParsedStatement>, ServerError> {
         if let Ok(statements) = rewriter.parse(sql) {
             return Ok(statements
                 .into_iter()
-                .map(|s| ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) })
+                .map(|s| ParsedStatement {
+                    text: s.to_string(),
+                    statement: EddyStatement::Sql(Box::new(s)),
+                })
                 .collect());
         }
     }
@@ -236,7 +269,12 @@ fn single_text_column(name: &str) -> SchemaRef {
 impl QueryParser for EddyQueryParser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -246,17 +284,29 @@ impl QueryParser for EddyQueryParser {
         }
         if statements.len() > 1 {
             return Err(to_pg_error(
-                &ServerError::new(eddy_common::SqlState::SyntaxError, "cannot insert multiple commands into a prepared statement"),
+                &ServerError::new(
+                    eddy_common::SqlState::SyntaxError,
+                    "cannot insert multiple commands into a prepared statement",
+                ),
                 sql,
             ));
         }
         let statement = statements.remove(0);
-        let mut prepared = Prepared { statement: None, plan: None, param_types: vec![], result: None };
+        let mut prepared = Prepared {
+            statement: None,
+            plan: None,
+            param_types: vec![],
+            result: None,
+        };
         match &statement.statement {
             EddyStatement::Sql(stmt) => match stmt.as_ref() {
                 sqlparser::ast::Statement::Query(q) => {
                     let state = self.engine.state(None);
-                    let plan = self.engine.plan(&state, stmt).await.map_err(|e| to_pg_error(&e, sql))?;
+                    let plan = self
+                        .engine
+                        .plan(&state, stmt)
+                        .await
+                        .map_err(|e| to_pg_error(&e, sql))?;
                     prepared.param_types = parameter_types(&plan);
                     prepared.result = Some(crate::query::result_schema(q, &plan));
                     prepared.plan = Some(Arc::new(plan));
@@ -265,18 +315,30 @@ impl QueryParser for EddyQueryParser {
                 | sqlparser::ast::Statement::Update(_)
                 | sqlparser::ast::Statement::Delete(_) => {
                     let state = self.engine.state(None);
-                    let plan = self.engine.plan(&state, stmt).await.map_err(|e| to_pg_error(&e, sql))?;
+                    let plan = self
+                        .engine
+                        .plan(&state, stmt)
+                        .await
+                        .map_err(|e| to_pg_error(&e, sql))?;
                     prepared.param_types = parameter_types(&plan);
                     prepared.plan = Some(Arc::new(plan));
                 }
                 sqlparser::ast::Statement::ShowVariable { variable } => {
-                    let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
+                    let name = variable
+                        .iter()
+                        .map(|i| i.value.to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" ");
                     prepared.result = Some(single_text_column(&name));
                 }
                 _ => {}
             },
             EddyStatement::Show(eddy_planner::parser::ShowStatement::Variable(name)) => {
-                let column = if name == "transaction isolation level" { "transaction_isolation" } else { name };
+                let column = if name == "transaction isolation level" {
+                    "transaction_isolation"
+                } else {
+                    name
+                };
                 prepared.result = Some(single_text_column(column));
             }
             EddyStatement::Show(_) | EddyStatement::Describe(_) | EddyStatement::Explain { .. } => {
@@ -299,9 +361,17 @@ impl QueryParser for EddyQueryParser {
             .collect()
     }
 
-    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.result {
-            Some(schema) => arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None),
+            Some(schema) => arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                schema,
+                format.unwrap_or(&Format::UnifiedText),
+                None,
+            ),
             None => Ok(vec![]),
         }
     }
@@ -309,10 +379,17 @@ impl QueryParser for EddyQueryParser {
 
 /// `$1, $2, ...` in order, with the types DataFusion inferred from their context.
 fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
-    let Ok(types) = plan.get_parameter_types() else { return vec![] };
+    let Ok(types) = plan.get_parameter_types() else {
+        return vec![];
+    };
     let mut entries: Vec<(usize, Option<DataType>)> = types
         .into_iter()
-        .filter_map(|(k, v)| k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v)))
+        .filter_map(|(k, v)| {
+            k.trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .map(|i| (i, v))
+        })
         .collect();
     entries.sort_by_key(|(i, _)| *i);
     let n = entries.last().map(|(i, _)| *i).unwrap_or(0);
@@ -334,7 +411,12 @@ impl ExtendedQueryHandler for EddyHandler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -347,19 +429,28 @@ impl ExtendedQueryHandler for EddyHandler {
             return Ok(Response::EmptyQuery);
         };
         let params = if portal.parameter_len() > 0 {
-            let inferred: Vec<Option<&DataType>> = prepared.param_types.iter().map(|t| t.as_ref()).collect();
-            Some(arrow_pg::datatypes::df::deserialize_parameters(portal, &inferred)?)
+            let inferred: Vec<Option<&DataType>> =
+                prepared.param_types.iter().map(|t| t.as_ref()).collect();
+            Some(arrow_pg::datatypes::df::deserialize_parameters(
+                portal, &inferred,
+            )?)
         } else {
             None
         };
-        let result = session.execute(&self.engine, statement, params.as_ref()).await;
+        let result = session
+            .execute(&self.engine, statement, params.as_ref())
+            .await;
         match result {
             Ok(result) => to_response(result, &portal.result_column_format),
             Err(e) => Err(to_pg_error(&e, &statement.text)),
         }
     }
 
-    async fn do_describe_statement<C>(&self, _client: &mut C, target: &StoredStatement<Prepared>) -> PgWireResult<DescribeStatementResponse>
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Prepared>,
+    ) -> PgWireResult<DescribeStatementResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -384,14 +475,21 @@ impl ExtendedQueryHandler for EddyHandler {
         Ok(DescribeStatementResponse::new(types, fields))
     }
 
-    async fn do_describe_portal<C>(&self, _client: &mut C, target: &Portal<Prepared>) -> PgWireResult<DescribePortalResponse>
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        target: &Portal<Prepared>,
+    ) -> PgWireResult<DescribePortalResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
+        let fields = self.parser.get_result_schema(
+            &target.statement.statement,
+            Some(&target.result_column_format),
+        )?;
         Ok(DescribePortalResponse::new(fields))
     }
 }
@@ -399,7 +497,9 @@ impl ExtendedQueryHandler for EddyHandler {
 /// Unconstrained `NUMERIC` maps to `Decimal128(38, 10)` (and sums/averages of it stay at
 /// precision 38); Postgres prints such values without padding zeros, so text output trims them.
 fn trim_decimal_text(array: &ArrayRef) -> Option<ArrayRef> {
-    let DataType::Decimal128(38, _) = array.data_type() else { return None };
+    let DataType::Decimal128(38, _) = array.data_type() else {
+        return None;
+    };
     let decimals = array.as_any().downcast_ref::<Decimal128Array>()?;
     let out: StringArray = (0..decimals.len())
         .map(|i| {
@@ -416,15 +516,64 @@ fn trim_decimal_text(array: &ArrayRef) -> Option<ArrayRef> {
     Some(Arc::new(out))
 }
 
-fn encode_batches(schema: &SchemaRef, batches: Vec<RecordBatch>, format: &Format) -> PgWireResult<QueryResponse> {
-    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)?);
+/// Postgres's text form of a double: shortest round-trip digits, exponent notation outside
+/// 1e-4..1e15, `Infinity` / `NaN` spelled out.
+pub fn format_float(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let abs = v.abs();
+    if abs != 0.0 && !(1e-4..1e15).contains(&abs) {
+        let s = format!("{v:e}");
+        let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let exp: i32 = exp.parse().unwrap_or(0);
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exp.abs());
+    }
+    format!("{v}")
+}
+
+fn float_text(array: &ArrayRef) -> Option<ArrayRef> {
+    use datafusion::arrow::array::{Float32Array, Float64Array};
+    let out: StringArray = match array.data_type() {
+        DataType::Float64 => {
+            let a = array.as_any().downcast_ref::<Float64Array>()?;
+            a.iter().map(|v| v.map(format_float)).collect()
+        }
+        DataType::Float32 => {
+            let a = array.as_any().downcast_ref::<Float32Array>()?;
+            a.iter()
+                .map(|v| v.map(|x| format_float(f64::from(x))))
+                .collect()
+        }
+        _ => return None,
+    };
+    Some(Arc::new(out))
+}
+
+fn encode_batches(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    format: &Format,
+) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+        schema, format, None,
+    )?);
     let mut rows = Vec::new();
     for batch in batches {
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut out_fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut out_fields: Vec<Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         for (i, c) in columns.iter_mut().enumerate() {
             if format.format_for(i) == pgwire::api::results::FieldFormat::Text
-                && let Some(text) = trim_decimal_text(c)
+                && let Some(text) = trim_decimal_text(c).or_else(|| float_text(c))
             {
                 *c = text;
                 out_fields[i] = Field::new(out_fields[i].name(), DataType::Utf8, true);
@@ -432,14 +581,19 @@ fn encode_batches(schema: &SchemaRef, batches: Vec<RecordBatch>, format: &Format
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(out_fields)), columns)
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        rows.extend(arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch));
+        rows.extend(arrow_pg::datatypes::encode_recordbatch(
+            fields.clone(),
+            batch,
+        ));
     }
     Ok(QueryResponse::new(fields, stream::iter(rows)))
 }
 
 fn to_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
     Ok(match result {
-        StatementResult::Rows { schema, batches } => Response::Query(encode_batches(&schema, batches, format)?),
+        StatementResult::Rows { schema, batches } => {
+            Response::Query(encode_batches(&schema, batches, format)?)
+        }
         StatementResult::Command { tag, rows } => {
             let mut t = Tag::new(&tag);
             if let Some(n) = rows {
@@ -452,4 +606,3 @@ fn to_response(result: StatementResult, format: &Format) -> PgWireResult<Respons
         StatementResult::Empty => Response::EmptyQuery,
     })
 }
-

@@ -10,7 +10,7 @@ use datafusion::common::ParamValues;
 use eddy_common::SqlState;
 use eddy_planner::parser::{EddyStatement, ParsedStatement, literal_to_string};
 use parking_lot::Mutex;
-use sqlparser::ast::{Statement, Set};
+use sqlparser::ast::{Set, Statement};
 
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
@@ -19,8 +19,14 @@ use crate::{ddl, dml, query, show};
 /// The outcome of one statement, independent of the wire protocol.
 #[derive(Debug)]
 pub enum StatementResult {
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
-    Command { tag: String, rows: Option<usize> },
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    Command {
+        tag: String,
+        rows: Option<usize>,
+    },
     TransactionStart(String),
     TransactionEnd(String),
     Empty,
@@ -28,7 +34,10 @@ pub enum StatementResult {
 
 impl StatementResult {
     pub fn command(tag: &str) -> Self {
-        StatementResult::Command { tag: tag.to_string(), rows: None }
+        StatementResult::Command {
+            tag: tag.to_string(),
+            rows: None,
+        }
     }
 
     /// A one-column text result, for `SHOW` and friends.
@@ -36,7 +45,10 @@ impl StatementResult {
         let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
             .map_err(|e| ServerError::new(SqlState::Internal, e.to_string()))?;
-        Ok(StatementResult::Rows { schema, batches: vec![batch] })
+        Ok(StatementResult::Rows {
+            schema,
+            batches: vec![batch],
+        })
     }
 }
 
@@ -113,7 +125,12 @@ impl Session {
     }
 
     pub fn all_settings(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self.settings.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut v: Vec<_> = self
+            .settings
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         v.sort();
         v
     }
@@ -129,12 +146,18 @@ impl Session {
         params: Option<&ParamValues>,
     ) -> Result<StatementResult> {
         match &statement.statement {
-            EddyStatement::CreateTable(t) => ddl::create_table(engine, self, t, &statement.text, None).await,
-            EddyStatement::CreateSource(s) => ddl::create_source(engine, self, s, &statement.text, None).await,
+            EddyStatement::CreateTable(t) => {
+                ddl::create_table(engine, self, t, &statement.text, None).await
+            }
+            EddyStatement::CreateSource(s) => {
+                ddl::create_source(engine, self, s, &statement.text, None).await
+            }
             EddyStatement::CreateMaterializedView(mv) => {
                 ddl::create_materialized_view(engine, self, mv, &statement.text, None).await
             }
-            EddyStatement::CreateView(v) => ddl::create_view(engine, self, v, &statement.text, None).await,
+            EddyStatement::CreateView(v) => {
+                ddl::create_view(engine, self, v, &statement.text, None).await
+            }
             EddyStatement::CreateSink(_) => Err(ServerError::with_hint(
                 SqlState::FeatureNotSupported,
                 "not supported: CREATE SINK",
@@ -143,14 +166,18 @@ impl Session {
             EddyStatement::Drop(d) => ddl::drop(engine, d).await,
             EddyStatement::Show(s) => show::show(engine, self, s).await,
             EddyStatement::Describe(name) => show::describe(engine, name),
-            EddyStatement::Explain { statement: inner, analyze } => {
-                show::explain(engine, self, inner, *analyze).await
-            }
+            EddyStatement::Explain {
+                statement: inner,
+                analyze,
+            } => show::explain(engine, self, inner, *analyze).await,
             EddyStatement::Flush => {
                 engine.runtime.flush().await?;
                 Ok(StatementResult::command("FLUSH"))
             }
-            EddyStatement::Sql(stmt) => self.execute_sql(engine, stmt, &statement.text, params).await,
+            EddyStatement::Sql(stmt) => {
+                self.execute_sql(engine, stmt, &statement.text, params)
+                    .await
+            }
         }
     }
 
@@ -174,7 +201,9 @@ impl Session {
                 *self.in_transaction.lock() = false;
                 Ok(StatementResult::TransactionEnd("COMMIT".into()))
             }
-            Statement::Rollback { savepoint: Some(_), .. } => Ok(StatementResult::command("ROLLBACK")),
+            Statement::Rollback {
+                savepoint: Some(_), ..
+            } => Ok(StatementResult::command("ROLLBACK")),
             Statement::Rollback { .. } => {
                 *self.in_transaction.lock() = false;
                 Ok(StatementResult::TransactionEnd("ROLLBACK".into()))
@@ -185,10 +214,16 @@ impl Session {
             Statement::Deallocate { .. } => Ok(StatementResult::command("DEALLOCATE")),
             Statement::Discard { .. } => Ok(StatementResult::command("DISCARD")),
             Statement::ShowVariable { variable } => {
-                let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 show::show_variable(self, &name)
             }
-            Statement::Explain { statement: inner, .. } => {
+            Statement::Explain {
+                statement: inner, ..
+            } => {
                 let planned = EddyStatement::Sql(inner.clone());
                 show::explain(engine, self, &planned, false).await
             }
@@ -199,7 +234,11 @@ impl Session {
             )),
             other => {
                 let kind = other.to_string();
-                let kind = kind.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                let kind = kind
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let _ = text;
                 Err(ServerError::unsupported(format!("statement {kind}")))
             }
@@ -208,7 +247,9 @@ impl Session {
 
     fn set_statement(&self, set: &Set) -> Result<StatementResult> {
         match set {
-            Set::SingleAssignment { variable, values, .. } => {
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
                 let name = variable.to_string().to_lowercase();
                 let value = values
                     .iter()
@@ -224,7 +265,9 @@ impl Session {
                 Ok(StatementResult::command("SET"))
             }
             Set::SetNames { .. } | Set::SetNamesDefault {} => Ok(StatementResult::command("SET")),
-            Set::SetTransaction { .. } | Set::SetSessionParam(_) => Ok(StatementResult::command("SET")),
+            Set::SetTransaction { .. } | Set::SetSessionParam(_) => {
+                Ok(StatementResult::command("SET"))
+            }
             other => Err(ServerError::unsupported(format!("{other}"))),
         }
     }

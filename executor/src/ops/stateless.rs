@@ -21,7 +21,10 @@ pub struct ScanOperator {
 
 impl ScanOperator {
     pub fn new(projection: Option<Vec<usize>>, schema: &DFSchema) -> Self {
-        Self { projection, schema: nullable_schema(schema) }
+        Self {
+            projection,
+            schema: nullable_schema(schema),
+        }
     }
 }
 
@@ -39,7 +42,12 @@ impl Operator for ScanOperator {
         Ok(())
     }
 
-    fn on_watermark(&mut self, column: usize, value: i64, _out: &mut Output) -> Result<Option<(usize, i64)>> {
+    fn on_watermark(
+        &mut self,
+        column: usize,
+        value: i64,
+        _out: &mut Output,
+    ) -> Result<Option<(usize, i64)>> {
         Ok(match &self.projection {
             Some(p) => p.iter().position(|c| *c == column).map(|c| (c, value)),
             None => Some((column, value)),
@@ -57,7 +65,9 @@ impl FilterOperator {
     /// # Errors
     /// When the predicate cannot be planned.
     pub fn new(predicate: &Expr, input_schema: &DFSchema) -> Result<Self> {
-        Ok(Self { predicate: CompiledExpr::new(predicate, input_schema)? })
+        Ok(Self {
+            predicate: CompiledExpr::new(predicate, input_schema)?,
+        })
     }
 }
 
@@ -93,7 +103,10 @@ impl ProjectOperator {
     /// # Errors
     /// When an expression cannot be planned.
     pub fn new(exprs: &[Expr], input_schema: &DFSchema, schema: &DFSchema) -> Result<Self> {
-        let compiled = exprs.iter().map(|e| CompiledExpr::new(e, input_schema)).collect::<Result<_>>()?;
+        let compiled = exprs
+            .iter()
+            .map(|e| CompiledExpr::new(e, input_schema))
+            .collect::<Result<_>>()?;
         let passthrough = exprs
             .iter()
             .enumerate()
@@ -108,7 +121,11 @@ impl ProjectOperator {
                 }
             })
             .collect();
-        Ok(Self { exprs: compiled, passthrough, schema: nullable_schema(schema) })
+        Ok(Self {
+            exprs: compiled,
+            passthrough,
+            schema: nullable_schema(schema),
+        })
     }
 }
 
@@ -118,13 +135,26 @@ impl Operator for ProjectOperator {
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
-        let columns = self.exprs.iter().map(|e| e.evaluate(batch.data())).collect::<Result<Vec<_>>>()?;
+        let columns = self
+            .exprs
+            .iter()
+            .map(|e| e.evaluate(batch.data()))
+            .collect::<Result<Vec<_>>>()?;
         out.push(conform(&batch, &self.schema, columns)?);
         Ok(())
     }
 
-    fn on_watermark(&mut self, column: usize, value: i64, _out: &mut Output) -> Result<Option<(usize, i64)>> {
-        Ok(self.passthrough.iter().find(|(i, _)| *i == column).map(|(_, o)| (*o, value)))
+    fn on_watermark(
+        &mut self,
+        column: usize,
+        value: i64,
+        _out: &mut Output,
+    ) -> Result<Option<(usize, i64)>> {
+        Ok(self
+            .passthrough
+            .iter()
+            .find(|(i, _)| *i == column)
+            .map(|(_, o)| (*o, value)))
     }
 }
 
@@ -135,7 +165,9 @@ pub struct UnionOperator {
 
 impl UnionOperator {
     pub fn new(schema: &DFSchema) -> Self {
-        Self { schema: nullable_schema(schema) }
+        Self {
+            schema: nullable_schema(schema),
+        }
     }
 }
 
@@ -172,58 +204,6 @@ pub fn conform(
     Ok(batch.with_columns(schema.clone(), columns)?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::logical_expr::{col, lit};
-
-    fn df_schema(batch: &ChangeBatch) -> DFSchema {
-        DFSchema::try_from(batch.schema().as_ref().clone()).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn run(op: &mut dyn Operator, batch: ChangeBatch) -> String {
-        let mut out = Output::default();
-        op.process(0, batch, &mut out).unwrap_or_else(|e| panic!("{e}"));
-        out.take().iter().map(|b| b.to_pretty()).collect()
-    }
-
-    #[test]
-    fn filter_passes_deletes_like_inserts() {
-        let input = ChangeBatch::from_pretty(
-            "I T
-             + 1 a
-             - 2 b
-             + 3 c
-             - 1 a",
-        );
-        let schema = df_schema(&input);
-        let mut op = FilterOperator::new(&col("c0").not_eq(lit(3i64)), &schema).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut op, input), "+ 1 a\n- 2 b\n- 1 a\n");
-    }
-
-    #[test]
-    fn filter_drops_null_predicates() {
-        let input = ChangeBatch::from_pretty("I\n + 1\n + .");
-        let schema = df_schema(&input);
-        let mut op = FilterOperator::new(&col("c0").gt(lit(0i64)), &schema).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut op, input), "+ 1\n");
-    }
-
-    #[test]
-    fn project_computes_and_keeps_weights() {
-        let input = ChangeBatch::from_pretty("I I\n + 1 10\n -2 2 20");
-        let schema = df_schema(&input);
-        let exprs = vec![(col("c0") + col("c1")).alias("s"), col("c0")];
-        let out_schema = DFSchema::try_from(datafusion::arrow::datatypes::Schema::new(vec![
-            datafusion::arrow::datatypes::Field::new("s", datafusion::arrow::datatypes::DataType::Int64, true),
-            datafusion::arrow::datatypes::Field::new("c0", datafusion::arrow::datatypes::DataType::Int64, true),
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
-        let mut op = ProjectOperator::new(&exprs, &schema, &out_schema).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut op, input), "+ 11 1\n-2 22 2\n");
-    }
-}
-
 /// Constant rows (`VALUES`, `SELECT` without `FROM`), emitted once at the first barrier.
 pub struct ValuesOperator {
     rows: Option<ChangeBatch>,
@@ -256,7 +236,9 @@ impl ValuesOperator {
             .map(|(i, parts)| {
                 let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
                 if refs.is_empty() {
-                    Ok(datafusion::arrow::array::new_empty_array(out_schema.field(i).data_type()))
+                    Ok(datafusion::arrow::array::new_empty_array(
+                        out_schema.field(i).data_type(),
+                    ))
                 } else {
                     concat(&refs).map_err(ExecError::from)
                 }
@@ -267,7 +249,9 @@ impl ValuesOperator {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows.len())),
         )?;
-        Ok(Self { rows: Some(ChangeBatch::inserts(data)) })
+        Ok(Self {
+            rows: Some(ChangeBatch::inserts(data)),
+        })
     }
 }
 
@@ -285,5 +269,69 @@ impl Operator for ValuesOperator {
             out.push(rows);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{col, lit};
+
+    fn df_schema(batch: &ChangeBatch) -> DFSchema {
+        DFSchema::try_from(batch.schema().as_ref().clone()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn run(op: &mut dyn Operator, batch: ChangeBatch) -> String {
+        let mut out = Output::default();
+        op.process(0, batch, &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.take().iter().map(|b| b.to_pretty()).collect()
+    }
+
+    #[test]
+    fn filter_passes_deletes_like_inserts() {
+        let input = ChangeBatch::from_pretty(
+            "I T
+             + 1 a
+             - 2 b
+             + 3 c
+             - 1 a",
+        );
+        let schema = df_schema(&input);
+        let mut op = FilterOperator::new(&col("c0").not_eq(lit(3i64)), &schema)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run(&mut op, input), "+ 1 a\n- 2 b\n- 1 a\n");
+    }
+
+    #[test]
+    fn filter_drops_null_predicates() {
+        let input = ChangeBatch::from_pretty("I\n + 1\n + .");
+        let schema = df_schema(&input);
+        let mut op = FilterOperator::new(&col("c0").gt(lit(0i64)), &schema)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run(&mut op, input), "+ 1\n");
+    }
+
+    #[test]
+    fn project_computes_and_keeps_weights() {
+        let input = ChangeBatch::from_pretty("I I\n + 1 10\n -2 2 20");
+        let schema = df_schema(&input);
+        let exprs = vec![(col("c0") + col("c1")).alias("s"), col("c0")];
+        let out_schema = DFSchema::try_from(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "s",
+                datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ),
+            datafusion::arrow::datatypes::Field::new(
+                "c0",
+                datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ),
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut op =
+            ProjectOperator::new(&exprs, &schema, &out_schema).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run(&mut op, input), "+ 11 1\n-2 22 2\n");
     }
 }

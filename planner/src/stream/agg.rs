@@ -21,10 +21,15 @@ pub enum AggKind {
     BoolAnd,
     BoolOr,
     /// `string_agg(x, delimiter)`; the delimiter is a constant.
-    StringAgg { delimiter: String },
+    StringAgg {
+        delimiter: String,
+    },
     ArrayAgg,
     /// Variance family: `sample` divides by n-1, `sqrt` takes the root (stddev).
-    Variance { sample: bool, sqrt: bool },
+    Variance {
+        sample: bool,
+        sqrt: bool,
+    },
     /// `approx_count_distinct` / `approx_distinct`, computed exactly.
     ApproxCountDistinct,
 }
@@ -42,10 +47,22 @@ impl AggKind {
             AggKind::BoolOr => "bool_or",
             AggKind::StringAgg { .. } => "string_agg",
             AggKind::ArrayAgg => "array_agg",
-            AggKind::Variance { sample: true, sqrt: true } => "stddev_samp",
-            AggKind::Variance { sample: false, sqrt: true } => "stddev_pop",
-            AggKind::Variance { sample: true, sqrt: false } => "var_samp",
-            AggKind::Variance { sample: false, sqrt: false } => "var_pop",
+            AggKind::Variance {
+                sample: true,
+                sqrt: true,
+            } => "stddev_samp",
+            AggKind::Variance {
+                sample: false,
+                sqrt: true,
+            } => "stddev_pop",
+            AggKind::Variance {
+                sample: true,
+                sqrt: false,
+            } => "var_samp",
+            AggKind::Variance {
+                sample: false,
+                sqrt: false,
+            } => "var_pop",
             AggKind::ApproxCountDistinct => "approx_count_distinct",
         }
     }
@@ -107,7 +124,9 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
     let agg = match unalias(expr) {
         Expr::AggregateFunction(agg) => agg.clone(),
         other => {
-            return Err(PlanError::Internal(format!("expected an aggregate call, found {other}")));
+            return Err(PlanError::Internal(format!(
+                "expected an aggregate call, found {other}"
+            )));
         }
     };
     let name = agg.func.name().to_lowercase();
@@ -154,10 +173,34 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
             (AggKind::StringAgg { delimiter }, first)
         }
         "array_agg" => (AggKind::ArrayAgg, first),
-        "stddev" | "stddev_samp" => (AggKind::Variance { sample: true, sqrt: true }, first),
-        "stddev_pop" => (AggKind::Variance { sample: false, sqrt: true }, first),
-        "var" | "variance" | "var_samp" => (AggKind::Variance { sample: true, sqrt: false }, first),
-        "var_pop" => (AggKind::Variance { sample: false, sqrt: false }, first),
+        "stddev" | "stddev_samp" => (
+            AggKind::Variance {
+                sample: true,
+                sqrt: true,
+            },
+            first,
+        ),
+        "stddev_pop" => (
+            AggKind::Variance {
+                sample: false,
+                sqrt: true,
+            },
+            first,
+        ),
+        "var" | "variance" | "var_samp" => (
+            AggKind::Variance {
+                sample: true,
+                sqrt: false,
+            },
+            first,
+        ),
+        "var_pop" => (
+            AggKind::Variance {
+                sample: false,
+                sqrt: false,
+            },
+            first,
+        ),
         "approx_distinct" | "approx_count_distinct" => (AggKind::ApproxCountDistinct, first),
         other => {
             return Err(PlanError::unsupported_with_hint(
@@ -173,10 +216,21 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
         .map(|s| (s.expr.clone(), s.asc, s.nulls_first))
         .collect::<Vec<_>>();
     if !order_by.is_empty() && !matches!(kind, AggKind::StringAgg { .. } | AggKind::ArrayAgg) {
-        return Err(PlanError::unsupported(format!("ORDER BY inside {}", kind.name())));
+        return Err(PlanError::unsupported(format!(
+            "ORDER BY inside {}",
+            kind.name()
+        )));
     }
     let filter = params.filter.as_deref().cloned();
-    Ok((agg, kind, AggInputs { arg, filter, order_by }))
+    Ok((
+        agg,
+        kind,
+        AggInputs {
+            arg,
+            filter,
+            order_by,
+        },
+    ))
 }
 
 fn unalias(expr: &Expr) -> &Expr {

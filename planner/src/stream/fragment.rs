@@ -43,16 +43,42 @@ pub enum FragmentInput {
 pub enum OperatorSpec {
     /// Applies the scan's projection to the relation's rows; on a backfilled relation this is
     /// where the snapshot enters the stream.
-    Scan { relation: ObjectId, name: String, relation_kind: RelationKind, projection: Option<Vec<usize>>, schema: DFSchemaRef },
-    Filter { predicate: Expr, input_schema: DFSchemaRef },
-    Project { exprs: Vec<Expr>, input_schema: DFSchemaRef, schema: DFSchemaRef },
-    HashAgg { group_keys: Vec<usize>, calls: Vec<AggCall>, input_schema: DFSchemaRef, schema: DFSchemaRef, append_only_input: bool },
+    Scan {
+        relation: ObjectId,
+        name: String,
+        relation_kind: RelationKind,
+        projection: Option<Vec<usize>>,
+        schema: DFSchemaRef,
+    },
+    Filter {
+        predicate: Expr,
+        input_schema: DFSchemaRef,
+    },
+    Project {
+        exprs: Vec<Expr>,
+        input_schema: DFSchemaRef,
+        schema: DFSchemaRef,
+    },
+    HashAgg {
+        group_keys: Vec<usize>,
+        calls: Vec<AggCall>,
+        input_schema: DFSchemaRef,
+        schema: DFSchemaRef,
+        append_only_input: bool,
+    },
     /// Merges `inputs` streams of the same shape.
     Union { inputs: usize, schema: DFSchemaRef },
     /// Emits constant rows once, at the first barrier.
-    Values { rows: Vec<Vec<Expr>>, schema: DFSchemaRef },
+    Values {
+        rows: Vec<Vec<Expr>>,
+        schema: DFSchemaRef,
+    },
     /// Stores the stream as a relation and forwards it to downstream relations.
-    Materialize { relation: ObjectId, layout: StorageLayout, schema: DFSchemaRef },
+    Materialize {
+        relation: ObjectId,
+        layout: StorageLayout,
+        schema: DFSchemaRef,
+    },
 }
 
 impl OperatorSpec {
@@ -147,8 +173,17 @@ fn cols_text(cols: &[usize]) -> String {
 
 fn describe(op: &OperatorSpec) -> String {
     match op {
-        OperatorSpec::Scan { name, projection, relation_kind, .. } => match projection {
-            Some(p) => format!("Scan {} {name} columns {}", relation_kind.sql_name(), cols_text(p)),
+        OperatorSpec::Scan {
+            name,
+            projection,
+            relation_kind,
+            ..
+        } => match projection {
+            Some(p) => format!(
+                "Scan {} {name} columns {}",
+                relation_kind.sql_name(),
+                cols_text(p)
+            ),
             None => format!("Scan {} {name}", relation_kind.sql_name()),
         },
         OperatorSpec::Filter { predicate, .. } => format!("Filter {predicate}"),
@@ -156,13 +191,22 @@ fn describe(op: &OperatorSpec) -> String {
             let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
             format!("Project {}", parts.join(", "))
         }
-        OperatorSpec::HashAgg { group_keys, calls, append_only_input, .. } => {
+        OperatorSpec::HashAgg {
+            group_keys,
+            calls,
+            append_only_input,
+            ..
+        } => {
             let parts: Vec<String> = calls.iter().map(|c| c.to_string()).collect();
             format!(
                 "HashAgg group {} aggs [{}]{} state: per-group accumulators",
                 cols_text(group_keys),
                 parts.join(", "),
-                if *append_only_input { " (append-only input)" } else { "" }
+                if *append_only_input {
+                    " (append-only input)"
+                } else {
+                    ""
+                }
             )
         }
         OperatorSpec::Union { inputs, .. } => format!("Union {inputs} inputs"),
@@ -178,25 +222,38 @@ fn describe(op: &OperatorSpec) -> String {
 ///
 /// # Errors
 /// `Internal` on a malformed plan.
-pub fn build_graph(root: &StreamNode, relation: ObjectId, parallelism: usize) -> Result<OperatorGraph> {
-    let mut builder = Builder { fragments: Vec::new(), parallelism: parallelism.max(1) };
+pub fn build_graph(
+    root: &StreamNode,
+    relation: ObjectId,
+    parallelism: usize,
+) -> Result<OperatorGraph> {
+    let mut builder = Builder {
+        fragments: Vec::new(),
+        parallelism: parallelism.max(1),
+    };
     let top = builder.place(root)?;
     let layout = match (&root.props.unique_key, &root.props.distribution) {
         (Some(key), Distribution::Single) => StorageLayout::Keyed { key: key.clone() },
-        (Some(key), Distribution::HashBy(h)) if !h.is_empty() && h.iter().all(|c| key.contains(c)) => {
+        (Some(key), Distribution::HashBy(h))
+            if !h.is_empty() && h.iter().all(|c| key.contains(c)) =>
+        {
             StorageLayout::Keyed { key: key.clone() }
         }
         _ => StorageLayout::Counted,
     };
-    builder.fragments[top].chain.push(OperatorSpec::Materialize {
-        relation,
-        layout: layout.clone(),
-        schema: root.schema.clone(),
-    });
+    builder.fragments[top]
+        .chain
+        .push(OperatorSpec::Materialize {
+            relation,
+            layout: layout.clone(),
+            schema: root.schema.clone(),
+        });
     // Fragments are created children-first, so the root's fragment is already last unless a
     // later sibling was placed after it; move it to the end to keep the documented order.
     if top != builder.fragments.len() - 1 {
-        return Err(PlanError::Internal("root fragment is not the last one".into()));
+        return Err(PlanError::Internal(
+            "root fragment is not the last one".into(),
+        ));
     }
     Ok(OperatorGraph {
         fragments: builder.fragments,
@@ -215,17 +272,31 @@ struct Builder {
 impl Builder {
     fn new_fragment(&mut self, parallelism: usize, inputs: Vec<FragmentInput>) -> usize {
         let id = self.fragments.len();
-        self.fragments.push(FragmentSpec { id, parallelism, inputs, chain: Vec::new() });
+        self.fragments.push(FragmentSpec {
+            id,
+            parallelism,
+            inputs,
+            chain: Vec::new(),
+        });
         id
     }
 
     /// Places `node` and its inputs; returns the fragment whose chain ends with `node`.
     fn place(&mut self, node: &StreamNode) -> Result<usize> {
         match &node.kind {
-            StreamNodeKind::Scan { relation, name, relation_kind, projection, upstream_parallelism } => {
+            StreamNodeKind::Scan {
+                relation,
+                name,
+                relation_kind,
+                projection,
+                upstream_parallelism,
+            } => {
                 let f = self.new_fragment(
                     (*upstream_parallelism).max(1),
-                    vec![FragmentInput::Relation { id: *relation, name: name.clone() }],
+                    vec![FragmentInput::Relation {
+                        id: *relation,
+                        name: name.clone(),
+                    }],
                 );
                 self.fragments[f].chain.push(OperatorSpec::Scan {
                     relation: *relation,
@@ -261,21 +332,34 @@ impl Builder {
                 let already_grouped = match &input.props.distribution {
                     // One actor already sees every group; spreading keyed groups over more actors
                     // is still worth an exchange.
-                    Distribution::Single => group_keys.is_empty() && self.fragments[child].parallelism == 1,
+                    Distribution::Single => {
+                        group_keys.is_empty() && self.fragments[child].parallelism == 1
+                    }
                     Distribution::HashBy(h) => {
-                        !group_keys.is_empty() && !h.is_empty() && h.iter().all(|c| group_keys.contains(c))
+                        !group_keys.is_empty()
+                            && !h.is_empty()
+                            && h.iter().all(|c| group_keys.contains(c))
                     }
                     Distribution::Arbitrary => false,
                 };
                 let f = if already_grouped {
                     child
                 } else if group_keys.is_empty() {
-                    self.new_fragment(1, vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }])
+                    self.new_fragment(
+                        1,
+                        vec![FragmentInput::Fragment {
+                            fragment: child,
+                            exchange: Exchange::Single,
+                        }],
+                    )
                 } else {
                     let p = self.parallelism;
                     self.new_fragment(
                         p,
-                        vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Hash(group_keys.clone()) }],
+                        vec![FragmentInput::Fragment {
+                            fragment: child,
+                            exchange: Exchange::Hash(group_keys.clone()),
+                        }],
                     )
                 };
                 self.fragments[f].chain.push(OperatorSpec::HashAgg {
@@ -302,7 +386,10 @@ impl Builder {
                         } else {
                             Exchange::Hash(all_columns.clone())
                         };
-                        FragmentInput::Fragment { fragment: *c, exchange }
+                        FragmentInput::Fragment {
+                            fragment: *c,
+                            exchange,
+                        }
                     })
                     .collect();
                 let f = self.new_fragment(p, inputs);
@@ -325,5 +412,6 @@ impl Builder {
 }
 
 fn single_input(node: &StreamNode) -> Result<&StreamNode> {
-    node.input().ok_or_else(|| PlanError::Internal("operator without input".into()))
+    node.input()
+        .ok_or_else(|| PlanError::Internal("operator without input".into()))
 }

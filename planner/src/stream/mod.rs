@@ -53,13 +53,22 @@ pub enum StreamNodeKind {
         /// Actors of the scanned relation; the scan runs with as many, fed one-to-one.
         upstream_parallelism: usize,
     },
-    Filter { predicate: Expr },
-    Project { exprs: Vec<Expr> },
+    Filter {
+        predicate: Expr,
+    },
+    Project {
+        exprs: Vec<Expr>,
+    },
     /// Groups by the first `group_keys` input columns.
-    Aggregate { group_keys: Vec<usize>, calls: Vec<AggCall> },
+    Aggregate {
+        group_keys: Vec<usize>,
+        calls: Vec<AggCall>,
+    },
     UnionAll,
     /// Constant rows, emitted once.
-    Values { rows: Vec<Vec<Expr>> },
+    Values {
+        rows: Vec<Vec<Expr>>,
+    },
 }
 
 impl StreamNode {
@@ -68,7 +77,11 @@ impl StreamNode {
     }
 
     pub fn output_types(&self) -> Vec<DataType> {
-        self.schema.fields().iter().map(|f| f.data_type().clone()).collect()
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect()
     }
 }
 

@@ -28,10 +28,12 @@ pub fn rewrite(plan: &LogicalPlan, resolver: &dyn RelationResolver) -> Result<St
                     "system table {schema}.{name} in a materialized view"
                 )));
             }
-            let relation = resolver.relation(&name).ok_or_else(|| PlanError::UnknownObject {
-                kind: "relation",
-                name: name.clone(),
-            })?;
+            let relation = resolver
+                .relation(&name)
+                .ok_or_else(|| PlanError::UnknownObject {
+                    kind: "relation",
+                    name: name.clone(),
+                })?;
             if relation.kind == RelationKind::Sink || relation.kind == RelationKind::View {
                 return Err(PlanError::Internal(format!(
                     "{} {} cannot be scanned directly",
@@ -47,16 +49,17 @@ pub fn rewrite(plan: &LogicalPlan, resolver: &dyn RelationResolver) -> Result<St
                     Some(p) => p.iter().position(|c| *c == col),
                 }
             };
-            let map_all = |cols: &[usize]| -> Option<Vec<usize>> { cols.iter().map(|c| map(*c)).collect() };
+            let map_all =
+                |cols: &[usize]| -> Option<Vec<usize>> { cols.iter().map(|c| map(*c)).collect() };
             let unique_key = if relation.primary_key.is_empty() {
                 None
             } else {
                 map_all(&relation.primary_key)
             };
             let distribution = match &relation.output_distribution {
-                Distribution::HashBy(cols) => {
-                    map_all(cols).map(Distribution::HashBy).unwrap_or(Distribution::Arbitrary)
-                }
+                Distribution::HashBy(cols) => map_all(cols)
+                    .map(Distribution::HashBy)
+                    .unwrap_or(Distribution::Arbitrary),
                 other => other.clone(),
             };
             let watermark_columns = relation
@@ -88,7 +91,9 @@ pub fn rewrite(plan: &LogicalPlan, resolver: &dyn RelationResolver) -> Result<St
             let input = rewrite(&filter.input, resolver)?;
             let props = input.props.clone();
             Ok(StreamNode {
-                kind: StreamNodeKind::Filter { predicate: filter.predicate.clone() },
+                kind: StreamNodeKind::Filter {
+                    predicate: filter.predicate.clone(),
+                },
                 schema: filter.input.schema().clone(),
                 props,
                 inputs: vec![input],
@@ -127,14 +132,20 @@ pub fn rewrite(plan: &LogicalPlan, resolver: &dyn RelationResolver) -> Result<St
             })
         }
         LogicalPlan::Values(values) => Ok(StreamNode {
-            kind: StreamNodeKind::Values { rows: values.values.clone() },
+            kind: StreamNodeKind::Values {
+                rows: values.values.clone(),
+            },
             schema: values.schema.clone(),
             props: constant_props(),
             inputs: vec![],
         }),
         LogicalPlan::EmptyRelation(empty) => Ok(StreamNode {
             kind: StreamNodeKind::Values {
-                rows: if empty.produce_one_row { vec![vec![]] } else { vec![] },
+                rows: if empty.produce_one_row {
+                    vec![vec![]]
+                } else {
+                    vec![]
+                },
             },
             schema: empty.schema.clone(),
             props: constant_props(),
@@ -166,12 +177,17 @@ pub fn rewrite(plan: &LogicalPlan, resolver: &dyn RelationResolver) -> Result<St
             "DISTINCT should have been rewritten into an aggregate".into(),
         )),
         LogicalPlan::Unnest(_) => Err(PlanError::unsupported("unnest in a materialized view")),
-        LogicalPlan::RecursiveQuery(_) => {
-            Err(PlanError::unsupported("recursive queries in a materialized view"))
-        }
+        LogicalPlan::RecursiveQuery(_) => Err(PlanError::unsupported(
+            "recursive queries in a materialized view",
+        )),
         other => Err(PlanError::unsupported(format!(
             "{} in a materialized view",
-            other.display().to_string().split(':').next().unwrap_or("this plan node")
+            other
+                .display()
+                .to_string()
+                .split(':')
+                .next()
+                .unwrap_or("this plan node")
         ))),
     }
 }
@@ -211,18 +227,25 @@ fn project_node(
     exprs: Vec<Expr>,
     schema: datafusion::common::DFSchemaRef,
 ) -> Result<StreamNode> {
-    let sources: Vec<Option<usize>> =
-        exprs.iter().map(|e| passthrough_column(e, input.schema.as_ref())).collect();
+    let sources: Vec<Option<usize>> = exprs
+        .iter()
+        .map(|e| passthrough_column(e, input.schema.as_ref()))
+        .collect();
     let map = |col: usize| sources.iter().position(|s| *s == Some(col));
     let map_all = |cols: &[usize]| -> Option<Vec<usize>> { cols.iter().map(|c| map(*c)).collect() };
     let unique_key = input.props.unique_key.as_deref().and_then(map_all);
     let distribution = match &input.props.distribution {
-        Distribution::HashBy(cols) => {
-            map_all(cols).map(Distribution::HashBy).unwrap_or(Distribution::Arbitrary)
-        }
+        Distribution::HashBy(cols) => map_all(cols)
+            .map(Distribution::HashBy)
+            .unwrap_or(Distribution::Arbitrary),
         other => other.clone(),
     };
-    let watermark_columns = input.props.watermark_columns.iter().filter_map(|c| map(*c)).collect();
+    let watermark_columns = input
+        .props
+        .watermark_columns
+        .iter()
+        .filter_map(|c| map(*c))
+        .collect();
     Ok(StreamNode {
         kind: StreamNodeKind::Project { exprs },
         schema,
@@ -241,7 +264,9 @@ fn project_node(
 fn rewrite_aggregate(aggregate: &Aggregate, resolver: &dyn RelationResolver) -> Result<StreamNode> {
     for g in &aggregate.group_expr {
         if matches!(g, Expr::GroupingSet(_)) {
-            return Err(PlanError::unsupported("GROUPING SETS / ROLLUP / CUBE in a materialized view"));
+            return Err(PlanError::unsupported(
+                "GROUPING SETS / ROLLUP / CUBE in a materialized view",
+            ));
         }
         check_deterministic(g)?;
     }

@@ -52,24 +52,51 @@ pub fn make_accumulator(
     append_only: bool,
 ) -> Result<Box<dyn GroupAccumulator>> {
     let arg = || {
-        arg_type.cloned().ok_or_else(|| ExecError::Internal(format!("{} needs an argument", kind.name())))
+        arg_type
+            .cloned()
+            .ok_or_else(|| ExecError::Internal(format!("{} needs an argument", kind.name())))
     };
     Ok(match kind {
-        AggKind::CountRows => Box::new(CountAcc { counts: Vec::new(), non_null_only: false, return_type: return_type.clone() }),
-        AggKind::Count => Box::new(CountAcc { counts: Vec::new(), non_null_only: true, return_type: return_type.clone() }),
-        AggKind::ApproxCountDistinct => Box::new(CountAcc { counts: Vec::new(), non_null_only: true, return_type: return_type.clone() }),
+        AggKind::CountRows => Box::new(CountAcc {
+            counts: Vec::new(),
+            non_null_only: false,
+            return_type: return_type.clone(),
+        }),
+        AggKind::Count => Box::new(CountAcc {
+            counts: Vec::new(),
+            non_null_only: true,
+            return_type: return_type.clone(),
+        }),
+        AggKind::ApproxCountDistinct => Box::new(CountAcc {
+            counts: Vec::new(),
+            non_null_only: true,
+            return_type: return_type.clone(),
+        }),
         AggKind::Sum => Box::new(SumAcc::new(&arg()?, return_type.clone(), false)?),
         AggKind::Avg => Box::new(SumAcc::new(&arg()?, return_type.clone(), true)?),
-        AggKind::Min | AggKind::Max => {
-            Box::new(ExtremeAcc::new(arg()?, matches!(kind, AggKind::Max), append_only, return_type.clone())?)
-        }
+        AggKind::Min | AggKind::Max => Box::new(ExtremeAcc::new(
+            arg()?,
+            matches!(kind, AggKind::Max),
+            append_only,
+            return_type.clone(),
+        )?),
         AggKind::BoolAnd | AggKind::BoolOr => Box::new(BoolAcc {
             trues: Vec::new(),
             falses: Vec::new(),
             is_and: matches!(kind, AggKind::BoolAnd),
         }),
-        AggKind::StringAgg { delimiter } => Box::new(CollectAcc::new(arg()?, Collect::String { delimiter: delimiter.clone() }, return_type.clone())?),
-        AggKind::ArrayAgg => Box::new(CollectAcc::new(arg()?, Collect::Array, return_type.clone())?),
+        AggKind::StringAgg { delimiter } => Box::new(CollectAcc::new(
+            arg()?,
+            Collect::String {
+                delimiter: delimiter.clone(),
+            },
+            return_type.clone(),
+        )?),
+        AggKind::ArrayAgg => Box::new(CollectAcc::new(
+            arg()?,
+            Collect::Array,
+            return_type.clone(),
+        )?),
         AggKind::Variance { sample, sqrt } => Box::new(VarianceAcc {
             n: Vec::new(),
             sum: Vec::new(),
@@ -82,7 +109,11 @@ pub fn make_accumulator(
 }
 
 fn cast_to(array: ArrayRef, to: &DataType) -> Result<ArrayRef> {
-    if array.data_type() == to { Ok(array) } else { Ok(cast(&array, to)?) }
+    if array.data_type() == to {
+        Ok(array)
+    } else {
+        Ok(cast(&array, to)?)
+    }
 }
 
 /// `count(*)`, `count(x)`: the sum of weights (of non-null values).
@@ -116,7 +147,12 @@ impl GroupAccumulator for CountAcc {
     }
 
     fn evaluate(&self, groups: &[usize]) -> Result<ArrayRef> {
-        let a: ArrayRef = Arc::new(groups.iter().map(|g| self.counts[*g]).collect::<Int64Array>());
+        let a: ArrayRef = Arc::new(
+            groups
+                .iter()
+                .map(|g| self.counts[*g])
+                .collect::<Int64Array>(),
+        );
         cast_to(a, &self.return_type)
     }
 
@@ -158,7 +194,14 @@ impl SumAcc {
                 )));
             }
         };
-        Ok(Self { mode, ints: Vec::new(), floats: Vec::new(), counts: Vec::new(), avg, return_type })
+        Ok(Self {
+            mode,
+            ints: Vec::new(),
+            floats: Vec::new(),
+            counts: Vec::new(),
+            avg,
+            return_type,
+        })
     }
 }
 
@@ -172,7 +215,9 @@ impl GroupAccumulator for SumAcc {
     }
 
     fn update(&mut self, u: &Update<'_>) -> Result<()> {
-        let Some(values) = u.values else { return Ok(()) };
+        let Some(values) = u.values else {
+            return Ok(());
+        };
         match self.mode {
             SumMode::Int => {
                 let v = cast(values, &DataType::Int64)?;
@@ -225,7 +270,10 @@ impl GroupAccumulator for SumAcc {
                 Arc::new(Int64Array::from(out))
             }
             (SumMode::Float, false) => Arc::new(
-                groups.iter().map(|g| present(*g).then(|| self.floats[*g])).collect::<Float64Array>(),
+                groups
+                    .iter()
+                    .map(|g| present(*g).then(|| self.floats[*g]))
+                    .collect::<Float64Array>(),
             ),
             (SumMode::Decimal { scale }, false) => {
                 let (p, s) = match self.return_type {
@@ -298,12 +346,25 @@ struct ExtremeAcc {
 }
 
 impl ExtremeAcc {
-    fn new(arg_type: DataType, is_max: bool, append_only: bool, return_type: DataType) -> Result<Self> {
+    fn new(
+        arg_type: DataType,
+        is_max: bool,
+        append_only: bool,
+        return_type: DataType,
+    ) -> Result<Self> {
         let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
-        Ok(Self { converter, is_max, append_only, best: Vec::new(), values: Vec::new(), arg_type, return_type })
+        Ok(Self {
+            converter,
+            is_max,
+            append_only,
+            best: Vec::new(),
+            values: Vec::new(),
+            arg_type,
+            return_type,
+        })
     }
 
-    fn choose<'a>(&'a self, group: usize) -> Option<&'a [u8]> {
+    fn choose(&self, group: usize) -> Option<&[u8]> {
         if self.append_only {
             self.best[group].as_deref()
         } else if self.is_max {
@@ -324,8 +385,12 @@ impl GroupAccumulator for ExtremeAcc {
     }
 
     fn update(&mut self, u: &Update<'_>) -> Result<()> {
-        let Some(values) = u.values else { return Ok(()) };
-        let rows = self.converter.convert_columns(std::slice::from_ref(values))?;
+        let Some(values) = u.values else {
+            return Ok(());
+        };
+        let rows = self
+            .converter
+            .convert_columns(std::slice::from_ref(values))?;
         for ((g, r), w) in u.groups.iter().zip(u.rows).zip(u.weights) {
             if !values.is_valid(*r) {
                 continue;
@@ -347,7 +412,9 @@ impl GroupAccumulator for ExtremeAcc {
                     *slot = Some(bytes.as_ref().to_vec());
                 }
             } else if self.append_only {
-                return Err(ExecError::Internal("retraction reached an append-only min/max".into()));
+                return Err(ExecError::Internal(
+                    "retraction reached an append-only min/max".into(),
+                ));
             } else {
                 let map = &mut self.values[*g];
                 let entry = map.entry(bytes.as_ref().to_vec()).or_insert(0);
@@ -376,8 +443,12 @@ impl GroupAccumulator for ExtremeAcc {
         let decoded = if chosen.is_empty() {
             new_empty_array(&self.arg_type)
         } else {
-            let mut arrays = self.converter.convert_rows(chosen.iter().map(|b| parser.parse(b)))?;
-            arrays.pop().ok_or_else(|| ExecError::Internal("min/max decode".into()))?
+            let mut arrays = self
+                .converter
+                .convert_rows(chosen.iter().map(|b| parser.parse(b)))?;
+            arrays
+                .pop()
+                .ok_or_else(|| ExecError::Internal("min/max decode".into()))?
         };
         let array = spread_with_nulls(&decoded, &present)?;
         cast_to(array, &self.return_type)
@@ -426,7 +497,9 @@ impl GroupAccumulator for BoolAcc {
     }
 
     fn update(&mut self, u: &Update<'_>) -> Result<()> {
-        let Some(values) = u.values else { return Ok(()) };
+        let Some(values) = u.values else {
+            return Ok(());
+        };
         let v = values
             .as_any()
             .downcast_ref::<BooleanArray>()
@@ -472,11 +545,14 @@ enum Collect {
     Array,
 }
 
+/// (ordering key, value) -> multiplicity, for one group.
+type OrderedMultiset = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
+
 /// `string_agg` / `array_agg`: the multiset of (ordering key, value), read in order.
 struct CollectAcc {
     converter: RowConverter,
     kind: Collect,
-    items: Vec<BTreeMap<(Vec<u8>, Vec<u8>), i64>>,
+    items: Vec<OrderedMultiset>,
     arg_type: DataType,
     return_type: DataType,
 }
@@ -484,7 +560,13 @@ struct CollectAcc {
 impl CollectAcc {
     fn new(arg_type: DataType, kind: Collect, return_type: DataType) -> Result<Self> {
         let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
-        Ok(Self { converter, kind, items: Vec::new(), arg_type, return_type })
+        Ok(Self {
+            converter,
+            kind,
+            items: Vec::new(),
+            arg_type,
+            return_type,
+        })
     }
 }
 
@@ -494,8 +576,12 @@ impl GroupAccumulator for CollectAcc {
     }
 
     fn update(&mut self, u: &Update<'_>) -> Result<()> {
-        let Some(values) = u.values else { return Ok(()) };
-        let rows = self.converter.convert_columns(std::slice::from_ref(values))?;
+        let Some(values) = u.values else {
+            return Ok(());
+        };
+        let rows = self
+            .converter
+            .convert_columns(std::slice::from_ref(values))?;
         for (i, ((g, r), w)) in u.groups.iter().zip(u.rows).zip(u.weights).enumerate() {
             // string_agg skips nulls; array_agg keeps them.
             if matches!(self.kind, Collect::String { .. }) && !values.is_valid(*r) {
@@ -528,8 +614,12 @@ impl GroupAccumulator for CollectAcc {
                         .iter()
                         .flat_map(|((_, v), n)| std::iter::repeat_n(v, (*n).max(0) as usize))
                         .collect();
-                    let mut arrays = self.converter.convert_rows(rows.iter().map(|b| parser.parse(b)))?;
-                    let values = arrays.pop().ok_or_else(|| ExecError::Internal("string_agg decode".into()))?;
+                    let mut arrays = self
+                        .converter
+                        .convert_rows(rows.iter().map(|b| parser.parse(b)))?;
+                    let values = arrays
+                        .pop()
+                        .ok_or_else(|| ExecError::Internal("string_agg decode".into()))?;
                     let values = cast(&values, &DataType::Utf8)?;
                     let values = values.as_string::<i32>();
                     let parts: Vec<&str> = values.iter().map(|v| v.unwrap_or("")).collect();
@@ -554,8 +644,12 @@ impl GroupAccumulator for CollectAcc {
                     nulls.push(!rows.is_empty());
                     lengths.push(rows.len());
                     if !rows.is_empty() {
-                        let mut arrays = self.converter.convert_rows(rows.iter().map(|b| parser.parse(b)))?;
-                        let a = arrays.pop().ok_or_else(|| ExecError::Internal("array_agg decode".into()))?;
+                        let mut arrays = self
+                            .converter
+                            .convert_rows(rows.iter().map(|b| parser.parse(b)))?;
+                        let a = arrays
+                            .pop()
+                            .ok_or_else(|| ExecError::Internal("array_agg decode".into()))?;
                         parts.push(cast_to(a, item_field.data_type())?);
                     }
                 }
@@ -599,7 +693,9 @@ impl GroupAccumulator for VarianceAcc {
     }
 
     fn update(&mut self, u: &Update<'_>) -> Result<()> {
-        let Some(values) = u.values else { return Ok(()) };
+        let Some(values) = u.values else {
+            return Ok(());
+        };
         let v = cast(values, &DataType::Float64)?;
         let v = v.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
         for ((g, r), w) in u.groups.iter().zip(u.rows).zip(u.weights) {
@@ -649,7 +745,11 @@ impl DistinctAcc {
     /// When the argument type has no row encoding.
     pub fn new(inner: Box<dyn GroupAccumulator>, arg_type: &DataType) -> Result<Self> {
         let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
-        Ok(Self { inner, converter, seen: Vec::new() })
+        Ok(Self {
+            inner,
+            converter,
+            seen: Vec::new(),
+        })
     }
 }
 
@@ -660,8 +760,12 @@ impl GroupAccumulator for DistinctAcc {
     }
 
     fn update(&mut self, u: &Update<'_>) -> Result<()> {
-        let Some(values) = u.values else { return Ok(()) };
-        let rows = self.converter.convert_columns(std::slice::from_ref(values))?;
+        let Some(values) = u.values else {
+            return Ok(());
+        };
+        let rows = self
+            .converter
+            .convert_columns(std::slice::from_ref(values))?;
         let mut groups = Vec::new();
         let mut sel_rows = Vec::new();
         let mut weights = Vec::new();

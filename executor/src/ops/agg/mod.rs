@@ -61,21 +61,29 @@ impl HashAggOperator {
         schema: &DFSchema,
         append_only_input: bool,
     ) -> Result<Self> {
-        let key_types: Vec<DataType> =
-            group_keys.iter().map(|k| input_schema.field(*k).data_type().clone()).collect();
+        let key_types: Vec<DataType> = group_keys
+            .iter()
+            .map(|k| input_schema.field(*k).data_type().clone())
+            .collect();
         let key_converter = if key_types.is_empty() {
             None
         } else {
-            Some(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?)
+            Some(RowConverter::new(
+                key_types.into_iter().map(SortField::new).collect(),
+            )?)
         };
         let mut states = Vec::new();
         for call in calls {
-            let mut acc = make_accumulator(&call.kind, call.arg_type.as_ref(), &call.return_type, append_only_input && !call.distinct)?;
+            let mut acc = make_accumulator(
+                &call.kind,
+                call.arg_type.as_ref(),
+                &call.return_type,
+                append_only_input && !call.distinct,
+            )?;
             if call.distinct || call.kind == AggKind::ApproxCountDistinct {
-                let arg_type = call
-                    .arg_type
-                    .as_ref()
-                    .ok_or_else(|| ExecError::Internal("DISTINCT aggregate without argument".into()))?;
+                let arg_type = call.arg_type.as_ref().ok_or_else(|| {
+                    ExecError::Internal("DISTINCT aggregate without argument".into())
+                })?;
                 acc = Box::new(DistinctAcc::new(acc, arg_type)?);
             }
             let order_converter = if call.order_by.is_empty() {
@@ -87,16 +95,25 @@ impl HashAggOperator {
                         .map(|(c, asc, nulls_first)| {
                             SortField::new_with_options(
                                 input_schema.field(*c).data_type().clone(),
-                                datafusion::arrow::compute::SortOptions { descending: !asc, nulls_first: *nulls_first },
+                                datafusion::arrow::compute::SortOptions {
+                                    descending: !asc,
+                                    nulls_first: *nulls_first,
+                                },
                             )
                         })
                         .collect(),
                 )?)
             };
-            states.push(CallState { call: call.clone(), acc, order_converter });
+            states.push(CallState {
+                call: call.clone(),
+                acc,
+                order_converter,
+            });
         }
-        let value_types: Vec<SortField> =
-            calls.iter().map(|c| SortField::new(c.return_type.clone())).collect();
+        let value_types: Vec<SortField> = calls
+            .iter()
+            .map(|c| SortField::new(c.return_type.clone()))
+            .collect();
         let value_converter = RowConverter::new(if value_types.is_empty() {
             vec![SortField::new(DataType::Boolean)]
         } else {
@@ -159,7 +176,11 @@ impl HashAggOperator {
         let Some(conv) = &self.key_converter else {
             return Ok(vec![0; n]);
         };
-        let arrays: Vec<ArrayRef> = self.group_keys.iter().map(|k| batch.column(*k).clone()).collect();
+        let arrays: Vec<ArrayRef> = self
+            .group_keys
+            .iter()
+            .map(|k| batch.column(*k).clone())
+            .collect();
         let rows = conv.convert_columns(&arrays)?;
         let mut out = Vec::with_capacity(n);
         for row in rows.iter() {
@@ -191,7 +212,12 @@ impl HashAggOperator {
         Ok(conv.convert_rows(keys)?)
     }
 
-    fn output_batch(&self, keys: Vec<ArrayRef>, values: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+    fn output_batch(
+        &self,
+        keys: Vec<ArrayRef>,
+        values: Vec<ArrayRef>,
+        rows: usize,
+    ) -> Result<RecordBatch> {
         let mut columns = keys;
         columns.extend(values);
         Ok(RecordBatch::try_new_with_options(
@@ -230,7 +256,9 @@ impl Operator for HashAggOperator {
                         .column(f)
                         .as_any()
                         .downcast_ref::<datafusion::arrow::array::BooleanArray>()
-                        .ok_or_else(|| ExecError::Internal("FILTER clause is not boolean".into()))?;
+                        .ok_or_else(|| {
+                            ExecError::Internal("FILTER clause is not boolean".into())
+                        })?;
                     let mut g = Vec::new();
                     let mut r = Vec::new();
                     let mut w = Vec::new();
@@ -251,9 +279,17 @@ impl Operator for HashAggOperator {
             let values = call.arg.map(|a| data.column(a));
             let order_keys = match &state.order_converter {
                 Some(conv) => {
-                    let arrays: Vec<ArrayRef> = call.order_by.iter().map(|(c, _, _)| data.column(*c).clone()).collect();
+                    let arrays: Vec<ArrayRef> = call
+                        .order_by
+                        .iter()
+                        .map(|(c, _, _)| data.column(*c).clone())
+                        .collect();
                     let encoded = conv.convert_columns(&arrays)?;
-                    Some(rows.iter().map(|r| encoded.row(*r).as_ref().to_vec()).collect::<Vec<_>>())
+                    Some(
+                        rows.iter()
+                            .map(|r| encoded.row(*r).as_ref().to_vec())
+                            .collect::<Vec<_>>(),
+                    )
                 }
                 None => None,
             };
@@ -294,7 +330,10 @@ impl Operator for HashAggOperator {
         let new_values: Vec<ArrayRef> = if live.is_empty() {
             Vec::new()
         } else {
-            self.calls.iter().map(|c| c.acc.evaluate(&live)).collect::<Result<_>>()?
+            self.calls
+                .iter()
+                .map(|c| c.acc.evaluate(&live))
+                .collect::<Result<_>>()?
         };
         let new_encoded = if live.is_empty() || self.calls.is_empty() {
             vec![Vec::new(); live.len()]
@@ -340,7 +379,8 @@ impl Operator for HashAggOperator {
                 Vec::new()
             } else {
                 let parser = self.value_converter.parser();
-                self.value_converter.convert_rows(retract_values.iter().map(|v| parser.parse(v)))?
+                self.value_converter
+                    .convert_rows(retract_values.iter().map(|v| parser.parse(v)))?
             };
             Some(self.output_batch(keys, values, retract_slots.len())?)
         };
@@ -391,7 +431,12 @@ impl Operator for HashAggOperator {
         Ok(())
     }
 
-    fn on_watermark(&mut self, _column: usize, _value: i64, _out: &mut Output) -> Result<Option<(usize, i64)>> {
+    fn on_watermark(
+        &mut self,
+        _column: usize,
+        _value: i64,
+        _out: &mut Output,
+    ) -> Result<Option<(usize, i64)>> {
         Ok(None)
     }
 }
@@ -403,7 +448,10 @@ mod tests {
 
     fn schema(fields: Vec<(&str, DataType)>) -> DFSchema {
         DFSchema::try_from(Schema::new(
-            fields.into_iter().map(|(n, t)| Field::new(n, t, true)).collect::<Vec<_>>(),
+            fields
+                .into_iter()
+                .map(|(n, t)| Field::new(n, t, true))
+                .collect::<Vec<_>>(),
         ))
         .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -422,9 +470,15 @@ mod tests {
 
     fn step(op: &mut HashAggOperator, input: &str) -> String {
         let mut out = Output::default();
-        op.process(0, ChangeBatch::from_pretty(input), &mut out).unwrap_or_else(|e| panic!("{e}"));
-        let barrier = Barrier { epoch: 1, checkpoint: false, mutation: None };
-        op.on_barrier(&barrier, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        op.process(0, ChangeBatch::from_pretty(input), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let barrier = Barrier {
+            epoch: 1,
+            checkpoint: false,
+            mutation: None,
+        };
+        op.on_barrier(&barrier, &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
         out.take().iter().map(|b| b.to_pretty()).collect()
     }
 
@@ -442,8 +496,12 @@ mod tests {
             call(AggKind::Sum, Some(1), DataType::Int64),
             call(AggKind::Max, Some(1), DataType::Int64),
         ];
-        let mut op = HashAggOperator::new(&[0], &calls, &input, &output, false).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(step(&mut op, "I I\n + 1 10\n + 1 20\n + 2 5"), "+ 1 2 30 20\n+ 2 1 5 5\n");
+        let mut op = HashAggOperator::new(&[0], &calls, &input, &output, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            step(&mut op, "I I\n + 1 10\n + 1 20\n + 2 5"),
+            "+ 1 2 30 20\n+ 2 1 5 5\n"
+        );
         // Deleting the maximum falls back to the next value; the group is updated in place.
         assert_eq!(step(&mut op, "I I\n - 1 20"), "- 1 2 30 20\n+ 1 1 10 10\n");
         // Deleting the last row retracts the group.
@@ -460,7 +518,8 @@ mod tests {
             call(AggKind::CountRows, None, DataType::Int64),
             call(AggKind::Sum, Some(0), DataType::Int64),
         ];
-        let mut op = HashAggOperator::new(&[], &calls, &input, &output, false).unwrap_or_else(|e| panic!("{e}"));
+        let mut op = HashAggOperator::new(&[], &calls, &input, &output, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(step(&mut op, "I"), "+ 0 null\n");
         assert_eq!(step(&mut op, "I\n + 4"), "- 0 null\n+ 1 4\n");
         assert_eq!(step(&mut op, "I\n - 4"), "- 1 4\n+ 0 null\n");
@@ -472,7 +531,8 @@ mod tests {
         let output = schema(vec![("k", DataType::Int64), ("d", DataType::Int64)]);
         let mut c = call(AggKind::Count, Some(1), DataType::Int64);
         c.distinct = true;
-        let mut op = HashAggOperator::new(&[0], &[c], &input, &output, false).unwrap_or_else(|e| panic!("{e}"));
+        let mut op = HashAggOperator::new(&[0], &[c], &input, &output, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(step(&mut op, "I I\n + 1 10\n + 1 10\n + 1 11"), "+ 1 2\n");
         assert_eq!(step(&mut op, "I I\n - 1 10"), "");
         assert_eq!(step(&mut op, "I I\n - 1 10"), "- 1 2\n+ 1 1\n");
