@@ -9,6 +9,7 @@ pub mod dml;
 pub mod engine;
 pub mod error;
 pub mod functions;
+pub mod params;
 pub mod pg;
 pub mod pg_catalog;
 pub mod query;

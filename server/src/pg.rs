@@ -429,11 +429,7 @@ impl ExtendedQueryHandler for EddyHandler {
             return Ok(Response::EmptyQuery);
         };
         let params = if portal.parameter_len() > 0 {
-            let inferred: Vec<Option<&DataType>> =
-                prepared.param_types.iter().map(|t| t.as_ref()).collect();
-            Some(arrow_pg::datatypes::df::deserialize_parameters(
-                portal, &inferred,
-            )?)
+            Some(crate::params::decode(portal, &prepared.param_types)?)
         } else {
             None
         };
