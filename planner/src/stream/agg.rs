@@ -37,7 +37,7 @@ pub enum AggKind {
 impl AggKind {
     pub fn name(&self) -> &'static str {
         match self {
-            AggKind::CountRows => "count(*)",
+            AggKind::CountRows => "count",
             AggKind::Count => "count",
             AggKind::Sum => "sum",
             AggKind::Avg => "avg",
@@ -85,6 +85,13 @@ pub struct AggCall {
 
 impl std::fmt::Display for AggCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind == AggKind::CountRows {
+            write!(f, "count(*)")?;
+            if let Some(c) = self.filter {
+                write!(f, " FILTER (WHERE ${c})")?;
+            }
+            return Ok(());
+        }
         write!(f, "{}(", self.kind.name())?;
         if self.distinct {
             write!(f, "DISTINCT ")?;

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Makes sure the machine has what the tests use. Safe to run any number of times.
+#  - psql (the client tests drive it);
+#  - python3 with venv (the psycopg test builds its own environment under target/).
+set -euo pipefail
+
+need_apt=()
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
