@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Parser)]
 #[command(about = "Eddy end-to-end benchmarks")]
@@ -175,12 +175,13 @@ async fn inserts(seconds: u64, writers: usize, batch: usize, keys: i64, rate: u6
         ))
     };
     let mut handles = Vec::new();
-    for _ in 0..writers {
+    for w in 0..writers {
+        let first_seed = w as u64;
         let client = server.connect().await?;
         let next_id = next_id.clone();
         handles.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut rng = rand::rng();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(first_seed);
             let mut next_start = Instant::now();
             while Instant::now() < deadline {
                 if let Some(interval) = per_writer_interval {

@@ -135,7 +135,7 @@ fn rows_of(messages: Vec<SimpleQueryMessage>) -> Vec<Row> {
             );
         }
     }
-    rows.sort_by_key(|r| sort_key(r));
+    rows.sort_by_key(sort_key);
     rows
 }
 
