@@ -54,30 +54,18 @@ fn main() -> Result<()> {
     match args.command {
         Cmd::Serve { listen, data_dir } => {
             tracing_subscriber::fmt().with_env_filter("warn").init();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let config = eddy_server::EngineConfig {
                 data_dir,
                 barrier_interval: Duration::from_millis(1000),
-                parallelism: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
+                parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             };
             rt.block_on(eddy_server::serve(listen, config, async {
                 let _ = tokio::signal::ctrl_c().await;
             }))
         }
-        Cmd::Inserts {
-            seconds,
-            writers,
-            batch,
-            keys,
-            rate,
-        } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+        Cmd::Inserts { seconds, writers, batch, keys, rate } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(inserts(seconds, writers, batch, keys, rate))
         }
     }
@@ -92,16 +80,9 @@ struct Server {
 impl Server {
     fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(std::env::current_exe()?)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
             .spawn()?;
@@ -112,11 +93,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self {
-            child,
-            port,
-            _dir: dir,
-        })
+        Ok(Self { child, port, _dir: dir })
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client> {
@@ -167,13 +144,8 @@ async fn inserts(seconds: u64, writers: usize, batch: usize, keys: i64, rate: u6
         .await?;
     let next_id = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let per_writer_interval = if rate == 0 {
-        None
-    } else {
-        Some(Duration::from_secs_f64(
-            batch as f64 * writers as f64 / rate as f64,
-        ))
-    };
+    let per_writer_interval =
+        if rate == 0 { None } else { Some(Duration::from_secs_f64(batch as f64 * writers as f64 / rate as f64)) };
     let mut handles = Vec::new();
     for w in 0..writers {
         let first_seed = w as u64;
@@ -214,24 +186,13 @@ async fn inserts(seconds: u64, writers: usize, batch: usize, keys: i64, rate: u6
     let elapsed = started.elapsed();
     latencies.sort();
     let rows = latencies.len() as u64 * batch as u64;
-    let total: i64 = admin
-        .query_one("SELECT sum(n)::BIGINT FROM per_key", &[])
-        .await?
-        .get(0);
+    let total: i64 = admin.query_one("SELECT sum(n)::BIGINT FROM per_key", &[]).await?.get(0);
     if total as u64 != rows {
         bail!("the view counts {total} rows but {rows} were inserted");
     }
-    println!(
-        "inserts into a GROUP BY view ({keys} keys), {writers} writers x {batch} rows per INSERT, {seconds} s"
-    );
-    println!(
-        "  rows/s            {:.0}",
-        rows as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "  statements/s      {:.0}",
-        latencies.len() as f64 / elapsed.as_secs_f64()
-    );
+    println!("inserts into a GROUP BY view ({keys} keys), {writers} writers x {batch} rows per INSERT, {seconds} s");
+    println!("  rows/s            {:.0}", rows as f64 / elapsed.as_secs_f64());
+    println!("  statements/s      {:.0}", latencies.len() as f64 / elapsed.as_secs_f64());
     println!(
         "  INSERT -> visible p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,

@@ -14,9 +14,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, new_null_array,
-};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
@@ -49,9 +47,7 @@ impl ChangeBatch {
             )));
         }
         if weights.null_count() > 0 {
-            return Err(ArrowError::InvalidArgumentError(
-                "change batch weights must not be null".into(),
-            ));
+            return Err(ArrowError::InvalidArgumentError("change batch weights must not be null".into()));
         }
         Ok(Self { data, weights })
     }
@@ -70,10 +66,7 @@ impl ChangeBatch {
 
     /// A batch with no rows.
     pub fn empty(schema: SchemaRef) -> Self {
-        Self {
-            data: RecordBatch::new_empty(schema),
-            weights: Int64Array::from(Vec::<i64>::new()),
-        }
+        Self { data: RecordBatch::new_empty(schema), weights: Int64Array::from(Vec::<i64>::new()) }
     }
 
     pub fn data(&self) -> &RecordBatch {
@@ -134,37 +127,23 @@ impl ChangeBatch {
     }
 
     /// Replaces the columns, keeping the weights; `columns` must have this batch's length.
-    pub fn with_columns(
-        &self,
-        schema: SchemaRef,
-        columns: Vec<ArrayRef>,
-    ) -> Result<Self, ArrowError> {
+    pub fn with_columns(&self, schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Self, ArrowError> {
         let options = RecordBatchOptions::new().with_row_count(Some(self.num_rows()));
         let data = RecordBatch::try_new_with_options(schema, columns, &options)?;
-        Ok(Self {
-            data,
-            weights: self.weights.clone(),
-        })
+        Ok(Self { data, weights: self.weights.clone() })
     }
 
     /// Same rows, every weight negated.
     pub fn negate(&self) -> Self {
         let weights: Int64Array = self.weights.values().iter().map(|w| -w).collect();
-        Self {
-            data: self.data.clone(),
-            weights,
-        }
+        Self { data: self.data.clone(), weights }
     }
 
     /// Same rows under another schema of the same types (for example other column names).
     pub fn with_schema(&self, schema: SchemaRef) -> Result<Self, ArrowError> {
         let options = RecordBatchOptions::new().with_row_count(Some(self.num_rows()));
-        let data =
-            RecordBatch::try_new_with_options(schema, self.data.columns().to_vec(), &options)?;
-        Ok(Self {
-            data,
-            weights: self.weights.clone(),
-        })
+        let data = RecordBatch::try_new_with_options(schema, self.data.columns().to_vec(), &options)?;
+        Ok(Self { data, weights: self.weights.clone() })
     }
 
     /// Concatenates batches of the same schema.
@@ -174,10 +153,7 @@ impl ChangeBatch {
         for b in batches {
             weights.extend_from_slice(b.weights.values());
         }
-        Ok(Self {
-            data,
-            weights: Int64Array::from(weights),
-        })
+        Ok(Self { data, weights: Int64Array::from(weights) })
     }
 
     /// The operation each row stands for, pairing `-1, +1` rows that `is_same_key` says belong
@@ -242,11 +218,7 @@ impl ChangeBatch {
     #[allow(clippy::unwrap_used)]
     pub fn from_pretty(text: &str) -> Self {
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-        let header: Vec<&str> = lines
-            .next()
-            .expect("type header")
-            .split_whitespace()
-            .collect();
+        let header: Vec<&str> = lines.next().expect("type header").split_whitespace().collect();
         let types: Vec<DataType> = header
             .iter()
             .map(|t| match *t {
@@ -259,11 +231,7 @@ impl ChangeBatch {
             })
             .collect();
         let schema = Arc::new(Schema::new(
-            types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| Field::new(format!("c{i}"), t.clone(), true))
-                .collect::<Vec<_>>(),
+            types.iter().enumerate().map(|(i, t)| Field::new(format!("c{i}"), t.clone(), true)).collect::<Vec<_>>(),
         ));
         let mut weights = Vec::new();
         let mut cells: Vec<Vec<Option<String>>> = vec![Vec::new(); types.len()];
@@ -277,27 +245,18 @@ impl ChangeBatch {
             };
             weights.push(weight);
             for (i, cell) in cells.iter_mut().enumerate() {
-                let v = parts
-                    .next()
-                    .unwrap_or_else(|| panic!("missing column {i} in {line:?}"));
+                let v = parts.next().unwrap_or_else(|| panic!("missing column {i} in {line:?}"));
                 cell.push(if v == "." { None } else { Some(v.to_string()) });
             }
         }
-        let columns: Vec<ArrayRef> = types
-            .iter()
-            .zip(cells)
-            .map(|(t, values)| parse_column(t, &values))
-            .collect();
+        let columns: Vec<ArrayRef> = types.iter().zip(cells).map(|(t, values)| parse_column(t, &values)).collect();
         let data = RecordBatch::try_new_with_options(
             schema,
             columns,
             &RecordBatchOptions::new().with_row_count(Some(weights.len())),
         )
         .unwrap();
-        Self {
-            data,
-            weights: Int64Array::from(weights),
-        }
+        Self { data, weights: Int64Array::from(weights) }
     }
 }
 
@@ -305,30 +264,18 @@ impl ChangeBatch {
 fn parse_column(t: &DataType, values: &[Option<String>]) -> ArrayRef {
     use arrow::array::{BooleanArray, Float64Array, Int32Array, StringArray};
     match t {
-        DataType::Int64 => Arc::new(
-            values
-                .iter()
-                .map(|v| v.as_ref().map(|s| s.parse::<i64>().unwrap()))
-                .collect::<Int64Array>(),
-        ),
-        DataType::Int32 => Arc::new(
-            values
-                .iter()
-                .map(|v| v.as_ref().map(|s| s.parse::<i32>().unwrap()))
-                .collect::<Int32Array>(),
-        ),
-        DataType::Float64 => Arc::new(
-            values
-                .iter()
-                .map(|v| v.as_ref().map(|s| s.parse::<f64>().unwrap()))
-                .collect::<Float64Array>(),
-        ),
-        DataType::Boolean => Arc::new(
-            values
-                .iter()
-                .map(|v| v.as_ref().map(|s| s == "t" || s == "true"))
-                .collect::<BooleanArray>(),
-        ),
+        DataType::Int64 => {
+            Arc::new(values.iter().map(|v| v.as_ref().map(|s| s.parse::<i64>().unwrap())).collect::<Int64Array>())
+        }
+        DataType::Int32 => {
+            Arc::new(values.iter().map(|v| v.as_ref().map(|s| s.parse::<i32>().unwrap())).collect::<Int32Array>())
+        }
+        DataType::Float64 => {
+            Arc::new(values.iter().map(|v| v.as_ref().map(|s| s.parse::<f64>().unwrap())).collect::<Float64Array>())
+        }
+        DataType::Boolean => {
+            Arc::new(values.iter().map(|v| v.as_ref().map(|s| s == "t" || s == "true")).collect::<BooleanArray>())
+        }
         DataType::Utf8 => Arc::new(values.iter().map(|v| v.as_deref()).collect::<StringArray>()),
         other => new_null_array(other, values.len()),
     }
@@ -371,19 +318,13 @@ mod tests {
             .cloned()
             .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new()));
         let ops = b.ops(|a, c| keys.value(a) == keys.value(c));
-        assert_eq!(
-            ops,
-            vec![Op::UpdateDelete, Op::UpdateInsert, Op::Delete, Op::Insert]
-        );
+        assert_eq!(ops, vec![Op::UpdateDelete, Op::UpdateInsert, Op::Delete, Op::Insert]);
     }
 
     #[test]
     fn filter_keeps_weights_aligned() {
         let b = ChangeBatch::from_pretty("I\n + 1\n - 2\n +2 3");
         let mask = BooleanArray::from(vec![false, true, true]);
-        assert_eq!(
-            b.filter(&mask).map(|f| f.to_pretty()).ok(),
-            Some("- 2\n+2 3\n".to_string())
-        );
+        assert_eq!(b.filter(&mask).map(|f| f.to_pretty()).ok(), Some("- 2\n+2 3\n".to_string()));
     }
 }

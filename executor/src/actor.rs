@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   inputs (aligned) ──▶ op 0 ──▶ op 1 ──▶ … ──▶ op n ──▶ dispatcher ──▶ downstream actors
-//!                                                         └─▶ coordinator: epoch done + deltas
+//!   or a source split ─┘                                  └─▶ coordinator: epoch done + deltas
 //! ```
 //!
 //! The actor owns the barrier protocol. When a barrier has arrived on every input it calls
@@ -10,35 +10,34 @@
 //! the chain; then it collects state deltas, applies the barrier's mutation, forwards the
 //! barrier and reports the epoch to the coordinator. Inputs that delivered the barrier early
 //! are not read until the others catch up, so nothing of the next epoch mixes in.
+//!
+//! Watermarks are aligned too: the actor's watermark on a column is the minimum over its input
+//! channels, and it moves only when that minimum does.
 
+use std::collections::HashMap;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::task::Poll;
 
 use eddy_common::ChangeBatch;
 use eddy_common::ids::{Epoch, ObjectId};
+use eddy_connectors::SourceReader;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dispatch::{Dispatcher, Edge, partition_of_rows};
 use crate::error::{ExecError, Result};
 use crate::message::{ActorId, Barrier, Message, Mutation};
-use crate::operator::{Operator, Output};
+use crate::metrics::{Metrics, SourceProgress};
+use crate::operator::{Emitted, Operator, Output};
 use crate::store::{RelationDelta, RowCodec, Snapshot};
 
 /// What an actor tells the coordinator.
 #[derive(Debug)]
 pub enum ActorReport {
     /// The actor processed the barrier of `epoch`; these are its state changes of the epoch.
-    Collected {
-        actor: ActorId,
-        epoch: Epoch,
-        deltas: Vec<(ObjectId, RelationDelta)>,
-    },
+    Collected { actor: ActorId, epoch: Epoch, deltas: Vec<(ObjectId, RelationDelta)> },
     /// The actor stopped with an error.
-    Failed {
-        actor: ActorId,
-        job: ObjectId,
-        error: String,
-    },
+    Failed { actor: ActorId, job: ObjectId, error: String },
 }
 
 /// One input channel and the logical input (for joins and unions) it feeds.
@@ -58,11 +57,18 @@ pub struct Backfill {
     pub partition: Option<(Vec<usize>, usize, usize)>,
 }
 
+/// A source split read by this actor, between the barriers the coordinator injects.
+pub struct SourceInput {
+    pub reader: Box<dyn SourceReader>,
+    pub progress: Arc<SourceProgress>,
+}
+
 pub struct Actor {
     pub id: ActorId,
-    /// The catalog object this actor works for (a table or materialized view).
+    /// The catalog object this actor works for (a table, view or sink).
     pub job: ObjectId,
     pub inputs: Vec<Input>,
+    pub source: Option<SourceInput>,
     pub chain: Vec<Box<dyn Operator>>,
     pub dispatcher: Dispatcher,
     pub backfill: Option<Backfill>,
@@ -70,6 +76,7 @@ pub struct Actor {
     /// that relation's actors (to pick its edges from `Mutation::AddOutputs`).
     pub relation_output: Option<(ObjectId, usize)>,
     pub reports: mpsc::UnboundedSender<ActorReport>,
+    pub metrics: Arc<Metrics>,
 }
 
 struct InputState {
@@ -77,6 +84,7 @@ struct InputState {
     receiver: mpsc::Receiver<Message>,
     blocked: bool,
     closed: bool,
+    watermarks: HashMap<usize, i64>,
 }
 
 const BACKFILL_BATCH_ROWS: usize = 4096;
@@ -85,19 +93,20 @@ fn upstream_gone() -> ExecError {
     ExecError::Internal("an upstream actor stopped unexpectedly (it failed)".into())
 }
 
+enum Next {
+    Message(usize, Option<Message>),
+    Chunk(Result<Option<datafusion::arrow::array::RecordBatch>, eddy_connectors::ConnectorError>),
+}
+
 impl Actor {
-    /// Runs until stopped by a barrier, until all inputs close, or until an operator fails.
+    /// Runs until stopped by a barrier or until an operator fails.
     pub async fn run(mut self) {
         let id = self.id;
         let job = self.job;
         let reports = self.reports.clone();
         if let Err(error) = self.run_inner().await {
             tracing::error!(actor = id, job = job.0, %error, "actor failed");
-            let _ = reports.send(ActorReport::Failed {
-                actor: id,
-                job,
-                error: error.to_string(),
-            });
+            let _ = reports.send(ActorReport::Failed { actor: id, job, error: error.to_string() });
         }
     }
 
@@ -112,12 +121,16 @@ impl Actor {
                 receiver: i.receiver,
                 blocked: false,
                 closed: false,
+                watermarks: HashMap::new(),
             })
             .collect();
+        let mut source = self.source.take();
+        let mut source_done = false;
         let mut pending_barrier: Option<Barrier> = None;
+        let mut emitted_watermarks: HashMap<usize, i64> = HashMap::new();
         let mut rotate = 0usize;
         loop {
-            let next = poll_fn(|cx| {
+            let poll_inputs = poll_fn(|cx| {
                 let n = inputs.len();
                 let mut any_open = false;
                 for k in 0..n {
@@ -134,16 +147,44 @@ impl Actor {
                         return Poll::Ready(Some((i, m)));
                     }
                 }
-                if any_open {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(None)
+                if any_open { Poll::Pending } else { Poll::Ready(None) }
+            });
+            let next = match source.as_mut() {
+                Some(s) if !source_done => {
+                    tokio::select! {
+                        biased;
+                        m = poll_inputs => match m {
+                            Some((i, m)) => Next::Message(i, m),
+                            None => return Err(upstream_gone()),
+                        },
+                        chunk = s.reader.next_chunk() => Next::Chunk(chunk),
+                    }
                 }
-            })
-            .await;
+                _ => match poll_inputs.await {
+                    Some((i, m)) => Next::Message(i, m),
+                    None => return Err(upstream_gone()),
+                },
+            };
             rotate = rotate.wrapping_add(1);
-            let Some((i, message)) = next else {
-                return Err(upstream_gone());
+            let (i, message) = match next {
+                Next::Chunk(Ok(Some(batch))) => {
+                    if let Some(s) = &source {
+                        s.progress.add_rows(batch.num_rows() as u64);
+                    }
+                    self.push(0, 0, vec![Emitted::Data(ChangeBatch::inserts(batch))]).await?;
+                    continue;
+                }
+                Next::Chunk(Ok(None)) => {
+                    source_done = true;
+                    if let Some(s) = &source {
+                        s.progress.finish();
+                    }
+                    continue;
+                }
+                Next::Chunk(Err(e)) => {
+                    return Err(ExecError::InvalidInput(format!("source read failed: {e}")));
+                }
+                Next::Message(i, m) => (i, m),
             };
             match message {
                 None => {
@@ -154,13 +195,20 @@ impl Actor {
                 }
                 Some(Message::Data(batch)) => {
                     let index = inputs[i].index;
-                    self.push(0, index, batch).await?;
+                    self.push(0, index, vec![Emitted::Data(batch)]).await?;
                 }
                 Some(Message::Watermark { column, value }) => {
-                    // Multi-input watermark alignment arrives with event time; single-input
-                    // chains pass watermarks through the operators.
-                    if inputs.len() == 1 {
-                        self.push_watermark(column, value).await?;
+                    let slot = inputs[i].watermarks.entry(column).or_insert(i64::MIN);
+                    if value <= *slot {
+                        continue;
+                    }
+                    *slot = value;
+                    let aligned = inputs.iter().map(|x| x.watermarks.get(&column).copied().unwrap_or(i64::MIN)).min();
+                    if let Some(aligned) = aligned
+                        && aligned > emitted_watermarks.get(&column).copied().unwrap_or(i64::MIN)
+                    {
+                        emitted_watermarks.insert(column, aligned);
+                        self.push(0, 0, vec![Emitted::Watermark { column, value: aligned }]).await?;
                     }
                 }
                 Some(Message::Barrier(barrier)) => {
@@ -173,9 +221,7 @@ impl Actor {
                             x.blocked = false;
                         }
                         let Some(barrier) = pending_barrier.take() else {
-                            return Err(ExecError::Internal(
-                                "barrier alignment lost its barrier".into(),
-                            ));
+                            return Err(ExecError::Internal("barrier alignment lost its barrier".into()));
                         };
                         let stop = self.handle_barrier(barrier).await?;
                         if stop {
@@ -193,37 +239,33 @@ impl Actor {
             return Err(ExecError::ShuttingDown);
         };
         let batches = tokio::task::block_in_place(|| {
-            snapshot.scan(
-                backfill.relation,
-                &backfill.codec,
-                &[],
-                BACKFILL_BATCH_ROWS,
-                None,
-            )
+            snapshot.scan(backfill.relation, &backfill.codec, &[], BACKFILL_BATCH_ROWS, None)
         })?;
         for batch in batches {
             let mut change = ChangeBatch::inserts(batch);
             if let Some((columns, n, index)) = &backfill.partition {
                 let parts = partition_of_rows(&change, columns, *n)?;
-                let mask: datafusion::arrow::array::BooleanArray =
-                    parts.iter().map(|p| Some(*p == *index)).collect();
+                let mask: datafusion::arrow::array::BooleanArray = parts.iter().map(|p| Some(*p == *index)).collect();
                 change = change.filter(&mask)?;
             }
             if !change.is_empty() {
-                self.push(0, 0, change).await?;
+                self.push(0, 0, vec![Emitted::Data(change)]).await?;
             }
         }
         Ok(())
     }
 
-    /// Runs `batch` through the chain from operator `start`, then dispatches the result.
-    async fn push(&mut self, start: usize, input: usize, batch: ChangeBatch) -> Result<()> {
-        let mut current = vec![batch];
+    /// Runs `items` through the chain from operator `start`, then dispatches what comes out.
+    async fn push(&mut self, start: usize, input: usize, items: Vec<Emitted>) -> Result<()> {
+        let mut current = items;
         let mut input = input;
         for op in self.chain[start..].iter_mut() {
             let mut out = Output::default();
-            for b in current {
-                op.process(input, b, &mut out)?;
+            for item in current {
+                match item {
+                    Emitted::Data(b) => op.process(input, b, &mut out)?,
+                    Emitted::Watermark { column, value } => op.on_watermark(column, value, &mut out)?,
+                }
             }
             current = out.take();
             input = 0;
@@ -231,26 +273,13 @@ impl Actor {
                 return Ok(());
             }
         }
-        for b in current {
-            self.dispatcher.send_data(b).await?;
-        }
-        Ok(())
-    }
-
-    async fn push_watermark(&mut self, column: usize, value: i64) -> Result<()> {
-        let mut wm = Some((column, value));
-        for i in 0..self.chain.len() {
-            let Some((c, v)) = wm else { return Ok(()) };
-            let mut out = Output::default();
-            wm = self.chain[i].on_watermark(c, v, &mut out)?;
-            for b in out.take() {
-                Box::pin(self.push(i + 1, 0, b)).await?;
+        for item in current {
+            match item {
+                Emitted::Data(b) => self.dispatcher.send_data(b).await?,
+                Emitted::Watermark { column, value } => {
+                    self.dispatcher.broadcast(Message::Watermark { column, value }).await;
+                }
             }
-        }
-        if let Some((column, value)) = wm {
-            self.dispatcher
-                .broadcast(Message::Watermark { column, value })
-                .await;
         }
         Ok(())
     }
@@ -260,15 +289,12 @@ impl Actor {
         for i in 0..self.chain.len() {
             let mut out = Output::default();
             self.chain[i].on_barrier(&barrier, &mut out)?;
-            for b in out.take() {
-                Box::pin(self.push(i + 1, 0, b)).await?;
+            let items = out.take();
+            if !items.is_empty() {
+                Box::pin(self.push(i + 1, 0, items)).await?;
             }
         }
-        let deltas: Vec<_> = self
-            .chain
-            .iter_mut()
-            .filter_map(|op| op.take_delta())
-            .collect();
+        let deltas: Vec<_> = self.chain.iter_mut().filter_map(|op| op.take_delta()).collect();
         if let Some(Mutation::Stop(actors)) = barrier.mutation.as_deref() {
             self.dispatcher.remove_actors(actors);
         }
@@ -282,17 +308,13 @@ impl Actor {
             && let Some(mine) = per_actor.get(index)
         {
             for o in mine {
-                self.dispatcher.add(Edge::Forward {
-                    actor: o.downstream,
-                    sender: o.sender.clone(),
-                });
+                self.dispatcher.add(Edge::Forward { actor: o.downstream, sender: o.sender.clone() });
             }
         }
-        let _ = self.reports.send(ActorReport::Collected {
-            actor: self.id,
-            epoch,
-            deltas,
-        });
+        let _ = self.reports.send(ActorReport::Collected { actor: self.id, epoch, deltas });
+        if stop {
+            self.metrics.forget_actor(self.id);
+        }
         Ok(stop)
     }
 }

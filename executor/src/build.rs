@@ -6,24 +6,31 @@
 //! [`build_operator`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::Expr;
 use eddy_common::ids::ObjectId;
+use eddy_connectors::{SourceSpec, create_reader};
 use eddy_planner::catalog::{Distribution, RelationDef, RelationResolver};
 use eddy_planner::stream::{Exchange, FragmentInput, OperatorGraph, OperatorSpec};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::{Actor, ActorReport, Backfill, Input};
+use crate::actor::{Actor, ActorReport, Backfill, Input, SourceInput};
 use crate::coordinator::JobActors;
 use crate::dispatch::{Dispatcher, Edge};
 use crate::error::{ExecError, Result};
 use crate::message::{ActorId, Message, NewOutput};
+use crate::metrics::Metrics;
 use crate::operator::Operator;
 use crate::ops::agg::HashAggOperator;
 use crate::ops::materialize::MaterializeOperator;
-use crate::ops::stateless::{
-    FilterOperator, ProjectOperator, ScanOperator, UnionOperator, ValuesOperator,
-};
+use crate::ops::sink::BlackholeSink;
+use crate::ops::stateless::{FilterOperator, ProjectOperator, ScanOperator, UnionOperator, ValuesOperator};
+use crate::ops::unnest::UnnestOperator;
+use crate::ops::watermark::WatermarkFilterOperator;
 use crate::store::{RowCodec, Snapshot};
 
 /// Capacity of each actor-to-actor channel, in messages. Small, so a slow consumer slows its
@@ -46,38 +53,62 @@ pub struct BuiltJob {
 ///
 /// # Errors
 /// When the table's columns have no storage encoding.
-pub fn build_table(
-    def: &RelationDef,
-    ids: &AtomicU32,
-    reports: &mpsc::UnboundedSender<ActorReport>,
-) -> Result<BuiltJob> {
-    let layout = def
-        .storage
-        .clone()
-        .ok_or_else(|| ExecError::Internal(format!("table {} has no storage layout", def.name)))?;
+/// What building actors needs from the runtime.
+pub struct BuildContext<'a> {
+    pub ids: &'a AtomicU32,
+    pub reports: &'a mpsc::UnboundedSender<ActorReport>,
+    pub metrics: &'a Arc<Metrics>,
+}
+
+/// The watermark generator of a relation with `WATERMARK FOR`, counting late rows for `job`.
+fn watermark_filter(def: &RelationDef, job: ObjectId, ctx: &BuildContext<'_>) -> Result<Option<Box<dyn Operator>>> {
+    let Some(wm) = &def.watermark else { return Ok(None) };
+    let schema = DFSchema::try_from(def.schema.as_ref().clone())?;
+    let late = ctx.metrics.late_counter(job, def.id);
+    Ok(Some(Box::new(WatermarkFilterOperator::new(wm.column, &wm.expr, &schema, late)?)))
+}
+
+pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob> {
+    let ids = ctx.ids;
+    let reports = ctx.reports;
+    let layout =
+        def.storage.clone().ok_or_else(|| ExecError::Internal(format!("table {} has no storage layout", def.name)))?;
     let codec = RowCodec::new(def.schema.clone(), layout)?;
     let id = ids.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let actor = Actor {
         id,
         job: def.id,
-        inputs: vec![Input {
-            index: 0,
-            receiver: rx,
-        }],
-        chain: vec![Box::new(MaterializeOperator::new(def.id, codec))],
+        inputs: vec![Input { index: 0, receiver: rx }],
+        source: match &def.connector {
+            Some(c) => {
+                let spec = SourceSpec { connector: c.connector.clone(), options: c.options.clone() };
+                let reader = create_reader(&spec, physical_schema(def), 0, None)
+                    .map_err(|e| ExecError::InvalidInput(e.to_string()))?;
+                Some(SourceInput { reader, progress: ctx.metrics.register_source(id, def.id, def.id) })
+            }
+            None => None,
+        },
+        chain: {
+            // Connector rows get their generated columns; every row is stored; views
+            // downstream see only rows on time.
+            let mut chain: Vec<Box<dyn Operator>> = Vec::new();
+            if def.connector.is_some() && def.generated.iter().any(Option::is_some) {
+                chain.push(generated_columns(def)?);
+            }
+            chain.push(Box::new(MaterializeOperator::new(def.id, codec)));
+            chain.extend(watermark_filter(def, def.id, ctx)?);
+            chain
+        },
         dispatcher: Dispatcher::default(),
         backfill: None,
         relation_output: Some((def.id, 0)),
         reports: reports.clone(),
+        metrics: ctx.metrics.clone(),
     };
     Ok(BuiltJob {
         actors: vec![actor],
-        job: JobActors {
-            job: def.id,
-            actors: vec![id],
-            injected: vec![(id, tx.clone())],
-        },
+        job: JobActors { job: def.id, actors: vec![id], injected: vec![(id, tx.clone())] },
         add_outputs: HashMap::new(),
         snapshots: Vec::new(),
         dml: Some(tx),
@@ -92,60 +123,69 @@ pub fn build_graph(
     graph: &OperatorGraph,
     def: &RelationDef,
     resolver: &dyn RelationResolver,
-    ids: &AtomicU32,
-    reports: &mpsc::UnboundedSender<ActorReport>,
+    ctx: &BuildContext<'_>,
 ) -> Result<BuiltJob> {
+    let ids = ctx.ids;
+    let reports = ctx.reports;
     let n = graph.fragments.len();
     let actor_ids: Vec<Vec<ActorId>> = graph
         .fragments
         .iter()
-        .map(|f| {
-            (0..f.parallelism)
-                .map(|_| ids.fetch_add(1, Ordering::Relaxed))
-                .collect()
-        })
+        .map(|f| (0..f.parallelism).map(|_| ids.fetch_add(1, Ordering::Relaxed)).collect())
         .collect();
     // inputs[f][i]: the channels feeding actor i of fragment f.
-    let mut inputs: Vec<Vec<Vec<Input>>> = graph
-        .fragments
-        .iter()
-        .map(|f| (0..f.parallelism).map(|_| Vec::new()).collect())
-        .collect();
+    let mut inputs: Vec<Vec<Vec<Input>>> =
+        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| Vec::new()).collect()).collect();
     // edges[f][i]: the outgoing edges of actor i of fragment f.
-    let mut edges: Vec<Vec<Vec<Edge>>> = graph
-        .fragments
-        .iter()
-        .map(|f| (0..f.parallelism).map(|_| Vec::new()).collect())
-        .collect();
-    let mut backfills: Vec<Vec<Option<Backfill>>> = graph
-        .fragments
-        .iter()
-        .map(|f| (0..f.parallelism).map(|_| None).collect())
-        .collect();
+    let mut edges: Vec<Vec<Vec<Edge>>> =
+        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| Vec::new()).collect()).collect();
+    let mut backfills: Vec<Vec<Option<Backfill>>> =
+        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| None).collect()).collect();
     let mut add_outputs: HashMap<ObjectId, Vec<Vec<NewOutput>>> = HashMap::new();
     let mut snapshots = Vec::new();
     let mut injected = Vec::new();
+    // Source readers and the operators that turn their rows into the relation's rows.
+    let mut sources: Vec<Vec<Option<SourceInput>>> =
+        graph.fragments.iter().map(|f| (0..f.parallelism).map(|_| None).collect()).collect();
+    let mut source_prefix: Vec<Option<ObjectId>> = vec![None; graph.fragments.len()];
 
     for (f, fragment) in graph.fragments.iter().enumerate() {
         if fragment.inputs.is_empty() {
             // A source fragment: barriers come straight from the coordinator.
             for (i, actor) in actor_ids[f].iter().enumerate() {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                inputs[f][i].push(Input {
-                    index: 0,
-                    receiver: rx,
-                });
+                inputs[f][i].push(Input { index: 0, receiver: rx });
                 injected.push((*actor, tx));
             }
         }
         for (input_index, input) in fragment.inputs.iter().enumerate() {
             match input {
+                FragmentInput::Source { id, name } => {
+                    let source = resolver
+                        .relation_by_id(*id)
+                        .ok_or_else(|| ExecError::Internal(format!("source {name} is not in the catalog")))?;
+                    let connector = source
+                        .connector
+                        .as_ref()
+                        .ok_or_else(|| ExecError::Internal(format!("source {name} has no connector")))?;
+                    let spec =
+                        SourceSpec { connector: connector.connector.clone(), options: connector.options.clone() };
+                    let physical = physical_schema(&source);
+                    source_prefix[f] = Some(*id);
+                    for (i, actor) in actor_ids[f].iter().enumerate() {
+                        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                        inputs[f][i].push(Input { index: input_index, receiver: rx });
+                        injected.push((*actor, tx));
+                        let reader = create_reader(&spec, physical.clone(), i, None)
+                            .map_err(|e| ExecError::InvalidInput(e.to_string()))?;
+                        let progress = ctx.metrics.register_source(*actor, def.id, *id);
+                        sources[f][i] = Some(SourceInput { reader, progress });
+                    }
+                }
                 FragmentInput::Relation { id, name } => {
-                    let upstream = resolver.relation_by_id(*id).ok_or_else(|| {
-                        ExecError::Internal(format!(
-                            "scanned relation {name} is not in the catalog"
-                        ))
-                    })?;
+                    let upstream = resolver
+                        .relation_by_id(*id)
+                        .ok_or_else(|| ExecError::Internal(format!("scanned relation {name} is not in the catalog")))?;
                     let up_p = upstream.output_parallelism.max(1);
                     if up_p != fragment.parallelism {
                         return Err(ExecError::Internal(format!(
@@ -153,24 +193,15 @@ pub fn build_graph(
                             fragment.parallelism
                         )));
                     }
-                    let layout = upstream.storage.clone().ok_or_else(|| {
-                        ExecError::Internal(format!(
-                            "{name} is not stored and cannot be backfilled"
-                        ))
-                    })?;
-                    let per_actor = add_outputs
-                        .entry(*id)
-                        .or_insert_with(|| vec![Vec::new(); up_p]);
+                    let layout = upstream
+                        .storage
+                        .clone()
+                        .ok_or_else(|| ExecError::Internal(format!("{name} is not stored and cannot be backfilled")))?;
+                    let per_actor = add_outputs.entry(*id).or_insert_with(|| vec![Vec::new(); up_p]);
                     for i in 0..fragment.parallelism {
                         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                        inputs[f][i].push(Input {
-                            index: input_index,
-                            receiver: rx,
-                        });
-                        per_actor[i].push(NewOutput {
-                            downstream: actor_ids[f][i],
-                            sender: tx,
-                        });
+                        inputs[f][i].push(Input { index: input_index, receiver: rx });
+                        per_actor[i].push(NewOutput { downstream: actor_ids[f][i], sender: tx });
                         let partition = match (&upstream.output_distribution, up_p) {
                             (_, 1) => None,
                             (Distribution::HashBy(cols), p) => Some((cols.clone(), p, i)),
@@ -188,34 +219,21 @@ pub fn build_graph(
                         });
                     }
                 }
-                FragmentInput::Fragment {
-                    fragment: up,
-                    exchange,
-                } => {
+                FragmentInput::Fragment { fragment: up, exchange } => {
                     let up = *up;
                     if up >= n {
-                        return Err(ExecError::Internal(format!(
-                            "fragment {f} reads unknown fragment {up}"
-                        )));
+                        return Err(ExecError::Internal(format!("fragment {f} reads unknown fragment {up}")));
                     }
                     let up_p = graph.fragments[up].parallelism;
                     match exchange {
                         Exchange::Forward => {
                             if up_p != fragment.parallelism {
-                                return Err(ExecError::Internal(
-                                    "forward edge between different parallelisms".into(),
-                                ));
+                                return Err(ExecError::Internal("forward edge between different parallelisms".into()));
                             }
                             for i in 0..up_p {
                                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                                inputs[f][i].push(Input {
-                                    index: input_index,
-                                    receiver: rx,
-                                });
-                                edges[up][i].push(Edge::Forward {
-                                    actor: actor_ids[f][i],
-                                    sender: tx,
-                                });
+                                inputs[f][i].push(Input { index: input_index, receiver: rx });
+                                edges[up][i].push(Edge::Forward { actor: actor_ids[f][i], sender: tx });
                             }
                         }
                         Exchange::Hash(columns) => {
@@ -223,34 +241,20 @@ pub fn build_graph(
                                 let mut targets = Vec::new();
                                 for i in 0..fragment.parallelism {
                                     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                                    inputs[f][i].push(Input {
-                                        index: input_index,
-                                        receiver: rx,
-                                    });
+                                    inputs[f][i].push(Input { index: input_index, receiver: rx });
                                     targets.push((actor_ids[f][i], tx));
                                 }
-                                upstream_edges.push(Edge::Hash {
-                                    columns: columns.clone(),
-                                    targets,
-                                });
+                                upstream_edges.push(Edge::Hash { columns: columns.clone(), targets });
                             }
                         }
                         Exchange::Single => {
                             if fragment.parallelism != 1 {
-                                return Err(ExecError::Internal(
-                                    "single edge into a parallel fragment".into(),
-                                ));
+                                return Err(ExecError::Internal("single edge into a parallel fragment".into()));
                             }
                             for upstream_edges in edges[up].iter_mut() {
                                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                                inputs[f][0].push(Input {
-                                    index: input_index,
-                                    receiver: rx,
-                                });
-                                upstream_edges.push(Edge::Forward {
-                                    actor: actor_ids[f][0],
-                                    sender: tx,
-                                });
+                                inputs[f][0].push(Input { index: input_index, receiver: rx });
+                                upstream_edges.push(Edge::Forward { actor: actor_ids[f][0], sender: tx });
                             }
                         }
                     }
@@ -263,69 +267,120 @@ pub fn build_graph(
     let last = n.saturating_sub(1);
     for (f, fragment) in graph.fragments.iter().enumerate() {
         for i in 0..fragment.parallelism {
-            let chain = fragment
-                .chain
-                .iter()
-                .map(|spec| build_operator(spec, def))
-                .collect::<Result<Vec<_>>>()?;
+            let mut chain: Vec<Box<dyn Operator>> = Vec::new();
+            if let Some(source_id) = source_prefix[f] {
+                let source = resolver
+                    .relation_by_id(source_id)
+                    .ok_or_else(|| ExecError::Internal(format!("source {source_id} is not in the catalog")))?;
+                chain.extend(source_operators(&source, def.id, ctx)?);
+            }
+            for spec in &fragment.chain {
+                chain.push(build_operator(spec, def, ctx)?);
+            }
             actors.push(Actor {
                 id: actor_ids[f][i],
                 job: def.id,
                 inputs: std::mem::take(&mut inputs[f][i]),
+                source: sources[f][i].take(),
                 chain,
                 dispatcher: Dispatcher::new(std::mem::take(&mut edges[f][i])),
                 backfill: backfills[f][i].take(),
                 relation_output: (f == last).then_some((def.id, i)),
                 reports: reports.clone(),
+                metrics: ctx.metrics.clone(),
             });
         }
     }
     Ok(BuiltJob {
         actors,
-        job: JobActors {
-            job: def.id,
-            actors: actor_ids.into_iter().flatten().collect(),
-            injected,
-        },
+        job: JobActors { job: def.id, actors: actor_ids.into_iter().flatten().collect(), injected },
         add_outputs,
         snapshots,
         dml: None,
     })
 }
 
+/// The columns a source's connector provides (its non-generated columns).
+fn physical_schema(source: &RelationDef) -> SchemaRef {
+    let fields: Vec<_> = source
+        .schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| source.generated.get(*i).is_none_or(|g| g.is_none()))
+        .map(|(_, f)| f.as_ref().clone())
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Turns a source's connector rows into the source's rows: computes generated columns, then
+/// generates watermarks (dropping late rows).
+fn source_operators(source: &RelationDef, job: ObjectId, ctx: &BuildContext<'_>) -> Result<Vec<Box<dyn Operator>>> {
+    let mut ops: Vec<Box<dyn Operator>> = Vec::new();
+    if source.generated.iter().any(|g| g.is_some()) {
+        ops.push(generated_columns(source)?);
+    }
+    ops.extend(watermark_filter(source, job, ctx)?);
+    Ok(ops)
+}
+
+/// Computes a relation's generated columns from the columns its connector provides.
+fn generated_columns(source: &RelationDef) -> Result<Box<dyn Operator>> {
+    {
+        let physical = physical_schema(source);
+        let physical_df = DFSchema::try_from(physical.as_ref().clone())?;
+        let full_df = DFSchema::try_from(source.schema.as_ref().clone())?;
+        let mut next_physical = 0;
+        let mut exprs = Vec::new();
+        for (i, f) in source.schema.fields().iter().enumerate() {
+            match source.generated.get(i).cloned().flatten() {
+                Some(e) => exprs.push(e.alias(f.name())),
+                None => {
+                    let name = physical.field(next_physical).name().clone();
+                    next_physical += 1;
+                    exprs.push(Expr::Column(datafusion::common::Column::from_name(name)));
+                }
+            }
+        }
+        Ok(Box::new(ProjectOperator::new(&exprs, &physical_df, &full_df)?))
+    }
+}
+
 /// The one place that maps an operator description to its implementation.
-fn build_operator(spec: &OperatorSpec, def: &RelationDef) -> Result<Box<dyn Operator>> {
+fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>) -> Result<Box<dyn Operator>> {
     Ok(match spec {
-        OperatorSpec::Scan {
-            projection, schema, ..
-        } => Box::new(ScanOperator::new(projection.clone(), schema)),
-        OperatorSpec::Filter {
-            predicate,
-            input_schema,
-        } => Box::new(FilterOperator::new(predicate, input_schema)?),
-        OperatorSpec::Project {
-            exprs,
-            input_schema,
-            schema,
-        } => Box::new(ProjectOperator::new(exprs, input_schema, schema)?),
+        OperatorSpec::Scan { projection, schema, .. } => Box::new(ScanOperator::new(projection.clone(), schema)),
+        OperatorSpec::Filter { predicate, input_schema } => Box::new(FilterOperator::new(predicate, input_schema)?),
+        OperatorSpec::Project { exprs, input_schema, schema } => {
+            Box::new(ProjectOperator::new(exprs, input_schema, schema)?)
+        }
         OperatorSpec::HashAgg {
             group_keys,
             calls,
             input_schema,
             schema,
             append_only_input,
+            window_key,
+            emit_on_close,
         } => Box::new(HashAggOperator::new(
             group_keys,
             calls,
             input_schema,
             schema,
             *append_only_input,
+            *window_key,
+            *emit_on_close,
         )?),
         OperatorSpec::Union { schema, .. } => Box::new(UnionOperator::new(schema)),
+        OperatorSpec::Unnest { list_column, dependency, null_handling, schema, .. } => {
+            Box::new(UnnestOperator::new(*list_column, dependency.clone(), *null_handling, schema))
+        }
+        OperatorSpec::Sink { sink, connector, .. } => match connector.as_str() {
+            "blackhole" => Box::new(BlackholeSink::new(ctx.metrics.sink_counter(*sink))),
+            other => return Err(ExecError::InvalidInput(format!("unknown sink connector \"{other}\""))),
+        },
         OperatorSpec::Values { rows, schema } => Box::new(ValuesOperator::new(rows, schema)?),
-        OperatorSpec::Materialize {
-            relation, layout, ..
-        } => {
+        OperatorSpec::Materialize { relation, layout, .. } => {
             // Stored under the catalog's schema (its column names), not the plan's.
             let codec = RowCodec::new(def.schema.clone(), layout.clone())?;
             Box::new(MaterializeOperator::new(*relation, codec))

@@ -86,9 +86,7 @@ impl CoordinatorHandle {
     /// When the commit fails or the coordinator is gone.
     pub async fn flush(&self, durable: bool) -> Result<Epoch> {
         let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Flush { durable, reply })
-            .map_err(|_| ExecError::ShuttingDown)?;
+        self.requests.send(Request::Flush { durable, reply }).map_err(|_| ExecError::ShuttingDown)?;
         rx.await.map_err(|_| ExecError::ShuttingDown)?
     }
 
@@ -98,20 +96,13 @@ impl CoordinatorHandle {
     /// When the commit fails or the coordinator is gone.
     pub async fn apply(&self, change: Change) -> Result<Epoch> {
         let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Apply {
-                change: Box::new(change),
-                reply,
-            })
-            .map_err(|_| ExecError::ShuttingDown)?;
+        self.requests.send(Request::Apply { change: Box::new(change), reply }).map_err(|_| ExecError::ShuttingDown)?;
         rx.await.map_err(|_| ExecError::ShuttingDown)?
     }
 
     pub async fn status(&self) -> Result<CoordinatorStatus> {
         let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Status { reply })
-            .map_err(|_| ExecError::ShuttingDown)?;
+        self.requests.send(Request::Status { reply }).map_err(|_| ExecError::ShuttingDown)?;
         rx.await.map_err(|_| ExecError::ShuttingDown)
     }
 
@@ -233,22 +224,11 @@ impl Coordinator {
         // interval, and it makes every acknowledged statement durable without bookkeeping.
         let durable = true;
         let mut change = self.queued_changes.pop_front();
-        let mutation = change
-            .as_mut()
-            .and_then(|(c, _)| c.mutation.take())
-            .map(Arc::new);
-        let barrier = Barrier {
-            epoch,
-            checkpoint: durable,
-            mutation,
-        };
+        let mutation = change.as_mut().and_then(|(c, _)| c.mutation.take()).map(Arc::new);
+        let barrier = Barrier { epoch, checkpoint: durable, mutation };
         let mut dead = Vec::new();
         for (actor, sender) in &self.injected {
-            if sender
-                .send(Message::Barrier(barrier.clone()))
-                .await
-                .is_err()
-            {
+            if sender.send(Message::Barrier(barrier.clone())).await.is_err() {
                 dead.push(*actor);
             }
         }
@@ -269,11 +249,7 @@ impl Coordinator {
 
     async fn on_report(&mut self, report: ActorReport) {
         match report {
-            ActorReport::Collected {
-                actor,
-                epoch,
-                deltas,
-            } => {
+            ActorReport::Collected { actor, epoch, deltas } => {
                 let Some(flight) = self.in_flight.as_mut() else {
                     return;
                 };
@@ -300,10 +276,7 @@ impl Coordinator {
                 }
                 // Tell the rest of the graph to drop its edges to the failed job.
                 self.queued_changes.push_back((
-                    Box::new(Change {
-                        mutation: Some(Mutation::Stop(stop)),
-                        ..Default::default()
-                    }),
+                    Box::new(Change { mutation: Some(Mutation::Stop(stop)), ..Default::default() }),
                     oneshot::channel().0,
                 ));
                 self.maybe_commit().await;
@@ -319,18 +292,12 @@ impl Coordinator {
         let Some(mut flight) = self.in_flight.take() else {
             return;
         };
-        let mut commit = EpochCommit {
-            relations: std::mem::take(&mut flight.deltas),
-            catalog: Vec::new(),
-            durable: flight.durable,
-        };
+        let mut commit =
+            EpochCommit { relations: std::mem::take(&mut flight.deltas), catalog: Vec::new(), durable: flight.durable };
         if let Some((change, _)) = &mut flight.change {
             commit.catalog = std::mem::take(&mut change.catalog);
         }
-        commit.catalog.push(CatalogChange::PutMeta {
-            key: "epoch".into(),
-            value: flight.epoch.to_le_bytes().to_vec(),
-        });
+        commit.catalog.push(CatalogChange::PutMeta { key: "epoch".into(), value: flight.epoch.to_le_bytes().to_vec() });
         let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || store.commit(&commit))
             .await
@@ -358,12 +325,7 @@ impl Coordinator {
         }
     }
 
-    fn finish_change(
-        &mut self,
-        change: Change,
-        epoch: Epoch,
-        reply: oneshot::Sender<Result<Epoch>>,
-    ) {
+    fn finish_change(&mut self, change: Change, epoch: Epoch, reply: oneshot::Sender<Result<Epoch>>) {
         for job in &change.remove_jobs {
             for a in self.jobs.remove(job).unwrap_or_default() {
                 self.live.remove(&a);

@@ -37,14 +37,8 @@ pub fn partition_of_rows(batch: &ChangeBatch, columns: &[usize], n: usize) -> Re
 /// One outgoing edge.
 #[derive(Debug)]
 pub enum Edge {
-    Forward {
-        actor: ActorId,
-        sender: mpsc::Sender<Message>,
-    },
-    Hash {
-        columns: Vec<usize>,
-        targets: Vec<(ActorId, mpsc::Sender<Message>)>,
-    },
+    Forward { actor: ActorId, sender: mpsc::Sender<Message> },
+    Hash { columns: Vec<usize>, targets: Vec<(ActorId, mpsc::Sender<Message>)> },
 }
 
 impl Edge {
@@ -73,8 +67,7 @@ impl Dispatcher {
 
     /// Drops every edge that reaches one of `actors`.
     pub fn remove_actors(&mut self, actors: &std::collections::HashSet<ActorId>) {
-        self.edges
-            .retain(|e| !e.actors().iter().any(|a| actors.contains(a)));
+        self.edges.retain(|e| !e.actors().iter().any(|a| actors.contains(a)));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,10 +164,7 @@ mod tests {
         let b = partition_of_rows(&batch, &[0], 4)?;
         assert_eq!(a, b);
         for p in 0..4 {
-            assert!(
-                a.iter().filter(|x| **x == p).count() > 5,
-                "partition {p} is nearly empty"
-            );
+            assert!(a.iter().filter(|x| **x == p).count() > 5, "partition {p} is nearly empty");
         }
         Ok(())
     }

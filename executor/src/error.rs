@@ -15,13 +15,9 @@ pub enum ExecError {
     Plan(#[from] PlanError),
     #[error("storage: {0}")]
     Storage(String),
-    #[error(
-        "duplicate key value violates unique constraint \"{relation}_pkey\": Key ({key}) already exists"
-    )]
+    #[error("duplicate key value violates unique constraint \"{relation}_pkey\": Key ({key}) already exists")]
     UniqueViolation { relation: String, key: String },
-    #[error(
-        "null value in column \"{column}\" of relation \"{relation}\" violates not-null constraint"
-    )]
+    #[error("null value in column \"{column}\" of relation \"{relation}\" violates not-null constraint")]
     NotNull { relation: String, column: String },
     #[error("{0}")]
     InvalidInput(String),

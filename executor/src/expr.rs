@@ -28,9 +28,7 @@ impl CompiledExpr {
     /// When DataFusion cannot plan the expression against `schema`.
     pub fn new(expr: &Expr, schema: &DFSchema) -> Result<Self> {
         let props = ExecutionProps::new();
-        Ok(Self {
-            expr: create_physical_expr(expr, schema, &props, &PhysicalPlanningContext::default())?,
-        })
+        Ok(Self { expr: create_physical_expr(expr, schema, &props, &PhysicalPlanningContext::default())? })
     }
 
     /// Evaluates the expression for every row of `batch`.
@@ -46,10 +44,6 @@ impl CompiledExpr {
 /// emit: nullability is a property of the catalog, not of intermediate streams.
 pub fn nullable_schema(schema: &DFSchema) -> SchemaRef {
     Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
-            .collect::<Vec<_>>(),
+        schema.fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), true)).collect::<Vec<_>>(),
     ))
 }

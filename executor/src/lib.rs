@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod error;
 pub mod expr;
 pub mod message;
+pub mod metrics;
 pub mod operator;
 pub mod ops;
 pub mod read;

@@ -18,25 +18,51 @@ use crate::error::Result;
 use crate::message::Barrier;
 use crate::store::RelationDelta;
 
+/// What an operator emits, in order: change batches and watermarks.
+#[derive(Debug)]
+pub enum Emitted {
+    Data(ChangeBatch),
+    /// Event time on output column `column` reached `value`.
+    Watermark {
+        column: usize,
+        value: i64,
+    },
+}
+
 /// Where an operator puts what it emits.
 #[derive(Debug, Default)]
 pub struct Output {
-    batches: Vec<ChangeBatch>,
+    items: Vec<Emitted>,
 }
 
 impl Output {
     pub fn push(&mut self, batch: ChangeBatch) {
         if !batch.is_empty() {
-            self.batches.push(batch);
+            self.items.push(Emitted::Data(batch));
         }
     }
 
-    pub fn take(&mut self) -> Vec<ChangeBatch> {
-        std::mem::take(&mut self.batches)
+    pub fn push_watermark(&mut self, column: usize, value: i64) {
+        self.items.push(Emitted::Watermark { column, value });
+    }
+
+    pub fn take(&mut self) -> Vec<Emitted> {
+        std::mem::take(&mut self.items)
+    }
+
+    /// Only the batches (for tests of operators that emit no watermarks).
+    pub fn take_batches(&mut self) -> Vec<ChangeBatch> {
+        self.take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Emitted::Data(b) => Some(b),
+                Emitted::Watermark { .. } => None,
+            })
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+        self.items.is_empty()
     }
 }
 
@@ -53,14 +79,12 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// A watermark on `column`; returns the watermark to pass on, if any, in output columns.
-    fn on_watermark(
-        &mut self,
-        column: usize,
-        value: i64,
-        _out: &mut Output,
-    ) -> Result<Option<(usize, i64)>> {
-        Ok(Some((column, value)))
+    /// A watermark on input column `column`. The operator emits what the watermark completes
+    /// (closed windows) and the watermarks of its output columns into `out`; by default the
+    /// watermark passes through on the same column.
+    fn on_watermark(&mut self, column: usize, value: i64, out: &mut Output) -> Result<()> {
+        out.push_watermark(column, value);
+        Ok(())
     }
 
     /// State changes of the epoch that just ended, to be committed with it.

@@ -39,9 +39,10 @@ impl StoredTable {
     /// # Errors
     /// When the relation is not stored or its columns have no encoding.
     pub fn new(def: Arc<RelationDef>, store: Arc<Store>) -> crate::error::Result<Self> {
-        let layout = def.storage.clone().ok_or_else(|| {
-            crate::error::ExecError::Internal(format!("{} is not stored", def.name))
-        })?;
+        let layout = def
+            .storage
+            .clone()
+            .ok_or_else(|| crate::error::ExecError::Internal(format!("{} is not stored", def.name)))?;
         let codec = Arc::new(RowCodec::new(def.schema.clone(), layout)?);
         Ok(Self { def, codec, store })
     }
@@ -65,28 +66,18 @@ impl StoredTable {
                 None => break,
             }
         }
-        self.codec
-            .encode_prefix(&leading)
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+        self.codec.encode_prefix(&leading).map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 
 /// `name = literal` (either side) inside a conjunction.
 fn equality_literal(expr: &Expr, name: &str) -> Option<ScalarValue> {
     match expr {
-        Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::Eq,
-            right,
-        }) => match (left.as_ref(), right.as_ref()) {
-            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
-                if c.name == name =>
-            {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) if c.name == name => {
                 Some(v.clone())
             }
-            (Expr::Column(c), Expr::Cast(cast)) | (Expr::Cast(cast), Expr::Column(c))
-                if c.name == name =>
-            {
+            (Expr::Column(c), Expr::Cast(cast)) | (Expr::Cast(cast), Expr::Column(c)) if c.name == name => {
                 match cast.expr.as_ref() {
                     Expr::Literal(v, _) => v.cast_to(cast.field.data_type()).ok(),
                     _ => None,
@@ -94,11 +85,9 @@ fn equality_literal(expr: &Expr, name: &str) -> Option<ScalarValue> {
             }
             _ => None,
         },
-        Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::And,
-            right,
-        }) => equality_literal(left, name).or_else(|| equality_literal(right, name)),
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            equality_literal(left, name).or_else(|| equality_literal(right, name))
+        }
         _ => None,
     }
 }
@@ -116,10 +105,7 @@ impl TableProvider for StoredTable {
         }
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
         // Filters narrow the key range; DataFusion still applies them to what is read.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -133,24 +119,15 @@ impl TableProvider for StoredTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = match state.config().get_extension::<QuerySnapshot>() {
             Some(s) => s.0.clone(),
-            None => self
-                .store
-                .snapshot()
-                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            None => self.store.snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?,
         };
         let prefix = self.key_prefix(filters)?;
         let limit = if filters.is_empty() { limit } else { None };
         let codec = self.codec.clone();
         let id = self.def.id;
-        let batches = tokio::task::block_in_place(|| {
-            snapshot.scan(id, &codec, &prefix, SCAN_BATCH_ROWS, limit)
-        })
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let exec = MemorySourceConfig::try_new_exec(
-            &[batches],
-            self.def.schema.clone(),
-            projection.cloned(),
-        )?;
+        let batches = tokio::task::block_in_place(|| snapshot.scan(id, &codec, &prefix, SCAN_BATCH_ROWS, limit))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let exec = MemorySourceConfig::try_new_exec(&[batches], self.def.schema.clone(), projection.cloned())?;
         Ok(exec)
     }
 }

@@ -15,10 +15,11 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::actor::ActorReport;
-use crate::build::{BuiltJob, build_graph, build_table};
+use crate::build::{BuildContext, BuiltJob, build_graph, build_table};
 use crate::coordinator::{self, Change, CoordinatorHandle, CoordinatorStatus};
 use crate::error::{ExecError, Result};
 use crate::message::{ActorId, Message, Mutation};
+use crate::metrics::Metrics;
 use crate::store::{CatalogChange, Snapshot, Store};
 
 /// Settings of the runtime.
@@ -32,10 +33,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self {
-            barrier_interval: Duration::from_millis(1000),
-            parallelism: 2,
-        }
+        Self { barrier_interval: Duration::from_millis(1000), parallelism: 2 }
     }
 }
 
@@ -53,14 +51,13 @@ pub struct Runtime {
     actor_ids: AtomicU32,
     tables: Mutex<HashMap<ObjectId, TableHandle>>,
     jobs: Mutex<HashMap<ObjectId, Vec<ActorId>>>,
+    metrics: Arc<Metrics>,
     config: RuntimeConfig,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -80,8 +77,7 @@ impl Runtime {
                 u64::from_le_bytes(buf)
             })
             .unwrap_or(0);
-        let (coordinator, reports) =
-            coordinator::spawn(store.clone(), config.barrier_interval, last_epoch + 1);
+        let (coordinator, reports) = coordinator::spawn(store.clone(), config.barrier_interval, last_epoch + 1);
         Ok(Arc::new(Self {
             store,
             coordinator,
@@ -89,12 +85,21 @@ impl Runtime {
             actor_ids: AtomicU32::new(1),
             tables: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
             config,
         }))
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn build_context(&self) -> BuildContext<'_> {
+        BuildContext { ids: &self.actor_ids, reports: &self.reports, metrics: &self.metrics }
     }
 
     pub fn parallelism(&self) -> usize {
@@ -113,23 +118,10 @@ impl Runtime {
     ///
     /// # Errors
     /// When the table cannot be built or the commit fails.
-    pub async fn create_table(
-        &self,
-        def: &RelationDef,
-        catalog: Vec<CatalogChange>,
-    ) -> Result<Epoch> {
-        let built = build_table(def, &self.actor_ids, &self.reports)?;
-        let dml = built
-            .dml
-            .clone()
-            .ok_or_else(|| ExecError::Internal("table without DML channel".into()))?;
-        self.tables.lock().insert(
-            def.id,
-            TableHandle {
-                dml,
-                lock: Arc::new(tokio::sync::Mutex::new(())),
-            },
-        );
+    pub async fn create_table(&self, def: &RelationDef, catalog: Vec<CatalogChange>) -> Result<Epoch> {
+        let built = build_table(def, &self.build_context())?;
+        let dml = built.dml.clone().ok_or_else(|| ExecError::Internal("table without DML channel".into()))?;
+        self.tables.lock().insert(def.id, TableHandle { dml, lock: Arc::new(tokio::sync::Mutex::new(())) });
         self.start(def.id, built, catalog).await
     }
 
@@ -145,38 +137,21 @@ impl Runtime {
         resolver: &dyn RelationResolver,
         catalog: Vec<CatalogChange>,
     ) -> Result<Epoch> {
-        let built = build_graph(graph, def, resolver, &self.actor_ids, &self.reports)?;
+        let built = build_graph(graph, def, resolver, &self.build_context())?;
         self.start(def.id, built, catalog).await?;
         // The job's actors take part from the next epoch on; once it commits, the backfill
         // and everything since are in the store.
         self.coordinator.flush(true).await
     }
 
-    async fn start(
-        &self,
-        job: ObjectId,
-        built: BuiltJob,
-        catalog: Vec<CatalogChange>,
-    ) -> Result<Epoch> {
-        let BuiltJob {
-            actors,
-            job: job_actors,
-            add_outputs,
-            snapshots,
-            ..
-        } = built;
+    async fn start(&self, job: ObjectId, built: BuiltJob, catalog: Vec<CatalogChange>) -> Result<Epoch> {
+        let BuiltJob { actors, job: job_actors, add_outputs, snapshots, .. } = built;
         self.jobs.lock().insert(job, job_actors.actors.clone());
         for actor in actors {
             tokio::spawn(actor.run());
         }
         let mutation = (!add_outputs.is_empty()).then_some(Mutation::AddOutputs(add_outputs));
-        let change = Change {
-            mutation,
-            add_job: Some(job_actors),
-            remove_jobs: vec![],
-            catalog,
-            snapshots,
-        };
+        let change = Change { mutation, add_job: Some(job_actors), remove_jobs: vec![], catalog, snapshots };
         match self.coordinator.apply(change).await {
             Ok(epoch) => Ok(epoch),
             Err(e) => {
@@ -205,19 +180,14 @@ impl Runtime {
         let mutation = (!actors.is_empty()).then_some(Mutation::Stop(actors));
         let epoch = self
             .coordinator
-            .apply(Change {
-                mutation,
-                add_job: None,
-                remove_jobs: ids.to_vec(),
-                catalog,
-                snapshots: vec![],
-            })
+            .apply(Change { mutation, add_job: None, remove_jobs: ids.to_vec(), catalog, snapshots: vec![] })
             .await?;
         let mut jobs = self.jobs.lock();
         let mut tables = self.tables.lock();
         for id in ids {
             jobs.remove(id);
             tables.remove(id);
+            self.metrics.forget_job(*id);
         }
         Ok(epoch)
     }
@@ -227,12 +197,7 @@ impl Runtime {
     /// # Errors
     /// When the commit fails.
     pub async fn commit_catalog(&self, catalog: Vec<CatalogChange>) -> Result<Epoch> {
-        self.coordinator
-            .apply(Change {
-                catalog,
-                ..Default::default()
-            })
-            .await
+        self.coordinator.apply(Change { catalog, ..Default::default() }).await
     }
 
     /// The lock serializing DML on `table`.
@@ -262,10 +227,7 @@ impl Runtime {
             .get(&table)
             .map(|t| t.dml.clone())
             .ok_or_else(|| ExecError::Internal(format!("table {table} is not running")))?;
-        sender
-            .send(Message::Data(batch))
-            .await
-            .map_err(|_| ExecError::ShuttingDown)
+        sender.send(Message::Data(batch)).await.map_err(|_| ExecError::ShuttingDown)
     }
 
     /// Waits until everything written so far is committed, durably.

@@ -26,9 +26,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use eddy_common::ids::ObjectId;
 use eddy_planner::catalog::StorageLayout;
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::error::{ExecError, Result};
 
@@ -94,8 +92,7 @@ impl Store {
     /// When the directory or database cannot be opened, for example because another `eddy`
     /// process holds it.
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ExecError::Storage(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| ExecError::Storage(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("eddy.redb");
         let db = Database::builder()
             .set_cache_size(256 << 20)
@@ -123,12 +120,7 @@ impl Store {
     /// On storage failure; nothing of the epoch is applied then.
     pub fn commit(&self, commit: &EpochCommit) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(if commit.durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(storage)?;
+        txn.set_durability(if commit.durable { Durability::Immediate } else { Durability::None }).map_err(storage)?;
         for (id, delta) in &commit.relations {
             let name = relation_table_name(*id);
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
@@ -154,15 +146,10 @@ impl Store {
                         };
                         let next = current + d;
                         if next > 0 {
-                            table
-                                .insert(k.as_slice(), next.to_le_bytes().as_slice())
-                                .map_err(storage)?;
+                            table.insert(k.as_slice(), next.to_le_bytes().as_slice()).map_err(storage)?;
                         } else {
                             if next < 0 {
-                                tracing::error!(
-                                    relation = id.0,
-                                    "multiplicity went negative; clamping to zero"
-                                );
+                                tracing::error!(relation = id.0, "multiplicity went negative; clamping to zero");
                             }
                             table.remove(k.as_slice()).map_err(storage)?;
                         }
@@ -245,10 +232,7 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    fn table(
-        &self,
-        id: ObjectId,
-    ) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
+    fn table(&self, id: ObjectId) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
         let name = relation_table_name(id);
         let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
         match self.txn.open_table(def) {
@@ -307,11 +291,7 @@ impl Snapshot {
             if !k.starts_with(prefix) {
                 break;
             }
-            let count = if codec.counted() {
-                decode_count(v.value()).max(0) as usize
-            } else {
-                1
-            };
+            let count = if codec.counted() { decode_count(v.value()).max(0) as usize } else { 1 };
             produced += count;
             keys.push(k.to_vec());
             values.push(v.value().to_vec());
@@ -359,22 +339,12 @@ impl RowCodec {
             if cols.is_empty() {
                 return Ok(None);
             }
-            let fields = cols
-                .iter()
-                .map(|c| SortField::new(schema.field(*c).data_type().clone()))
-                .collect();
+            let fields = cols.iter().map(|c| SortField::new(schema.field(*c).data_type().clone())).collect();
             Ok(Some(RowConverter::new(fields)?))
         };
         let key = converter(&key_columns)?;
         let value = converter(&value_columns)?;
-        Ok(Self {
-            schema,
-            layout,
-            key_columns,
-            value_columns,
-            key,
-            value,
-        })
+        Ok(Self { schema, layout, key_columns, value_columns, key, value })
     }
 
     pub fn counted(&self) -> bool {
@@ -456,9 +426,7 @@ impl RowCodec {
         let mut columns: Vec<ArrayRef> = columns
             .into_iter()
             .enumerate()
-            .map(|(i, c)| {
-                c.ok_or_else(|| ExecError::Internal(format!("column {i} missing from stored row")))
-            })
+            .map(|(i, c)| c.ok_or_else(|| ExecError::Internal(format!("column {i} missing from stored row"))))
             .collect::<Result<_>>()?;
         let mut row_count = keys.len();
         if self.counted() {
@@ -471,10 +439,7 @@ impl RowCodec {
             if indices.len() != keys.len() {
                 let idx = UInt32Array::from(indices);
                 row_count = idx.len();
-                columns = columns
-                    .iter()
-                    .map(|c| take(c, &idx, None))
-                    .collect::<Result<_, _>>()?;
+                columns = columns.iter().map(|c| take(c, &idx, None)).collect::<Result<_, _>>()?;
             }
         }
         let batch = RecordBatch::try_new_with_options(
@@ -487,19 +452,11 @@ impl RowCodec {
 
     /// The column types, for callers building batches to encode.
     pub fn types(&self) -> Vec<DataType> {
-        self.schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect()
+        self.schema.fields().iter().map(|f| f.data_type().clone()).collect()
     }
 }
 
-fn encode(
-    conv: Option<&RowConverter>,
-    cols: &[usize],
-    batch: &RecordBatch,
-) -> Result<Vec<Vec<u8>>> {
+fn encode(conv: Option<&RowConverter>, cols: &[usize], batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let Some(conv) = conv else {
         return Ok(vec![Vec::new(); batch.num_rows()]);
     };
@@ -515,14 +472,8 @@ mod tests {
     use datafusion::arrow::datatypes::{Field, Schema};
 
     fn batch(schema: &SchemaRef, ids: Vec<i64>, names: Vec<Option<&str>>) -> RecordBatch {
-        RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(Int64Array::from(ids)),
-                Arc::new(StringArray::from(names)),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(names))])
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -541,46 +492,26 @@ mod tests {
         let entries = keys.into_iter().zip(values.into_iter().map(Some)).collect();
         let counted_keys = counted.encode_keys(&rows)?;
         let mut commit = EpochCommit::default();
-        commit
-            .relations
-            .push((ObjectId(1), RelationDelta::Keyed(entries)));
+        commit.relations.push((ObjectId(1), RelationDelta::Keyed(entries)));
         commit.relations.push((
             ObjectId(2),
-            RelationDelta::Counted(vec![
-                (counted_keys[0].clone(), 2),
-                (counted_keys[1].clone(), 1),
-            ]),
+            RelationDelta::Counted(vec![(counted_keys[0].clone(), 2), (counted_keys[1].clone(), 1)]),
         ));
         store.commit(&commit)?;
         let snap = store.snapshot()?;
         let read = snap.scan(ObjectId(1), &keyed, &[], 1024, None)?;
-        assert_eq!(
-            read[0],
-            batch(&schema, vec![1, 2, 3], vec![Some("a"), Some("b"), None])
-        );
+        assert_eq!(read[0], batch(&schema, vec![1, 2, 3], vec![Some("a"), Some("b"), None]));
         let read = snap.scan(ObjectId(2), &counted, &[], 1024, None)?;
-        assert_eq!(
-            read[0],
-            batch(
-                &schema,
-                vec![1, 2, 2],
-                vec![Some("a"), Some("b"), Some("b")]
-            )
-        );
+        assert_eq!(read[0], batch(&schema, vec![1, 2, 2], vec![Some("a"), Some("b"), Some("b")]));
         // A point lookup by key prefix reads one row.
         let prefix = keyed.encode_prefix(&[Arc::new(Int64Array::from(vec![2]))])?;
         let read = snap.scan(ObjectId(1), &keyed, &prefix, 1024, None)?;
         assert_eq!(read[0], batch(&schema, vec![2], vec![Some("b")]));
         // Counts going to zero remove the row.
         let mut commit = EpochCommit::default();
-        commit.relations.push((
-            ObjectId(2),
-            RelationDelta::Counted(vec![(counted_keys[0].clone(), -2)]),
-        ));
+        commit.relations.push((ObjectId(2), RelationDelta::Counted(vec![(counted_keys[0].clone(), -2)])));
         store.commit(&commit)?;
-        let read = store
-            .snapshot()?
-            .scan(ObjectId(2), &counted, &[], 1024, None)?;
+        let read = store.snapshot()?.scan(ObjectId(2), &counted, &[], 1024, None)?;
         assert_eq!(read[0], batch(&schema, vec![1], vec![Some("a")]));
         Ok(())
     }

@@ -6,10 +6,7 @@ use eddy_common::{ErrorClass, ErrorDomain, SqlState};
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("{message}")]
-    Parse {
-        message: String,
-        position: Option<usize>,
-    },
+    Parse { message: String, position: Option<usize> },
     #[error("{kind} \"{name}\" does not exist")]
     UnknownObject { kind: &'static str, name: String },
     #[error("column \"{0}\" does not exist")]
@@ -17,17 +14,9 @@ pub enum PlanError {
     #[error("{kind} \"{name}\" already exists")]
     AlreadyExists { kind: &'static str, name: String },
     #[error("\"{name}\" is a {actual}, not a {expected}")]
-    WrongObjectKind {
-        name: String,
-        actual: &'static str,
-        expected: &'static str,
-    },
+    WrongObjectKind { name: String, actual: &'static str, expected: &'static str },
     #[error("cannot drop {kind} {name} because other objects depend on it: {dependents}")]
-    HasDependents {
-        kind: &'static str,
-        name: String,
-        dependents: String,
-    },
+    HasDependents { kind: &'static str, name: String, dependents: String },
     #[error("{0}")]
     TypeMismatch(String),
     #[error("not supported: {what}")]
@@ -42,17 +31,11 @@ pub enum PlanError {
 
 impl PlanError {
     pub fn unsupported(what: impl Into<String>) -> Self {
-        PlanError::Unsupported {
-            what: what.into(),
-            hint: None,
-        }
+        PlanError::Unsupported { what: what.into(), hint: None }
     }
 
     pub fn unsupported_with_hint(what: impl Into<String>, hint: impl Into<String>) -> Self {
-        PlanError::Unsupported {
-            what: what.into(),
-            hint: Some(hint.into()),
-        }
+        PlanError::Unsupported { what: what.into(), hint: Some(hint.into()) }
     }
 }
 
@@ -70,7 +53,11 @@ pub fn datafusion_sqlstate(e: &DataFusionError) -> SqlState {
         }
         DataFusionError::NotImplemented(_) => SqlState::FeatureNotSupported,
         DataFusionError::Plan(msg) => {
-            if msg.contains("table") && msg.contains("not found") {
+            if msg.contains("invalid window column") {
+                SqlState::DatatypeMismatch
+            } else if msg.contains("invalid window") {
+                SqlState::InvalidParameterValue
+            } else if msg.contains("table") && msg.contains("not found") {
                 SqlState::UndefinedTable
             } else if msg.contains("Invalid function") || msg.contains("No function matches") {
                 SqlState::UndefinedFunction
@@ -106,10 +93,7 @@ pub fn datafusion_sqlstate(e: &DataFusionError) -> SqlState {
         DataFusionError::Context(_, inner) => datafusion_sqlstate(inner),
         DataFusionError::Diagnostic(_, inner) => datafusion_sqlstate(inner),
         DataFusionError::Shared(inner) => datafusion_sqlstate(inner),
-        DataFusionError::Collection(errors) => errors
-            .first()
-            .map(datafusion_sqlstate)
-            .unwrap_or(SqlState::Internal),
+        DataFusionError::Collection(errors) => errors.first().map(datafusion_sqlstate).unwrap_or(SqlState::Internal),
         _ => SqlState::Internal,
     }
 }
@@ -140,9 +124,7 @@ impl ErrorClass for PlanError {
     fn domain(&self) -> ErrorDomain {
         match self {
             PlanError::Internal(_) => ErrorDomain::System,
-            PlanError::DataFusion(e) if datafusion_sqlstate(e) == SqlState::Internal => {
-                ErrorDomain::System
-            }
+            PlanError::DataFusion(e) if datafusion_sqlstate(e) == SqlState::Internal => ErrorDomain::System,
             _ => ErrorDomain::User,
         }
     }
@@ -157,9 +139,7 @@ impl ErrorClass for PlanError {
     fn hint(&self) -> Option<String> {
         match self {
             PlanError::Unsupported { hint, .. } => hint.clone(),
-            PlanError::HasDependents { .. } => {
-                Some("Use DROP ... CASCADE to drop the dependent objects too.".into())
-            }
+            PlanError::HasDependents { .. } => Some("Use DROP ... CASCADE to drop the dependent objects too.".into()),
             _ => None,
         }
     }

@@ -10,6 +10,8 @@ pub mod error;
 pub mod names;
 pub mod parser;
 pub mod stream;
+pub mod types;
+pub mod windows;
 
 pub use error::{PlanError, Result};
 
@@ -29,14 +31,10 @@ pub fn plan_stream(
     resolver: &dyn RelationResolver,
     relation: ObjectId,
     parallelism: usize,
+    emit_on_window_close: bool,
+    target: &stream::Target,
 ) -> Result<(StreamPlan, OperatorGraph)> {
-    let root = stream::rewrite::rewrite(logical, resolver)?;
-    let graph = stream::fragment::build_graph(&root, relation, parallelism)?;
-    Ok((
-        StreamPlan {
-            root,
-            logical: logical.clone(),
-        },
-        graph,
-    ))
+    let root = stream::rewrite::rewrite_with(logical, resolver, emit_on_window_close)?;
+    let graph = stream::fragment::build_graph(&root, relation, parallelism, target)?;
+    Ok((StreamPlan { root, logical: logical.clone() }, graph))
 }

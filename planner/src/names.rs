@@ -22,15 +22,9 @@ pub fn expr_name(expr: &Expr) -> String {
             .and_then(|p| p.as_ident())
             .map(|i| i.value.to_lowercase())
             .unwrap_or_else(|| "?column?".into()),
-        Expr::Cast {
-            expr, data_type, ..
-        } => {
+        Expr::Cast { expr, data_type, .. } => {
             let inner = expr_name(expr);
-            if inner == "?column?" {
-                type_name(&data_type.to_string())
-            } else {
-                inner
-            }
+            if inner == "?column?" { type_name(&data_type.to_string()) } else { inner }
         }
         Expr::Nested(e) => expr_name(e),
         Expr::Case { .. } => "case".into(),
@@ -80,12 +74,7 @@ pub fn output_names(query: &Query, schema: &DFSchema) -> Vec<String> {
     let wildcards = select
         .projection
         .iter()
-        .filter(|i| {
-            matches!(
-                i,
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
-            )
-        })
+        .filter(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)))
         .count();
     let explicit = select.projection.len() - wildcards;
     if wildcards > 1 || explicit > fallback.len() {
@@ -119,11 +108,7 @@ pub fn output_names(query: &Query, schema: &DFSchema) -> Vec<String> {
             }
         }
     }
-    if out.len() == fallback.len() {
-        out
-    } else {
-        fallback
-    }
+    if out.len() == fallback.len() { out } else { fallback }
 }
 
 #[cfg(test)]
@@ -134,9 +119,7 @@ mod tests {
 
     fn names(sql: &str) -> Vec<String> {
         let stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap_or_else(|e| panic!("{e}"));
-        let sqlparser::ast::Statement::Query(q) = &stmt[0] else {
-            panic!("not a query")
-        };
+        let sqlparser::ast::Statement::Query(q) = &stmt[0] else { panic!("not a query") };
         let select = match q.body.as_ref() {
             SetExpr::Select(s) => s,
             _ => panic!("not a select"),
@@ -155,9 +138,7 @@ mod tests {
     #[test]
     fn postgres_style_names() {
         assert_eq!(
-            names(
-                "SELECT customer, count(*), sum(o.amount), 1, x::text, 1::int, max(a) AS m FROM o"
-            ),
+            names("SELECT customer, count(*), sum(o.amount), 1, x::text, 1::int, max(a) AS m FROM o"),
             vec!["customer", "count", "sum", "?column?", "x", "int4", "m"]
         );
     }

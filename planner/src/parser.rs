@@ -6,9 +6,7 @@
 //! `sqlparser`'s building blocks; everything else goes to `sqlparser`'s Postgres dialect
 //! unchanged. Each statement keeps its own text, which is what the catalog persists.
 
-use sqlparser::ast::{
-    ColumnOption, DataType, Expr, Ident, ObjectName, Query, Statement, TableConstraint, Value,
-};
+use sqlparser::ast::{ColumnOption, DataType, Expr, Ident, ObjectName, Query, Statement, TableConstraint, Value};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
@@ -160,6 +158,7 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>, PlanError> {
         .tokenize_with_location()
         .map_err(|e| parse_error(sql, &ParserError::TokenizerError(e.to_string())))?;
     let (tokens, emit_markers) = extract_emit_clauses(tokens);
+    let tokens = rewrite_flink_window_calls(tokens);
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let line_starts = line_starts(sql);
     let mut out = Vec::new();
@@ -171,21 +170,17 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>, PlanError> {
         let start = parser.peek_token().span.start;
         let mut statement = parse_statement(&mut parser).map_err(|e| parse_error(sql, &e))?;
         let end = parser.peek_token().span.start;
-        if let EddyStatement::CreateMaterializedView(mv) = &mut statement
-            && emit_markers
-                .iter()
-                .any(|m| location_between(*m, start, end))
+        let target = match &mut statement {
+            EddyStatement::Explain { statement: inner, .. } => inner.as_mut(),
+            other => other,
+        };
+        if let EddyStatement::CreateMaterializedView(mv) = target
+            && emit_markers.iter().any(|m| location_between(*m, start, end))
         {
             mv.emit_on_window_close = true;
         }
-        let text = slice_between(sql, &line_starts, start, end)
-            .trim()
-            .trim_end_matches(';')
-            .trim();
-        out.push(ParsedStatement {
-            statement,
-            text: text.to_string(),
-        });
+        let text = slice_between(sql, &line_starts, start, end).trim().trim_end_matches(';').trim();
+        out.push(ParsedStatement { statement, text: text.to_string() });
         let next = parser.peek_token();
         match next.token {
             Token::EOF | Token::SemiColon => {}
@@ -211,14 +206,8 @@ pub fn parse_one(sql: &str) -> Result<ParsedStatement, PlanError> {
     let mut statements = parse_sql(sql)?;
     match statements.len() {
         1 => Ok(statements.remove(0)),
-        0 => Err(PlanError::Parse {
-            message: "empty statement".into(),
-            position: None,
-        }),
-        _ => Err(PlanError::Parse {
-            message: "expected a single statement".into(),
-            position: None,
-        }),
+        0 => Err(PlanError::Parse { message: "empty statement".into(), position: None }),
+        _ => Err(PlanError::Parse { message: "expected a single statement".into(), position: None }),
     }
 }
 
@@ -229,12 +218,8 @@ fn extract_emit_clauses(
     tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
 ) -> (Vec<sqlparser::tokenizer::TokenWithSpan>, Vec<Location>) {
     let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
-    let significant: Vec<usize> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| !matches!(t.token, Token::Whitespace(_)))
-        .map(|(i, _)| i)
-        .collect();
+    let significant: Vec<usize> =
+        tokens.iter().enumerate().filter(|(_, t)| !matches!(t.token, Token::Whitespace(_))).map(|(i, _)| i).collect();
     let mut remove = vec![false; tokens.len()];
     let mut markers = Vec::new();
     let mut k = 0;
@@ -262,22 +247,115 @@ fn extract_emit_clauses(
         }
         k += 1;
     }
-    let kept = tokens
-        .into_iter()
-        .zip(remove)
-        .filter(|(_, r)| !r)
-        .map(|(t, _)| t)
-        .collect();
+    let kept = tokens.into_iter().zip(remove).filter(|(_, r)| !r).map(|(t, _)| t).collect();
     (kept, markers)
+}
+
+/// Rewrites Flink's `TABLE(TUMBLE(TABLE t [PARTITION BY k], DESCRIPTOR(ts), args...))` into
+/// the RisingWave form `TUMBLE(t, ts, args...)`, which is what Eddy plans. Session windows
+/// are keyed by the `GROUP BY` columns, so `PARTITION BY` adds nothing and is dropped.
+fn rewrite_flink_window_calls(
+    tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
+    use sqlparser::tokenizer::TokenWithSpan;
+    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
+    let significant: Vec<usize> =
+        tokens.iter().enumerate().filter(|(_, t)| !matches!(t.token, Token::Whitespace(_))).map(|(i, _)| i).collect();
+    let tok = |k: usize| significant.get(k).map(|i| &tokens[*i].token);
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut skip_until = 0usize;
+    let mut k = 0usize;
+    // Positions in `significant` that open a rewritten call and the one closing paren to drop.
+    let mut drop_paren: Vec<usize> = Vec::new();
+    let mut keep = vec![true; tokens.len()];
+    while k < significant.len() {
+        if k < skip_until {
+            k += 1;
+            continue;
+        }
+        let matches_head = tok(k).is_some_and(|t| is_word(t, "table"))
+            && tok(k + 1) == Some(&Token::LParen)
+            && tok(k + 2).is_some_and(|t| ["tumble", "hop", "session", "cumulate"].iter().any(|w| is_word(t, w)))
+            && tok(k + 3) == Some(&Token::LParen)
+            && tok(k + 4).is_some_and(|t| is_word(t, "table"));
+        if !matches_head {
+            k += 1;
+            continue;
+        }
+        // Drop `TABLE (` before the function and `TABLE` before the relation.
+        keep[significant[k]] = false;
+        keep[significant[k + 1]] = false;
+        keep[significant[k + 4]] = false;
+        // Find the matching closing paren of the outer `TABLE(`.
+        let mut depth = 0i32;
+        let mut j = k + 1;
+        while let Some(t) = tok(j) {
+            match t {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        drop_paren.push(j);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        // Inside: drop `PARTITION BY col[, col]` and unwrap `DESCRIPTOR(col)`.
+        let mut m = k + 5;
+        while m < j {
+            if tok(m).is_some_and(|t| is_word(t, "partition")) && tok(m + 1).is_some_and(|t| is_word(t, "by")) {
+                let mut n = m;
+                while n < j && tok(n) != Some(&Token::Comma) {
+                    keep[significant[n]] = false;
+                    n += 1;
+                }
+                // `rel PARTITION BY k, k2, DESCRIPTOR(...)`: the keys end at DESCRIPTOR.
+                while n + 1 < j && !tok(n + 1).is_some_and(|t| is_word(t, "descriptor")) {
+                    keep[significant[n]] = false;
+                    n += 1;
+                    while n < j && tok(n) != Some(&Token::Comma) {
+                        keep[significant[n]] = false;
+                        n += 1;
+                    }
+                }
+                m = n;
+                continue;
+            }
+            if tok(m).is_some_and(|t| is_word(t, "descriptor")) && tok(m + 1) == Some(&Token::LParen) {
+                keep[significant[m]] = false;
+                keep[significant[m + 1]] = false;
+                let mut n = m + 2;
+                while n < j && tok(n) != Some(&Token::RParen) {
+                    n += 1;
+                }
+                if n < j {
+                    keep[significant[n]] = false;
+                }
+                m = n + 1;
+                continue;
+            }
+            m += 1;
+        }
+        skip_until = j + 1;
+        k = j + 1;
+    }
+    for p in drop_paren {
+        keep[significant[p]] = false;
+    }
+    for (t, keep) in tokens.into_iter().zip(keep) {
+        if keep {
+            out.push(t);
+        }
+    }
+    out
 }
 
 fn location_between(loc: Location, start: Location, end: Location) -> bool {
     let key = |l: Location| {
-        if l.line == 0 {
-            (u64::MAX, u64::MAX)
-        } else {
-            (l.line, l.column)
-        }
+        if l.line == 0 { (u64::MAX, u64::MAX) } else { (l.line, l.column) }
     };
     key(loc) >= key(start) && key(loc) < key(end)
 }
@@ -301,18 +379,10 @@ fn byte_offset(sql: &str, line_starts: &[usize], loc: Location) -> usize {
         return sql.len();
     };
     let line = &sql[line_start..];
-    line.char_indices()
-        .nth(loc.column.saturating_sub(1) as usize)
-        .map(|(i, _)| line_start + i)
-        .unwrap_or(sql.len())
+    line.char_indices().nth(loc.column.saturating_sub(1) as usize).map(|(i, _)| line_start + i).unwrap_or(sql.len())
 }
 
-fn slice_between<'a>(
-    sql: &'a str,
-    line_starts: &[usize],
-    start: Location,
-    end: Location,
-) -> &'a str {
+fn slice_between<'a>(sql: &'a str, line_starts: &[usize], start: Location, end: Location) -> &'a str {
     let a = byte_offset(sql, line_starts, start);
     let b = byte_offset(sql, line_starts, end).max(a);
     &sql[a..b]
@@ -343,11 +413,7 @@ fn parse_error(sql: &str, e: &ParserError) -> PlanError {
         None if raw.contains("found: EOF") => (raw, Some(sql.chars().count() + 1)),
         None => (raw, None),
     };
-    let message = if message.starts_with("Expected") {
-        format!("syntax error: {message}")
-    } else {
-        message
-    };
+    let message = if message.starts_with("Expected") { format!("syntax error: {message}") } else { message };
     PlanError::Parse { message, position }
 }
 
@@ -360,9 +426,7 @@ fn parse_statement(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
             return Ok(EddyStatement::CreateTable(parse_create_relation(p, true)?));
         }
         if p.parse_keyword(Keyword::SOURCE) {
-            return Ok(EddyStatement::CreateSource(parse_create_relation(
-                p, false,
-            )?));
+            return Ok(EddyStatement::CreateSource(parse_create_relation(p, false)?));
         }
         if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
             return parse_create_mv(p);
@@ -398,12 +462,7 @@ fn parse_statement(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
             if !cascade {
                 let _ = p.parse_keyword(Keyword::RESTRICT);
             }
-            return Ok(EddyStatement::Drop(DropStatement {
-                kind,
-                names,
-                if_exists,
-                cascade,
-            }));
+            return Ok(EddyStatement::Drop(DropStatement { kind, names, if_exists, cascade }));
         }
         rewind(p, checkpoint);
     }
@@ -474,15 +533,9 @@ fn parse_statement(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
         p.next_token();
         let analyze = p.parse_keyword(Keyword::ANALYZE);
         let _ = p.parse_keyword(Keyword::VERBOSE);
-        if p.peek_keyword(Keyword::CREATE)
-            || p.peek_keyword(Keyword::SELECT)
-            || p.peek_keyword(Keyword::WITH)
-        {
+        if p.peek_keyword(Keyword::CREATE) || p.peek_keyword(Keyword::SELECT) || p.peek_keyword(Keyword::WITH) {
             let inner = parse_statement(p)?;
-            return Ok(EddyStatement::Explain {
-                analyze,
-                statement: Box::new(inner),
-            });
+            return Ok(EddyStatement::Explain { analyze, statement: Box::new(inner) });
         }
         rewind(p, checkpoint);
     }
@@ -508,10 +561,7 @@ fn rewind(p: &mut Parser<'_>, index: usize) {
     }
 }
 
-fn parse_create_relation(
-    p: &mut Parser<'_>,
-    is_table: bool,
-) -> Result<CreateRelation, ParserError> {
+fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRelation, ParserError> {
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = p.parse_object_name(false)?;
     let mut columns = Vec::new();
@@ -537,9 +587,7 @@ fn parse_create_relation(
                     match constraint {
                         TableConstraint::PrimaryKey(pk) => {
                             if !primary_key.is_empty() {
-                                return Err(ParserError::ParserError(
-                                    "multiple primary keys are not allowed".into(),
-                                ));
+                                return Err(ParserError::ParserError("multiple primary keys are not allowed".into()));
                             }
                             for col in pk.columns {
                                 match col.column.expr {
@@ -553,18 +601,14 @@ fn parse_create_relation(
                             }
                         }
                         other => {
-                            return Err(ParserError::ParserError(format!(
-                                "table constraint not supported: {other}"
-                            )));
+                            return Err(ParserError::ParserError(format!("table constraint not supported: {other}")));
                         }
                     }
                 } else {
                     let (column, is_pk) = parse_column(p)?;
                     if is_pk {
                         if !primary_key.is_empty() {
-                            return Err(ParserError::ParserError(
-                                "multiple primary keys are not allowed".into(),
-                            ));
+                            return Err(ParserError::ParserError("multiple primary keys are not allowed".into()));
                         }
                         primary_key.push(column.name.clone());
                     }
@@ -586,36 +630,18 @@ fn parse_create_relation(
         p.expect_keyword(Keyword::ONLY)?;
         append_only = true;
     }
-    let with_options = if p.parse_keyword(Keyword::WITH) {
-        parse_with_options(p)?
-    } else {
-        Vec::new()
-    };
+    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
     let format = parse_format(p)?;
     let _ = is_table;
-    Ok(CreateRelation {
-        name,
-        if_not_exists,
-        columns,
-        primary_key,
-        watermark,
-        append_only,
-        with_options,
-        format,
-    })
+    Ok(CreateRelation { name, if_not_exists, columns, primary_key, watermark, append_only, with_options, format })
 }
 
 /// `name TYPE [PRIMARY KEY] [NOT NULL | NULL] [DEFAULT expr] [AS expr]`.
 fn parse_column(p: &mut Parser<'_>) -> Result<(ColumnSpec, bool), ParserError> {
     let name = p.parse_identifier()?;
-    let data_type = p.parse_data_type()?;
-    let mut spec = ColumnSpec {
-        name,
-        data_type,
-        not_null: false,
-        default: None,
-        generated: None,
-    };
+    let mut closed = 0;
+    let data_type = parse_type(p, &mut closed)?;
+    let mut spec = ColumnSpec { name, data_type, not_null: false, default: None, generated: None };
     let mut is_pk = false;
     loop {
         if p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
@@ -632,9 +658,7 @@ fn parse_column(p: &mut Parser<'_>) -> Result<(ColumnSpec, bool), ParserError> {
             spec.generated = Some(p.parse_expr()?);
             let _ = p.parse_keyword(Keyword::STORED);
         } else if p.parse_keyword(Keyword::UNIQUE) {
-            return Err(ParserError::ParserError(
-                "UNIQUE constraints are not supported; use PRIMARY KEY".into(),
-            ));
+            return Err(ParserError::ParserError("UNIQUE constraints are not supported; use PRIMARY KEY".into()));
         } else {
             break;
         }
@@ -642,6 +666,43 @@ fn parse_column(p: &mut Parser<'_>) -> Result<(ColumnSpec, bool), ParserError> {
     // Keep the option list sqlparser would build out of reach: we only need the flags above.
     let _ = ColumnOption::Null;
     Ok((spec, is_pk))
+}
+
+/// A column type, including `STRUCT<name type, ...>`, which the Postgres dialect of
+/// `sqlparser` does not parse. `closed` counts `>` consumed on behalf of enclosing structs
+/// (a `>>` token closes two levels).
+fn parse_type(p: &mut Parser<'_>, closed: &mut u32) -> Result<DataType, ParserError> {
+    let is_struct = matches!(&p.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case("struct"))
+        && p.peek_tokens::<2>()[1] == Token::Lt;
+    if !is_struct {
+        return p.parse_data_type();
+    }
+    p.next_token();
+    p.next_token();
+    let mut fields = Vec::new();
+    loop {
+        let name = p.parse_identifier()?;
+        let mut inner_closed = 0;
+        let field_type = parse_type(p, &mut inner_closed)?;
+        fields.push(sqlparser::ast::StructField { field_name: Some(name), field_type, options: None });
+        if inner_closed > 0 {
+            // The nested struct's `>>` also closed this one.
+            *closed += inner_closed - 1;
+            break;
+        }
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        if p.consume_token(&Token::Gt) {
+            break;
+        }
+        if p.consume_token(&Token::ShiftRight) {
+            *closed += 1;
+            break;
+        }
+        return p.expected("',' or '>' in STRUCT<...>", p.peek_token());
+    }
+    Ok(DataType::Struct(fields, sqlparser::ast::StructBracketKind::AngleBrackets))
 }
 
 /// `( key = value, ... )` where keys may be dotted (`nexmark.table.type`) and values are
@@ -696,16 +757,8 @@ fn parse_format(p: &mut Parser<'_>) -> Result<Option<FormatSpec>, ParserError> {
         return p.expected("ENCODE", p.peek_token());
     }
     let encode = p.parse_identifier()?.value.to_uppercase();
-    let options = if p.peek_token().token == Token::LParen {
-        parse_with_options(p)?
-    } else {
-        Vec::new()
-    };
-    Ok(Some(FormatSpec {
-        format,
-        encode,
-        options,
-    }))
+    let options = if p.peek_token().token == Token::LParen { parse_with_options(p)? } else { Vec::new() };
+    Ok(Some(FormatSpec { format, encode, options }))
 }
 
 fn parse_create_mv(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
@@ -719,15 +772,13 @@ fn parse_create_mv(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
     p.expect_keyword(Keyword::AS)?;
     let query = p.parse_query()?;
     let emit_on_window_close = parse_emit(p)?;
-    Ok(EddyStatement::CreateMaterializedView(
-        CreateMaterializedView {
-            name,
-            if_not_exists,
-            columns,
-            query,
-            emit_on_window_close,
-        },
-    ))
+    Ok(EddyStatement::CreateMaterializedView(CreateMaterializedView {
+        name,
+        if_not_exists,
+        columns,
+        query,
+        emit_on_window_close,
+    }))
 }
 
 /// `EMIT ON WINDOW CLOSE` or its alias `EMIT FINAL`.
@@ -766,13 +817,7 @@ fn parse_create_view(p: &mut Parser<'_>, or_replace: bool) -> Result<EddyStateme
     let columns = parse_optional_column_names(p)?;
     p.expect_keyword(Keyword::AS)?;
     let query = p.parse_query()?;
-    Ok(EddyStatement::CreateView(CreateView {
-        name,
-        if_not_exists,
-        or_replace,
-        columns,
-        query,
-    }))
+    Ok(EddyStatement::CreateView(CreateView { name, if_not_exists, or_replace, columns, query }))
 }
 
 fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
@@ -784,37 +829,19 @@ fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
         p.expect_keyword(Keyword::AS)?;
         SinkInput::Query(p.parse_query()?)
     };
-    let with_options = if p.parse_keyword(Keyword::WITH) {
-        parse_with_options(p)?
-    } else {
-        Vec::new()
-    };
+    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
     let format = parse_format(p)?;
-    Ok(EddyStatement::CreateSink(CreateSink {
-        name,
-        if_not_exists,
-        from,
-        with_options,
-        format,
-    }))
+    Ok(EddyStatement::CreateSink(CreateSink { name, if_not_exists, from, with_options, format }))
 }
 
 /// The last identifier of a possibly qualified name, which is what Eddy's single schema uses.
 pub fn object_name_to_string(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(|part| part.as_ident())
-        .map(normalize_ident)
-        .unwrap_or_default()
+    name.0.last().and_then(|part| part.as_ident()).map(normalize_ident).unwrap_or_default()
 }
 
 /// Postgres folds unquoted identifiers to lower case.
 pub fn normalize_ident(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
+    if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
 }
 
 /// Reads a literal option value written as an expression (used for `SET x = value`).
@@ -827,10 +854,9 @@ pub fn literal_to_string(expr: &Expr) -> Option<String> {
             _ => None,
         },
         Expr::Identifier(i) => Some(i.value.clone()),
-        Expr::UnaryOp {
-            op: sqlparser::ast::UnaryOperator::Minus,
-            expr,
-        } => literal_to_string(expr).map(|s| format!("-{s}")),
+        Expr::UnaryOp { op: sqlparser::ast::UnaryOperator::Minus, expr } => {
+            literal_to_string(expr).map(|s| format!("-{s}"))
+        }
         _ => None,
     }
 }
@@ -848,10 +874,9 @@ mod tests {
 
     #[test]
     fn create_table_with_pk_and_watermark() {
-        let EddyStatement::CreateTable(t) = one(
-            "CREATE TABLE t (id INT PRIMARY KEY, ts TIMESTAMP, v VARCHAR,
-               WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) APPEND ONLY",
-        ) else {
+        let EddyStatement::CreateTable(t) = one("CREATE TABLE t (id INT PRIMARY KEY, ts TIMESTAMP, v VARCHAR,
+               WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) APPEND ONLY")
+        else {
             panic!("not a table")
         };
         assert_eq!(t.columns.len(), 3);
@@ -862,22 +887,15 @@ mod tests {
 
     #[test]
     fn create_source_with_options_and_format() {
-        let EddyStatement::CreateSource(s) =
-            one("CREATE SOURCE bid (auction BIGINT, date_time TIMESTAMP)
+        let EddyStatement::CreateSource(s) = one("CREATE SOURCE bid (auction BIGINT, date_time TIMESTAMP)
              WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.split.num = 2)
              FORMAT PLAIN ENCODE JSON")
         else {
             panic!("not a source")
         };
-        assert_eq!(
-            s.with_options[1],
-            ("nexmark.table.type".to_string(), "Bid".to_string())
-        );
+        assert_eq!(s.with_options[1], ("nexmark.table.type".to_string(), "Bid".to_string()));
         assert_eq!(s.with_options[2].1, "2");
-        assert_eq!(
-            s.format.map(|f| (f.format, f.encode)),
-            Some(("PLAIN".into(), "JSON".into()))
-        );
+        assert_eq!(s.format.map(|f| (f.format, f.encode)), Some(("PLAIN".into(), "JSON".into())));
     }
 
     #[test]
@@ -888,43 +906,25 @@ mod tests {
             panic!("not a mv")
         };
         assert!(mv.emit_on_window_close);
-        let EddyStatement::CreateMaterializedView(mv) =
-            one("CREATE MATERIALIZED VIEW m AS SELECT a FROM t")
-        else {
+        let EddyStatement::CreateMaterializedView(mv) = one("CREATE MATERIALIZED VIEW m AS SELECT a FROM t") else {
             panic!("not a mv")
         };
         assert!(!mv.emit_on_window_close);
         let stmts = parse_sql("CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL; SELECT 1")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            matches!(&stmts[0].statement, EddyStatement::CreateMaterializedView(m) if m.emit_on_window_close)
-        );
-        assert_eq!(
-            stmts[0].text,
-            "CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL"
-        );
+        assert!(matches!(&stmts[0].statement, EddyStatement::CreateMaterializedView(m) if m.emit_on_window_close));
+        assert_eq!(stmts[0].text, "CREATE MATERIALIZED VIEW m AS SELECT a FROM t EMIT FINAL");
     }
 
     #[test]
     fn multiple_statements_keep_their_text() {
-        let stmts =
-            match parse_sql("CREATE TABLE a (x INT); SELECT * FROM a ;\n DROP TABLE a CASCADE") {
-                Ok(s) => s,
-                Err(e) => panic!("{e}"),
-            };
+        let stmts = match parse_sql("CREATE TABLE a (x INT); SELECT * FROM a ;\n DROP TABLE a CASCADE") {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
         let texts: Vec<_> = stmts.iter().map(|s| s.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            vec![
-                "CREATE TABLE a (x INT)",
-                "SELECT * FROM a",
-                "DROP TABLE a CASCADE"
-            ]
-        );
-        assert!(matches!(
-            stmts[2].statement,
-            EddyStatement::Drop(DropStatement { cascade: true, .. })
-        ));
+        assert_eq!(texts, vec!["CREATE TABLE a (x INT)", "SELECT * FROM a", "DROP TABLE a CASCADE"]);
+        assert!(matches!(stmts[2].statement, EddyStatement::Drop(DropStatement { cascade: true, .. })));
     }
 
     #[test]
@@ -933,6 +933,21 @@ mod tests {
             Err(PlanError::Parse { position, .. }) => assert_eq!(position, Some(23)),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn flink_window_calls_become_risingwave_calls() {
+        let stmt =
+            parse_one("SELECT * FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) AS t")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let EddyStatement::Sql(s) = stmt.statement else { panic!("not sql") };
+        assert_eq!(s.to_string(), "SELECT * FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) AS t");
+        let stmt = parse_one(
+            "SELECT * FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(date_time), INTERVAL '10' SECOND))",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let EddyStatement::Sql(s) = stmt.statement else { panic!("not sql") };
+        assert_eq!(s.to_string(), "SELECT * FROM SESSION(bid, date_time, INTERVAL '10' SECOND)");
     }
 
     #[test]

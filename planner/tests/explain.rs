@@ -8,9 +8,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use eddy_common::ids::ObjectId;
-use eddy_planner::catalog::{
-    Distribution, RelationDef, RelationKind, RelationResolver, StorageLayout,
-};
+use eddy_planner::catalog::{Distribution, RelationDef, RelationKind, RelationResolver, StorageLayout};
 use eddy_planner::plan_stream;
 
 struct Catalog {
@@ -32,11 +30,7 @@ fn table(id: u32, name: &str, schema: SchemaRef, pk: Vec<usize>) -> RelationDef 
         id: ObjectId(id),
         name: name.into(),
         kind: RelationKind::Table,
-        storage: Some(if pk.is_empty() {
-            StorageLayout::Counted
-        } else {
-            StorageLayout::Keyed { key: pk.clone() }
-        }),
+        storage: Some(if pk.is_empty() { StorageLayout::Counted } else { StorageLayout::Keyed { key: pk.clone() } }),
         primary_key: pk,
         schema,
         append_only: false,
@@ -60,10 +54,8 @@ async fn explain(sql: &str) -> String {
         Field::new("amount", DataType::Decimal128(38, 10), true),
         Field::new("status", DataType::Utf8, true),
     ]));
-    let events: SchemaRef = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int64, true),
-        Field::new("v", DataType::Int64, true),
-    ]));
+    let events: SchemaRef =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true), Field::new("v", DataType::Int64, true)]));
     let ctx = SessionContext::new();
     ctx.register_table(
         "orders",
@@ -77,26 +69,13 @@ async fn explain(sql: &str) -> String {
     .unwrap_or_else(|e| panic!("{e}"));
     let catalog = Catalog {
         by_name: HashMap::from([
-            (
-                "orders".to_string(),
-                Arc::new(table(1, "orders", orders, vec![0])),
-            ),
-            (
-                "events".to_string(),
-                Arc::new(table(2, "events", events, vec![])),
-            ),
+            ("orders".to_string(), Arc::new(table(1, "orders", orders, vec![0]))),
+            ("events".to_string(), Arc::new(table(2, "events", events, vec![]))),
         ]),
     };
-    let plan = ctx
-        .state()
-        .create_logical_plan(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let optimized = ctx
-        .state()
-        .optimize(&plan)
-        .unwrap_or_else(|e| panic!("{e}"));
-    match plan_stream(&optimized, &catalog, ObjectId(100), 2) {
+    let plan = ctx.state().create_logical_plan(sql).await.unwrap_or_else(|e| panic!("{e}"));
+    let optimized = ctx.state().optimize(&plan).unwrap_or_else(|e| panic!("{e}"));
+    match plan_stream(&optimized, &catalog, ObjectId(100), 2, false, &eddy_planner::stream::Target::Materialize) {
         Ok((_, graph)) => graph.explain(),
         Err(e) => format!("error: {e}"),
     }
@@ -115,9 +94,7 @@ async fn grouped_view_with_having() {
 
 #[tokio::test]
 async fn projection_keeps_the_table_key() {
-    insta::assert_snapshot!(
-        explain("SELECT id, amount * 2 AS double FROM orders WHERE customer = 7").await
-    );
+    insta::assert_snapshot!(explain("SELECT id, amount * 2 AS double FROM orders WHERE customer = 7").await);
 }
 
 #[tokio::test]
@@ -127,9 +104,7 @@ async fn global_aggregate_runs_on_one_actor() {
 
 #[tokio::test]
 async fn union_of_multisets() {
-    insta::assert_snapshot!(
-        explain("SELECT k FROM events UNION ALL SELECT customer FROM orders").await
-    );
+    insta::assert_snapshot!(explain("SELECT k FROM events UNION ALL SELECT customer FROM orders").await);
 }
 
 #[tokio::test]

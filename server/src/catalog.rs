@@ -63,33 +63,23 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog")
-            .field("objects", &self.inner.read().by_id.len())
-            .finish()
+        f.debug_struct("Catalog").field("objects", &self.inner.read().by_id.len()).finish()
     }
 }
 
 impl Catalog {
     pub fn new(store: Arc<Store>, next_id: u32) -> Self {
-        Self {
-            inner: RwLock::new(Inner::default()),
-            next_id: std::sync::atomic::AtomicU32::new(next_id.max(1)),
-            store,
-        }
+        Self { inner: RwLock::new(Inner::default()), next_id: std::sync::atomic::AtomicU32::new(next_id.max(1)), store }
     }
 
     /// A fresh object id; ids are never reused, even after a drop.
     pub fn allocate_id(&self) -> ObjectId {
-        ObjectId(
-            self.next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        )
+        ObjectId(self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Makes sure ids handed out later exceed `id` (used when replaying definitions).
     pub fn observe_id(&self, id: ObjectId) {
-        self.next_id
-            .fetch_max(id.0 + 1, std::sync::atomic::Ordering::Relaxed);
+        self.next_id.fetch_max(id.0 + 1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn next_id_value(&self) -> u32 {
@@ -98,11 +88,7 @@ impl Catalog {
 
     pub fn get(&self, name: &str) -> Option<Arc<RelationDef>> {
         let inner = self.inner.read();
-        inner
-            .by_name
-            .get(name)
-            .and_then(|id| inner.by_id.get(id))
-            .cloned()
+        inner.by_name.get(name).and_then(|id| inner.by_id.get(id)).cloned()
     }
 
     pub fn get_by_id(&self, id: ObjectId) -> Option<Arc<RelationDef>> {
@@ -129,13 +115,7 @@ impl Catalog {
 
     /// Objects that read `id` directly.
     pub fn dependents(&self, id: ObjectId) -> Vec<Arc<RelationDef>> {
-        self.inner
-            .read()
-            .by_id
-            .values()
-            .filter(|d| d.dependencies.contains(&id))
-            .cloned()
-            .collect()
+        self.inner.read().by_id.values().filter(|d| d.dependencies.contains(&id)).cloned().collect()
     }
 
     /// `id` and everything that depends on it, dependents first (the order to drop them in).
@@ -244,12 +224,7 @@ impl TableProvider for ViewTable {
 #[async_trait]
 impl SchemaProvider for PublicSchema {
     fn table_names(&self) -> Vec<String> {
-        self.catalog
-            .all()
-            .iter()
-            .filter(|d| d.kind != RelationKind::Sink)
-            .map(|d| d.name.clone())
-            .collect()
+        self.catalog.all().iter().filter(|d| d.kind != RelationKind::Sink).map(|d| d.name.clone()).collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
@@ -263,10 +238,7 @@ impl SchemaProvider for PublicSchema {
                 Ok(Some(Arc::new(t)))
             }
             RelationKind::View => match &def.view_plan {
-                Some(plan) => Ok(Some(Arc::new(ViewTable {
-                    plan: plan.clone(),
-                    def,
-                }))),
+                Some(plan) => Ok(Some(Arc::new(ViewTable { plan: plan.clone(), def }))),
                 None => Ok(None),
             },
             RelationKind::Source => Ok(Some(Arc::new(SourceTable { def }))),
@@ -275,9 +247,7 @@ impl SchemaProvider for PublicSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.catalog
-            .get(name)
-            .is_some_and(|d| d.kind != RelationKind::Sink)
+        self.catalog.get(name).is_some_and(|d| d.kind != RelationKind::Sink)
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {

@@ -6,18 +6,21 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::LogicalPlan;
 use eddy_common::SqlState;
 use eddy_common::ids::ObjectId;
 use eddy_executor::store::CatalogChange;
-use eddy_planner::catalog::{ConnectorDef, Distribution, RelationDef, RelationKind, StorageLayout};
+use eddy_planner::catalog::{ConnectorDef, Distribution, RelationDef, RelationKind, StorageLayout, WatermarkDef};
 use eddy_planner::names::output_names;
 use eddy_planner::parser::{
-    CreateMaterializedView, CreateRelation, CreateView, DropStatement, EddyStatement, ObjectKind,
-    ParsedStatement, normalize_ident, object_name_to_string,
+    CreateMaterializedView, CreateRelation, CreateSink, CreateView, DropStatement, EddyStatement, ObjectKind,
+    ParsedStatement, SinkInput, normalize_ident, object_name_to_string,
 };
+use eddy_planner::stream::Target;
+use eddy_planner::types::sql_to_arrow;
 use eddy_planner::{PlanError, plan_stream};
 use sqlparser::ast::{Ident, Query, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -38,23 +41,15 @@ pub async fn replay(
     id: ObjectId,
 ) -> Result<()> {
     match &statement.statement {
-        EddyStatement::CreateTable(t) => {
-            create_table(engine, session, t, &statement.text, Some(id)).await?
-        }
-        EddyStatement::CreateSource(s) => {
-            create_source(engine, session, s, &statement.text, Some(id)).await?
-        }
+        EddyStatement::CreateTable(t) => create_table(engine, session, t, &statement.text, Some(id)).await?,
+        EddyStatement::CreateSource(s) => create_source(engine, session, s, &statement.text, Some(id)).await?,
         EddyStatement::CreateMaterializedView(mv) => {
             create_materialized_view(engine, session, mv, &statement.text, Some(id)).await?
         }
-        EddyStatement::CreateView(v) => {
-            create_view(engine, session, v, &statement.text, Some(id)).await?
-        }
+        EddyStatement::CreateView(v) => create_view(engine, session, v, &statement.text, Some(id)).await?,
+        EddyStatement::CreateSink(k) => create_sink(engine, session, k, &statement.text, Some(id)).await?,
         other => {
-            return Err(ServerError::new(
-                SqlState::Internal,
-                format!("unexpected catalog statement {other:?}"),
-            ));
+            return Err(ServerError::new(SqlState::Internal, format!("unexpected catalog statement {other:?}")));
         }
     };
     Ok(())
@@ -88,20 +83,61 @@ fn check_name_free(engine: &Engine, name: &str, if_not_exists: bool) -> Result<b
     }
 }
 
-/// Plans the column list of a table or source through DataFusion, which gives the Arrow types
-/// it uses for the same SQL types, the NOT NULL flags and the DEFAULT expressions.
-async fn plan_columns(
+/// The columns of a table or source, with everything computed from them.
+struct ColumnsPlan {
+    schema: SchemaRef,
+    defaults: Vec<Option<datafusion::logical_expr::Expr>>,
+    /// `col TYPE AS expr`, planned over the other (non-generated) columns.
+    generated: Vec<Option<datafusion::logical_expr::Expr>>,
+    watermark: Option<WatermarkDef>,
+}
+
+/// Plans an expression written in a column list against `schema`, with DataFusion's type
+/// coercion applied, cast to `target` when given.
+fn plan_expr(
     engine: &Engine,
-    create: &CreateRelation,
-) -> Result<(SchemaRef, Vec<Option<datafusion::logical_expr::Expr>>)> {
+    text: &str,
+    schema: &DFSchema,
+    target: Option<&DataType>,
+) -> Result<datafusion::logical_expr::Expr> {
+    let state = engine.state(None);
+    let expr = state.create_logical_expr(text, schema)?;
+    let plan = datafusion::logical_expr::LogicalPlanBuilder::from(LogicalPlan::EmptyRelation(
+        datafusion::logical_expr::EmptyRelation { produce_one_row: false, schema: Arc::new(schema.clone()) },
+    ))
+    .project(vec![expr])?
+    .build()?;
+    let analyzed = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?;
+    let LogicalPlan::Projection(p) = analyzed else {
+        return Err(ServerError::new(SqlState::Internal, "expression did not plan as a projection"));
+    };
+    let mut expr = p.expr.into_iter().next().ok_or_else(|| ServerError::new(SqlState::Internal, "empty projection"))?;
+    while let datafusion::logical_expr::Expr::Alias(a) = expr {
+        expr = *a.expr;
+    }
+    if let Some(target) = target {
+        let actual = datafusion::logical_expr::ExprSchemable::get_type(&expr, schema)?;
+        if &actual != target {
+            if !datafusion::arrow::compute::can_cast_types(&actual, target) {
+                return Err(ServerError::new(
+                    SqlState::DatatypeMismatch,
+                    format!("expression {text} is {actual} and cannot be stored as {target}"),
+                ));
+            }
+            expr = datafusion::logical_expr::cast(expr, target.clone());
+        }
+    }
+    Ok(expr)
+}
+
+/// Plans the column list of a table or source: Arrow types as DataFusion maps the SQL types,
+/// NOT NULL, DEFAULT, generated columns and the watermark.
+fn plan_columns(engine: &Engine, create: &CreateRelation) -> Result<ColumnsPlan> {
     if create.columns.is_empty() {
-        return Err(ServerError::new(
-            SqlState::SyntaxError,
-            "a table or source needs at least one column",
-        ));
+        return Err(ServerError::new(SqlState::SyntaxError, "a table or source needs at least one column"));
     }
     let mut seen = HashSet::new();
-    let mut cols = Vec::new();
+    let mut fields = Vec::new();
     for c in &create.columns {
         let name = normalize_ident(&c.name);
         if !seen.insert(name.clone()) {
@@ -110,55 +146,51 @@ async fn plan_columns(
                 format!("column \"{name}\" specified more than once"),
             ));
         }
-        if c.generated.is_some() {
-            return Err(ServerError::with_hint(
-                SqlState::FeatureNotSupported,
-                "not supported: generated columns",
-                "compute the value in a materialized view over the table",
-            ));
-        }
-        let mut text = format!("{} {}", Ident::with_quote('"', name), c.data_type);
-        if c.not_null
-            || create
-                .primary_key
-                .iter()
-                .any(|k| normalize_ident(k) == normalize_ident(&c.name))
-        {
-            text.push_str(" NOT NULL");
-        }
-        if let Some(d) = &c.default {
-            text.push_str(&format!(" DEFAULT {d}"));
-        }
-        cols.push(text);
+        let is_pk = create.primary_key.iter().any(|k| normalize_ident(k) == name);
+        let t = sql_to_arrow(&c.data_type)?;
+        fields.push(Field::new(name, t, !(c.not_null || is_pk)));
     }
-    let sql = format!("CREATE TABLE eddy_column_check ({})", cols.join(", "));
-    let statement = sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, &sql)
-        .map_err(|e| ServerError::new(SqlState::SyntaxError, e.to_string()))?
-        .pop()
-        .ok_or_else(|| {
-            ServerError::new(SqlState::Internal, "column check produced no statement")
-        })?;
-    let state = engine.state(None);
-    let plan = engine.plan(&state, &statement).await?;
-    let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create_table)) = plan else {
-        return Err(ServerError::new(
-            SqlState::Internal,
-            "column check did not plan as a table",
-        ));
-    };
-    let schema: SchemaRef = Arc::new(create_table.input.schema().as_arrow().clone());
-    let defaults = schema
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let physical: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| {
-            create_table
-                .column_defaults
-                .iter()
-                .find(|(n, _)| n == f.name())
-                .map(|(_, e)| e.clone())
-        })
+        .zip(&create.columns)
+        .filter(|(_, c)| c.generated.is_none())
+        .map(|(f, _)| f.as_ref().clone().with_nullable(true))
         .collect();
-    Ok((schema, defaults))
+    let physical_df = DFSchema::try_from(Schema::new(physical))?;
+    let full_df = DFSchema::try_from(schema.as_ref().clone())?;
+    let mut defaults = Vec::new();
+    let mut generated = Vec::new();
+    for (c, f) in create.columns.iter().zip(schema.fields()) {
+        defaults.push(match &c.default {
+            Some(d) => Some(plan_expr(engine, &d.to_string(), &DFSchema::empty(), Some(f.data_type()))?),
+            None => None,
+        });
+        generated.push(match &c.generated {
+            Some(g) => Some(plan_expr(engine, &g.to_string(), &physical_df, Some(f.data_type()))?),
+            None => None,
+        });
+    }
+    let watermark = match &create.watermark {
+        None => None,
+        Some(w) => {
+            let col = normalize_ident(&w.column);
+            let column = schema.index_of(&col).map_err(|_| {
+                ServerError::new(SqlState::UndefinedColumn, format!("watermark column \"{col}\" does not exist"))
+            })?;
+            let t = schema.field(column).data_type().clone();
+            if !matches!(t, DataType::Timestamp(_, _) | DataType::Date32) {
+                return Err(ServerError::new(
+                    SqlState::DatatypeMismatch,
+                    format!("watermark column \"{col}\" must be a TIMESTAMP, not {t}"),
+                ));
+            }
+            let expr = plan_expr(engine, &w.expr.to_string(), &full_df, Some(&t))?;
+            Some(WatermarkDef { column, expr })
+        }
+    };
+    Ok(ColumnsPlan { schema, defaults, generated, watermark })
 }
 
 fn connector_def(create: &CreateRelation) -> Option<ConnectorDef> {
@@ -171,11 +203,7 @@ fn connector_def(create: &CreateRelation) -> Option<ConnectorDef> {
         options,
         format: create.format.as_ref().map(|f| f.format.clone()),
         encode: create.format.as_ref().map(|f| f.encode.clone()),
-        format_options: create
-            .format
-            .as_ref()
-            .map(|f| f.options.iter().cloned().collect())
-            .unwrap_or_default(),
+        format_options: create.format.as_ref().map(|f| f.options.iter().cloned().collect()).unwrap_or_default(),
     })
 }
 
@@ -196,39 +224,39 @@ pub async fn create_table(
         return Ok(StatementResult::command("CREATE TABLE"));
     }
     let connector = connector_def(create);
+    let ColumnsPlan { schema, defaults, generated, watermark } = plan_columns(engine, create)?;
     if let Some(c) = &connector {
+        if !create.primary_key.is_empty() {
+            return Err(ServerError::with_hint(
+                SqlState::FeatureNotSupported,
+                format!("not supported: a table with a primary key fed by connector \"{}\"", c.connector),
+                "drop the PRIMARY KEY (the table keeps every row), or use CREATE SOURCE",
+            ));
+        }
+        if validate_connector(c, &schema, &generated)? > 1 {
+            return Err(ServerError::with_hint(
+                SqlState::FeatureNotSupported,
+                "not supported: a table read from several splits",
+                "tables read one split; use CREATE SOURCE for parallel reads",
+            ));
+        }
+    } else if generated.iter().any(Option::is_some) {
         return Err(ServerError::with_hint(
             SqlState::FeatureNotSupported,
-            format!("not supported: tables fed by connector \"{}\"", c.connector),
-            "create the table without WITH (...) and fill it with INSERT",
+            "not supported: generated columns on a table fed by INSERT",
+            "compute the value in a materialized view over the table",
         ));
     }
-    if create.watermark.is_some() {
-        return Err(ServerError::with_hint(
-            SqlState::FeatureNotSupported,
-            "not supported: WATERMARK on a table",
-            "event time and watermarks arrive with the windowing work",
-        ));
-    }
-    let (schema, defaults) = plan_columns(engine, create).await?;
     let mut primary_key = Vec::new();
     for k in &create.primary_key {
         let col = normalize_ident(k);
         let idx = schema.index_of(&col).map_err(|_| {
-            ServerError::new(
-                SqlState::UndefinedColumn,
-                format!("column \"{col}\" named in key does not exist"),
-            )
+            ServerError::new(SqlState::UndefinedColumn, format!("column \"{col}\" named in key does not exist"))
         })?;
         primary_key.push(idx);
     }
-    let storage = if primary_key.is_empty() {
-        StorageLayout::Counted
-    } else {
-        StorageLayout::Keyed {
-            key: primary_key.clone(),
-        }
-    };
+    let storage =
+        if primary_key.is_empty() { StorageLayout::Counted } else { StorageLayout::Keyed { key: primary_key.clone() } };
     let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
     let def = RelationDef {
         id,
@@ -238,9 +266,9 @@ pub async fn create_table(
         primary_key,
         storage: Some(storage),
         append_only: create.append_only,
-        watermark: None,
+        watermark,
         defaults,
-        generated: vec![None; create.columns.len()],
+        generated,
         connector,
         dependencies: vec![],
         output_parallelism: 1,
@@ -249,36 +277,92 @@ pub async fn create_table(
         view_plan: None,
         emit_on_window_close: false,
     };
-    let catalog = if replay_id.is_some() {
-        vec![]
-    } else {
-        vec![persist(&def)]
-    };
+    let catalog = if replay_id.is_some() { vec![] } else { vec![persist(&def)] };
     engine.runtime.create_table(&def, catalog).await?;
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE TABLE"))
 }
 
-/// `CREATE SOURCE`: no connector is implemented in this build, so every source is refused
-/// with the list of what is planned.
+/// Checks a connector's options against the columns it must produce.
+fn validate_connector(
+    c: &ConnectorDef,
+    schema: &SchemaRef,
+    generated: &[Option<datafusion::logical_expr::Expr>],
+) -> Result<usize> {
+    if c.format.is_some() {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            format!("not supported: FORMAT ... ENCODE ... for connector \"{}\"", c.connector),
+            "the nexmark and datagen connectors produce typed columns directly; leave out FORMAT",
+        ));
+    }
+    let physical: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| generated.get(*i).is_none_or(|g| g.is_none()))
+        .map(|(_, f)| f.as_ref().clone())
+        .collect();
+    let spec = eddy_connectors::SourceSpec { connector: c.connector.clone(), options: c.options.clone() };
+    eddy_connectors::validate_source(&spec, &Schema::new(physical)).map_err(|e| {
+        use eddy_common::ErrorClass;
+        ServerError::new(e.sqlstate(), e.to_string())
+    })
+}
+
+/// `CREATE SOURCE`: an append-only stream from a connector; not stored, read by the views
+/// that use it (each view reads its own copy of the stream).
 ///
 /// # Errors
-/// Always, for now, with 0A000.
+/// Unknown connectors or options, columns the connector cannot produce, a bad watermark.
 pub async fn create_source(
-    _engine: &Arc<Engine>,
+    engine: &Arc<Engine>,
     _session: &Arc<Session>,
     create: &CreateRelation,
-    _sql: &str,
-    _replay_id: Option<ObjectId>,
+    sql: &str,
+    replay_id: Option<ObjectId>,
 ) -> Result<StatementResult> {
+    let _ddl = engine.ddl_lock.lock().await;
+    let name = object_name_to_string(&create.name);
+    if replay_id.is_none() && check_name_free(engine, &name, create.if_not_exists)? {
+        return Ok(StatementResult::command("CREATE SOURCE"));
+    }
     let connector = connector_def(create)
-        .map(|c| c.connector)
-        .unwrap_or_default();
-    Err(ServerError::with_hint(
-        SqlState::FeatureNotSupported,
-        format!("not supported: source connector \"{connector}\""),
-        "use a table fed by INSERT for now; nexmark, datagen and kafka sources arrive with the connector work",
-    ))
+        .ok_or_else(|| ServerError::new(SqlState::SyntaxError, "CREATE SOURCE needs WITH (connector = '...')"))?;
+    if !create.primary_key.is_empty() {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            "not supported: a PRIMARY KEY on a source",
+            "sources are append-only streams; use CREATE TABLE for keyed data",
+        ));
+    }
+    let ColumnsPlan { schema, generated, watermark, .. } = plan_columns(engine, create)?;
+    let splits = validate_connector(&connector, &schema, &generated)?;
+    let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
+    let def = RelationDef {
+        id,
+        name,
+        kind: RelationKind::Source,
+        schema,
+        primary_key: vec![],
+        storage: None,
+        append_only: true,
+        watermark,
+        defaults: vec![],
+        generated,
+        connector: Some(connector),
+        dependencies: vec![],
+        output_parallelism: splits.max(1),
+        output_distribution: Distribution::Arbitrary,
+        definition: sql.to_string(),
+        view_plan: None,
+        emit_on_window_close: false,
+    };
+    if replay_id.is_none() {
+        engine.runtime.commit_catalog(vec![persist(&def)]).await?;
+    }
+    engine.catalog.insert(Arc::new(def));
+    Ok(StatementResult::command("CREATE SOURCE"))
 }
 
 /// Names of the relations a plan reads, as written (views included, before inlining).
@@ -323,13 +407,8 @@ fn named_schema(query: &Query, plan: &LogicalPlan, columns: &[Ident]) -> Result<
             ));
         }
     }
-    let fields: Vec<Field> = plan
-        .schema()
-        .fields()
-        .iter()
-        .zip(names)
-        .map(|(f, n)| Field::new(n, f.data_type().clone(), true))
-        .collect();
+    let fields: Vec<Field> =
+        plan.schema().fields().iter().zip(names).map(|(f, n)| Field::new(n, f.data_type().clone(), true)).collect();
     Ok(Arc::new(Schema::new(fields)))
 }
 
@@ -350,13 +429,6 @@ pub async fn create_materialized_view(
     if replay_id.is_none() && check_name_free(engine, &name, create.if_not_exists)? {
         return Ok(StatementResult::command("CREATE MATERIALIZED VIEW"));
     }
-    if create.emit_on_window_close {
-        return Err(ServerError::with_hint(
-            SqlState::FeatureNotSupported,
-            "not supported: EMIT ON WINDOW CLOSE",
-            "windows and watermarks arrive with the event-time work",
-        ));
-    }
     let state = engine.state(None);
     let statement = Statement::Query(create.query.clone());
     let plan = engine.plan(&state, &statement).await?;
@@ -374,6 +446,8 @@ pub async fn create_materialized_view(
         engine.catalog.as_ref(),
         id,
         engine.runtime.parallelism(),
+        create.emit_on_window_close,
+        &Target::Materialize,
     )?;
     let primary_key = graph.unique_key.clone().unwrap_or_default();
     let def = RelationDef {
@@ -401,12 +475,108 @@ pub async fn create_materialized_view(
     } else {
         vec![persist(&def)]
     };
-    engine
-        .runtime
-        .create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog)
-        .await?;
+    engine.runtime.create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog).await?;
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE MATERIALIZED VIEW"))
+}
+
+/// `CREATE SINK name FROM relation | AS query WITH (connector = ...)`: a graph whose result
+/// leaves Eddy instead of being stored.
+///
+/// # Errors
+/// Unknown sink connectors or options; a retracting stream into an append-only sink without
+/// `force_append_only`.
+pub async fn create_sink(
+    engine: &Arc<Engine>,
+    _session: &Arc<Session>,
+    create: &CreateSink,
+    sql: &str,
+    replay_id: Option<ObjectId>,
+) -> Result<StatementResult> {
+    let _ddl = engine.ddl_lock.lock().await;
+    let name = object_name_to_string(&create.name);
+    if replay_id.is_none() && check_name_free(engine, &name, create.if_not_exists)? {
+        return Ok(StatementResult::command("CREATE SINK"));
+    }
+    let options: HashMap<String, String> = create.with_options.iter().cloned().collect();
+    let connector = options.get("connector").cloned().unwrap_or_default();
+    if connector != "blackhole" {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            format!("not supported: sink connector \"{connector}\""),
+            "available sink connectors: blackhole (Kafka and Postgres sinks arrive with their connectors)",
+        ));
+    }
+    for key in options.keys() {
+        if !matches!(key.as_str(), "connector" | "type" | "force_append_only" | "primary_key") {
+            return Err(ServerError::new(
+                SqlState::InvalidParameterValue,
+                format!(
+                    "unknown option \"{key}\" for sink connector blackhole; valid options: connector, type, force_append_only"
+                ),
+            ));
+        }
+    }
+    let query: Box<Query> = match &create.from {
+        SinkInput::Query(q) => q.clone(),
+        SinkInput::Relation(rel) => {
+            let sql = format!("SELECT * FROM {rel}");
+            match sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, &sql)
+                .map_err(|e| ServerError::new(SqlState::SyntaxError, e.to_string()))?
+                .pop()
+            {
+                Some(Statement::Query(q)) => q,
+                _ => return Err(ServerError::new(SqlState::Internal, "sink input did not parse as a query")),
+            }
+        }
+    };
+    let state = engine.state(None);
+    let statement = Statement::Query(query.clone());
+    let plan = engine.plan(&state, &statement).await?;
+    let schema = named_schema(&query, &plan, &[])?;
+    let mut dependencies = Vec::new();
+    for rel in referenced_relations(&plan) {
+        if let Some(def) = engine.catalog.get(&rel) {
+            dependencies.push(def.id);
+        }
+    }
+    let optimized = state.optimize(&plan)?;
+    let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
+    let target = Target::Sink { connector: connector.clone(), options: create.with_options.clone() };
+    let (_stream, graph) =
+        plan_stream(&optimized, engine.catalog.as_ref(), id, engine.runtime.parallelism(), false, &target)?;
+    let append_only_sink = options.get("type").is_some_and(|t| t.eq_ignore_ascii_case("append-only"));
+    let forced = options.get("force_append_only").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if append_only_sink && !graph.append_only && !forced {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            "the sink's input updates and deletes rows, but the sink is append-only",
+            "add force_append_only = 'true' to drop the updates and deletes, or use an upsert sink",
+        ));
+    }
+    let def = RelationDef {
+        id,
+        name,
+        kind: RelationKind::Sink,
+        schema,
+        primary_key: vec![],
+        storage: None,
+        append_only: graph.append_only,
+        watermark: None,
+        defaults: vec![],
+        generated: vec![],
+        connector: Some(ConnectorDef { connector, options, ..Default::default() }),
+        dependencies,
+        output_parallelism: graph.output_parallelism(),
+        output_distribution: graph.output_distribution.clone(),
+        definition: sql.to_string(),
+        view_plan: None,
+        emit_on_window_close: false,
+    };
+    let catalog = if replay_id.is_some() { vec![] } else { vec![persist(&def)] };
+    engine.runtime.create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog).await?;
+    engine.catalog.insert(Arc::new(def));
+    Ok(StatementResult::command("CREATE SINK"))
 }
 
 /// `CREATE VIEW`: a named query, inlined where it is used.
@@ -424,9 +594,7 @@ pub async fn create_view(
     let name = object_name_to_string(&create.name);
     if replay_id.is_none() {
         if create.or_replace && engine.catalog.get(&name).is_some() {
-            return Err(ServerError::unsupported(
-                "CREATE OR REPLACE VIEW over an existing view",
-            ));
+            return Err(ServerError::unsupported("CREATE OR REPLACE VIEW over an existing view"));
         }
         if check_name_free(engine, &name, create.if_not_exists)? {
             return Ok(StatementResult::command("CREATE VIEW"));
@@ -444,9 +612,7 @@ pub async fn create_view(
         .zip(schema.fields())
         .map(|(c, f)| datafusion::logical_expr::Expr::Column(c).alias(f.name()))
         .collect();
-    let view_plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan.clone())
-        .project(exprs)?
-        .build()?;
+    let view_plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan.clone()).project(exprs)?.build()?;
     let mut dependencies = Vec::new();
     for rel in referenced_relations(&plan) {
         if let Some(def) = engine.catalog.get(&rel) {
@@ -505,20 +671,13 @@ pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<Statemen
         match engine.catalog.get(&name) {
             None if drop.if_exists => continue,
             None => {
-                return Err(PlanError::UnknownObject {
-                    kind: drop.kind.sql_name(),
-                    name,
-                }
-                .into());
+                return Err(PlanError::UnknownObject { kind: drop.kind.sql_name(), name }.into());
             }
             Some(def) if !kind_matches(drop.kind, def.kind) => {
                 return Err(ServerError::with_hint(
                     SqlState::WrongObjectType,
                     format!("\"{name}\" is not a {}", drop.kind.sql_name()),
-                    format!(
-                        "use DROP {} to remove it",
-                        def.kind.sql_name().to_uppercase()
-                    ),
+                    format!("use DROP {} to remove it", def.kind.sql_name().to_uppercase()),
                 ));
             }
             Some(def) => targets.push(def),
@@ -555,6 +714,8 @@ pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<Statemen
         catalog.push(CatalogChange::Delete { id: d.id });
         if d.kind.is_stored() {
             catalog.push(CatalogChange::DropRelationData { id: d.id });
+        }
+        if d.kind.is_stored() || d.kind == RelationKind::Sink {
             jobs.push(d.id);
         }
     }

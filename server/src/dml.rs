@@ -55,18 +55,13 @@ pub async fn execute(
         plan = plan.replace_params_with_values(params)?;
     }
     let LogicalPlan::Dml(dml) = plan else {
-        return Err(ServerError::new(
-            SqlState::Internal,
-            "DML did not plan as DML",
-        ));
+        return Err(ServerError::new(SqlState::Internal, "DML did not plan as DML"));
     };
     let name = dml.table_name.table().to_string();
-    let def = engine.catalog.get(&name).ok_or_else(|| {
-        ServerError::new(
-            SqlState::UndefinedTable,
-            format!("relation \"{name}\" does not exist"),
-        )
-    })?;
+    let def = engine
+        .catalog
+        .get(&name)
+        .ok_or_else(|| ServerError::new(SqlState::UndefinedTable, format!("relation \"{name}\" does not exist")))?;
     if def.kind != RelationKind::Table {
         return Err(ServerError::with_hint(
             SqlState::WrongObjectType,
@@ -78,10 +73,7 @@ pub async fn execute(
     let _guard = lock.lock().await;
     let snapshot = engine.runtime.snapshot()?;
     let state = engine.state(Some(snapshot.clone()));
-    let codec = RowCodec::new(
-        def.schema.clone(),
-        def.storage.clone().unwrap_or(StorageLayout::Counted),
-    )?;
+    let codec = RowCodec::new(def.schema.clone(), def.storage.clone().unwrap_or(StorageLayout::Counted))?;
     let (changes, tag, count) = match &dml.op {
         WriteOp::Insert(_) => {
             let rows = run(&state, dml.input.as_ref().clone(), &def.schema).await?;
@@ -98,11 +90,8 @@ pub async fn execute(
         WriteOp::Update => {
             let (old, new) = run_update(&state, &dml, &def.schema).await?;
             check_not_null(&def, &new)?;
-            let old_keys: HashSet<Vec<u8>> = if codec.counted() {
-                HashSet::new()
-            } else {
-                codec.encode_keys(&old)?.into_iter().collect()
-            };
+            let old_keys: HashSet<Vec<u8>> =
+                if codec.counted() { HashSet::new() } else { codec.encode_keys(&old)?.into_iter().collect() };
             check_new_keys(&def, &codec, &snapshot, &new, &old_keys)?;
             let n = old.num_rows();
             (interleave_update(&def.schema, &old, &new)?, "UPDATE", n)
@@ -113,15 +102,8 @@ pub async fn execute(
         engine.runtime.write_table(def.id, changes).await?;
         engine.runtime.flush().await?;
     }
-    let tag = if tag == "INSERT" {
-        "INSERT 0".to_string()
-    } else {
-        tag.to_string()
-    };
-    Ok(StatementResult::Command {
-        tag,
-        rows: Some(count),
-    })
+    let tag = if tag == "INSERT" { "INSERT 0".to_string() } else { tag.to_string() };
+    Ok(StatementResult::Command { tag, rows: Some(count) })
 }
 
 /// Runs `plan` and returns its rows as one batch in `schema`.
@@ -140,30 +122,17 @@ fn conform(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<RecordBatch>
         if b.num_columns() != schema.fields().len() {
             return Err(ServerError::new(
                 SqlState::Internal,
-                format!(
-                    "DML produced {} columns for a table of {}",
-                    b.num_columns(),
-                    schema.fields().len()
-                ),
+                format!("DML produced {} columns for a table of {}", b.num_columns(), schema.fields().len()),
             ));
         }
         let columns = b
             .columns()
             .iter()
             .zip(schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c.clone())
-                } else {
-                    cast(c, f.data_type())
-                }
-            })
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?;
-        out.push(
-            RecordBatch::try_new(schema.clone(), columns)
-                .map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?,
-        );
+        out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?);
     }
     concat_batches(schema, &out).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))
 }
@@ -176,28 +145,21 @@ async fn run_update(
     schema: &SchemaRef,
 ) -> Result<(RecordBatch, RecordBatch)> {
     let LogicalPlan::Projection(projection) = dml.input.as_ref() else {
-        return Err(ServerError::new(
-            SqlState::Internal,
-            "UPDATE did not plan as a projection",
-        ));
+        return Err(ServerError::new(SqlState::Internal, "UPDATE did not plan as a projection"));
     };
     let input_schema = projection.input.schema();
     let mut exprs: Vec<Expr> = Vec::new();
     for (i, f) in schema.fields().iter().enumerate() {
-        let (qualifier, _) = input_schema
-            .qualified_field_with_unqualified_name(f.name())
-            .map_err(ServerError::DataFusion)?;
-        exprs.push(
-            Expr::Column(Column::new(qualifier.cloned(), f.name())).alias(format!("__old{i}")),
-        );
+        let (qualifier, _) =
+            input_schema.qualified_field_with_unqualified_name(f.name()).map_err(ServerError::DataFusion)?;
+        exprs.push(Expr::Column(Column::new(qualifier.cloned(), f.name())).alias(format!("__old{i}")));
     }
     for (i, e) in projection.expr.iter().enumerate() {
         exprs.push(e.clone().alias(format!("__new{i}")));
     }
-    let plan =
-        datafusion::logical_expr::LogicalPlanBuilder::from(projection.input.as_ref().clone())
-            .project(exprs)?
-            .build()?;
+    let plan = datafusion::logical_expr::LogicalPlanBuilder::from(projection.input.as_ref().clone())
+        .project(exprs)?
+        .build()?;
     let batches = DataFrame::new(state.clone(), plan).collect().await?;
     let n = schema.fields().len();
     let mut olds = Vec::new();
@@ -206,32 +168,17 @@ async fn run_update(
         let old_cols = b.columns()[..n].to_vec();
         let new_cols = b.columns()[n..].to_vec();
         let loose = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
+            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
         ));
-        olds.push(
-            RecordBatch::try_new(loose.clone(), old_cols)
-                .map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?,
-        );
-        news.push(
-            RecordBatch::try_new(loose, new_cols)
-                .map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?,
-        );
+        olds.push(RecordBatch::try_new(loose.clone(), old_cols).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?);
+        news.push(RecordBatch::try_new(loose, new_cols).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?);
     }
     Ok((conform(olds, schema)?, conform(news, schema)?))
 }
 
 /// `-old0, +new0, -old1, +new1, ...`
-fn interleave_update(
-    schema: &SchemaRef,
-    old: &RecordBatch,
-    new: &RecordBatch,
-) -> Result<ChangeBatch> {
-    let both =
-        concat_batches(schema, [old, new]).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?;
+fn interleave_update(schema: &SchemaRef, old: &RecordBatch, new: &RecordBatch) -> Result<ChangeBatch> {
+    let both = concat_batches(schema, [old, new]).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?;
     let n = old.num_rows() as u32;
     let mut indices = Vec::with_capacity(2 * n as usize);
     let mut weights = Vec::with_capacity(2 * n as usize);
@@ -241,20 +188,15 @@ fn interleave_update(
         indices.push(n + i);
         weights.push(1);
     }
-    let data = take_record_batch(&both, &UInt32Array::from(indices))
-        .map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?;
-    ChangeBatch::try_new(data, Int64Array::from(weights))
-        .map_err(|e| ServerError::Exec(ExecError::Arrow(e)))
+    let data =
+        take_record_batch(&both, &UInt32Array::from(indices)).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))?;
+    ChangeBatch::try_new(data, Int64Array::from(weights)).map_err(|e| ServerError::Exec(ExecError::Arrow(e)))
 }
 
 fn check_not_null(def: &RelationDef, rows: &RecordBatch) -> Result<()> {
     for (i, f) in def.schema.fields().iter().enumerate() {
         if !f.is_nullable() && rows.column(i).null_count() > 0 {
-            return Err(ExecError::NotNull {
-                relation: def.name.clone(),
-                column: f.name().clone(),
-            }
-            .into());
+            return Err(ExecError::NotNull { relation: def.name.clone(), column: f.name().clone() }.into());
         }
     }
     Ok(())
@@ -275,14 +217,11 @@ fn check_new_keys(
     let keys = codec.encode_keys(rows)?;
     let mut seen = HashSet::with_capacity(keys.len());
     for (row, key) in keys.iter().enumerate() {
-        let duplicate = !seen.insert(key.clone())
-            || (!freed.contains(key) && snapshot.contains_key(def.id, key)?);
+        let duplicate = !seen.insert(key.clone()) || (!freed.contains(key) && snapshot.contains_key(def.id, key)?);
         if duplicate {
-            return Err(ExecError::UniqueViolation {
-                relation: def.name.clone(),
-                key: describe_key(def, rows, row),
-            }
-            .into());
+            return Err(
+                ExecError::UniqueViolation { relation: def.name.clone(), key: describe_key(def, rows, row) }.into()
+            );
         }
     }
     Ok(())
@@ -291,11 +230,7 @@ fn check_new_keys(
 /// `col1, col2)=(v1, v2` as in Postgres's duplicate-key message.
 fn describe_key(def: &RelationDef, rows: &RecordBatch, row: usize) -> String {
     let options = FormatOptions::default();
-    let names: Vec<&str> = def
-        .primary_key
-        .iter()
-        .map(|c| def.schema.field(*c).name().as_str())
-        .collect();
+    let names: Vec<&str> = def.primary_key.iter().map(|c| def.schema.field(*c).name().as_str()).collect();
     let values: Vec<String> = def
         .primary_key
         .iter()

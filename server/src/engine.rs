@@ -45,9 +45,7 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -59,20 +57,17 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>> {
         let runtime = Runtime::open(
             &config.data_dir,
-            RuntimeConfig {
-                barrier_interval: config.barrier_interval,
-                parallelism: config.parallelism,
-            },
+            RuntimeConfig { barrier_interval: config.barrier_interval, parallelism: config.parallelism },
         )?;
         let catalog = Arc::new(Catalog::new(runtime.store().clone(), 1));
         let context = build_context(catalog.clone())?;
-        let engine = Arc::new(Self {
-            runtime,
-            catalog,
-            context,
-            ddl_lock: tokio::sync::Mutex::new(()),
-            config,
-        });
+        let engine = Arc::new(Self { runtime, catalog, context, ddl_lock: tokio::sync::Mutex::new(()), config });
+        if let Some(dev) = engine.context.catalog(DATABASE) {
+            dev.register_schema(
+                crate::system::SCHEMA_NAME,
+                Arc::new(crate::system::SystemSchema::new(Arc::downgrade(&engine))),
+            )?;
+        }
         engine.replay().await?;
         Ok(engine)
     }
@@ -90,22 +85,18 @@ impl Engine {
             let Some(object) = PersistedObject::decode(&bytes) else {
                 return Err(ServerError::new(
                     eddy_common::SqlState::Internal,
-                    format!(
-                        "catalog entry {id} is unreadable; refusing to start with a partial catalog"
-                    ),
+                    format!("catalog entry {id} is unreadable; refusing to start with a partial catalog"),
                 ));
             };
             self.catalog.observe_id(id);
             let statements = parse_sql(&object.sql)?;
             for statement in statements {
-                crate::ddl::replay(self, &session, &statement, id)
-                    .await
-                    .map_err(|e| {
-                        ServerError::new(
-                            eddy_common::SqlState::Internal,
-                            format!("cannot restore {} \"{}\": {e}", object.kind, object.name),
-                        )
-                    })?;
+                crate::ddl::replay(self, &session, &statement, id).await.map_err(|e| {
+                    ServerError::new(
+                        eddy_common::SqlState::Internal,
+                        format!("cannot restore {} \"{}\": {e}", object.kind, object.name),
+                    )
+                })?;
             }
         }
         Ok(())
@@ -116,13 +107,8 @@ impl Engine {
         let state = self.context.state();
         match snapshot {
             Some(snapshot) => {
-                let config = state
-                    .config()
-                    .clone()
-                    .with_extension(Arc::new(QuerySnapshot(snapshot)));
-                SessionStateBuilder::new_from_existing(state)
-                    .with_config(config)
-                    .build()
+                let config = state.config().clone().with_extension(Arc::new(QuerySnapshot(snapshot)));
+                SessionStateBuilder::new_from_existing(state).with_config(config).build()
             }
             None => state,
         }
@@ -141,9 +127,22 @@ impl Engine {
     /// # Errors
     /// Planning errors (unknown table or column, type errors).
     pub async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
-        Ok(state
-            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
-            .await?)
+        let mut statement = statement.clone();
+        // Window table functions (TUMBLE, HOP) become ordinary subqueries first.
+        let mut error = None;
+        let _ = sqlparser::ast::visit_statements_mut(&mut statement, |s| {
+            if let Statement::Query(q) = s
+                && let Err(e) = eddy_planner::windows::rewrite_window_functions(q)
+            {
+                error = Some(e);
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        if let Some(e) = error {
+            return Err(e.into());
+        }
+        Ok(state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?)
     }
 
     pub async fn shutdown(&self) {
@@ -161,11 +160,15 @@ fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
     options.sql_parser.map_string_types_to_utf8view = false;
     options.sql_parser.enable_ident_normalization = true;
     options.execution.time_zone = Some("+00:00".to_string());
+    options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
     let context = SessionContext::new_with_config(config);
     let dev = Arc::new(MemoryCatalogProvider::new());
     dev.register_schema(SCHEMA, Arc::new(PublicSchema { catalog }))?;
     context.register_catalog(DATABASE, dev);
     crate::pg_catalog::install(&context)?;
     functions::register(&context);
+    for udf in eddy_planner::windows::window_udfs() {
+        context.register_udf(udf);
+    }
     Ok(context)
 }

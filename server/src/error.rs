@@ -21,35 +21,20 @@ pub enum ServerError {
     DataFusion(#[from] DataFusionError),
     /// An error with an explicit SQLSTATE, raised by the server itself.
     #[error("{message}")]
-    Sql {
-        state: SqlState,
-        message: String,
-        hint: Option<String>,
-    },
+    Sql { state: SqlState, message: String, hint: Option<String> },
 }
 
 impl ServerError {
     pub fn new(state: SqlState, message: impl Into<String>) -> Self {
-        ServerError::Sql {
-            state,
-            message: message.into(),
-            hint: None,
-        }
+        ServerError::Sql { state, message: message.into(), hint: None }
     }
 
     pub fn with_hint(state: SqlState, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        ServerError::Sql {
-            state,
-            message: message.into(),
-            hint: Some(hint.into()),
-        }
+        ServerError::Sql { state, message: message.into(), hint: Some(hint.into()) }
     }
 
     pub fn unsupported(what: impl Into<String>) -> Self {
-        ServerError::new(
-            SqlState::FeatureNotSupported,
-            format!("not supported: {}", what.into()),
-        )
+        ServerError::new(SqlState::FeatureNotSupported, format!("not supported: {}", what.into()))
     }
 }
 
@@ -67,9 +52,7 @@ impl ErrorClass for ServerError {
         match self {
             ServerError::Plan(e) => e.domain(),
             ServerError::Exec(e) => e.domain(),
-            ServerError::DataFusion(e) if datafusion_sqlstate(e) == SqlState::Internal => {
-                ErrorDomain::System
-            }
+            ServerError::DataFusion(e) if datafusion_sqlstate(e) == SqlState::Internal => ErrorDomain::System,
             _ => ErrorDomain::User,
         }
     }
@@ -114,45 +97,20 @@ fn postgres_message(e: &DataFusionError) -> (String, Option<String>, Option<SqlS
         && let Some(name) = rest.split('\'').next()
     {
         let short = name.rsplit('.').next().unwrap_or(name).to_string();
-        return (
-            format!("relation \"{short}\" does not exist"),
-            Some(short),
-            Some(SqlState::UndefinedTable),
-        );
+        return (format!("relation \"{short}\" does not exist"), Some(short), Some(SqlState::UndefinedTable));
     }
     // "Schema error: No field named foo. Valid fields are ..."
     if let Some(rest) = text.split("No field named ").nth(1) {
-        let raw = rest
-            .split(". Valid fields")
-            .next()
-            .unwrap_or(rest)
-            .trim_end_matches('.');
-        let name = raw
-            .rsplit('.')
-            .next()
-            .unwrap_or(raw)
-            .trim_matches('"')
-            .to_string();
-        return (
-            format!("column \"{name}\" does not exist"),
-            Some(name),
-            Some(SqlState::UndefinedColumn),
-        );
+        let raw = rest.split(". Valid fields").next().unwrap_or(rest).trim_end_matches('.');
+        let name = raw.rsplit('.').next().unwrap_or(raw).trim_matches('"').to_string();
+        return (format!("column \"{name}\" does not exist"), Some(name), Some(SqlState::UndefinedColumn));
     }
     if text.contains("declared as non-nullable but contains null values") {
-        return (
-            "null value violates not-null constraint".to_string(),
-            None,
-            Some(SqlState::NotNullViolation),
-        );
+        return ("null value violates not-null constraint".to_string(), None, Some(SqlState::NotNullViolation));
     }
     if let Some(rest) = text.split("Invalid function '").nth(1) {
         let name = rest.split('\'').next().unwrap_or(rest).to_string();
-        return (
-            format!("function {name} does not exist"),
-            Some(name),
-            Some(SqlState::UndefinedFunction),
-        );
+        return (format!("function {name} does not exist"), Some(name), Some(SqlState::UndefinedFunction));
     }
     let cleaned = text
         .trim_start_matches("Error during planning: ")
@@ -212,8 +170,8 @@ pub fn to_pg_error(error: &ServerError, sql: &str) -> PgWireError {
             position = find_identifier(sql, &ident);
         }
     }
-    if let ServerError::Plan(PlanError::UnknownObject { name, .. })
-    | ServerError::Plan(PlanError::UnknownColumn(name)) = error
+    if let ServerError::Plan(PlanError::UnknownObject { name, .. }) | ServerError::Plan(PlanError::UnknownColumn(name)) =
+        error
         && position.is_none()
     {
         position = find_identifier(sql, name);
@@ -241,12 +199,8 @@ mod tests {
 
     #[test]
     fn unknown_table_reads_like_postgres() {
-        let e = ServerError::DataFusion(DataFusionError::Plan(
-            "table 'dev.public.nope' not found".into(),
-        ));
-        let PgWireError::UserError(info) = to_pg_error(&e, "SELECT * FROM nope") else {
-            panic!("not a user error")
-        };
+        let e = ServerError::DataFusion(DataFusionError::Plan("table 'dev.public.nope' not found".into()));
+        let PgWireError::UserError(info) = to_pg_error(&e, "SELECT * FROM nope") else { panic!("not a user error") };
         assert_eq!(info.code, "42P01");
         assert_eq!(info.message, "relation \"nope\" does not exist");
         assert_eq!(info.position.as_deref(), Some("15"));

@@ -25,11 +25,7 @@ pub fn register(ctx: &SessionContext) {
         vec![],
         DataType::Utf8,
         Volatility::Stable,
-        Arc::new(move |_args: &[ColumnarValue]| {
-            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
-                version.clone(),
-            ))))
-        }),
+        Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
     );
     ctx.register_udf(udf);
 
@@ -41,12 +37,11 @@ pub fn register(ctx: &SessionContext) {
         Volatility::Stable,
         Arc::new(|args: &[ColumnarValue]| {
             let defaults = crate::session::default_settings("");
-            let lookup =
-                |name: Option<&str>| name.and_then(|n| defaults.get(&n.to_lowercase()).cloned());
+            let lookup = |name: Option<&str>| name.and_then(|n| defaults.get(&n.to_lowercase()).cloned());
             match &args[0] {
-                ColumnarValue::Scalar(ScalarValue::Utf8(name)) => Ok(ColumnarValue::Scalar(
-                    ScalarValue::Utf8(lookup(name.as_deref())),
-                )),
+                ColumnarValue::Scalar(ScalarValue::Utf8(name)) => {
+                    Ok(ColumnarValue::Scalar(ScalarValue::Utf8(lookup(name.as_deref()))))
+                }
                 ColumnarValue::Array(a) => {
                     let names = a.as_any().downcast_ref::<StringArray>();
                     let out: StringArray = match names {

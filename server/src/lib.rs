@@ -15,6 +15,7 @@ pub mod pg_catalog;
 pub mod query;
 pub mod session;
 pub mod show;
+pub mod system;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,11 +29,7 @@ pub use engine::{Engine, EngineConfig};
 ///
 /// # Errors
 /// When the data directory cannot be opened or the address cannot be bound.
-pub async fn serve(
-    listen: SocketAddr,
-    config: EngineConfig,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let engine = Engine::start(config).await?;
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");

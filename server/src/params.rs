@@ -14,43 +14,26 @@ use pgwire::api::portal::Portal;
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 
 fn invalid(message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        "22P02".into(),
-        message,
-    )))
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "22P02".into(), message)))
 }
 
 /// Decodes every parameter of `portal`, given the types inferred for them.
 ///
 /// # Errors
 /// 22P02 when a value does not decode as its type or cannot be cast to the inferred type.
-pub fn decode<S: Clone>(
-    portal: &Portal<S>,
-    inferred: &[Option<DataType>],
-) -> PgWireResult<ParamValues> {
+pub fn decode<S: Clone>(portal: &Portal<S>, inferred: &[Option<DataType>]) -> PgWireResult<ParamValues> {
     let mut values = Vec::with_capacity(portal.parameter_len());
     for i in 0..portal.parameter_len() {
         let target = inferred.get(i).cloned().flatten();
-        let declared = portal
-            .statement
-            .parameter_types
-            .get(i)
-            .cloned()
-            .flatten()
-            .filter(|t| *t != Type::UNKNOWN);
+        let declared = portal.statement.parameter_types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
         let pg_type = declared
-            .or_else(|| {
-                target
-                    .as_ref()
-                    .and_then(|t| arrow_pg::datatypes::into_pg_type(t).ok())
-            })
+            .or_else(|| target.as_ref().and_then(|t| arrow_pg::datatypes::into_pg_type(t).ok()))
             .unwrap_or(Type::UNKNOWN);
         let value = decode_one(portal, i, &pg_type)?;
         let value = match &target {
-            Some(t) if value.data_type() != *t => value
-                .cast_to(t)
-                .map_err(|e| invalid(format!("parameter ${} cannot be read as {t}: {e}", i + 1)))?,
+            Some(t) if value.data_type() != *t => {
+                value.cast_to(t).map_err(|e| invalid(format!("parameter ${} cannot be read as {t}: {e}", i + 1)))?
+            }
             _ => value,
         };
         values.push(value.into());
@@ -84,19 +67,12 @@ fn decode_one<S: Clone>(portal: &Portal<S>, i: usize, pg_type: &Type) -> PgWireR
         }
         Type::TIMESTAMPTZ => {
             let t = portal.parameter::<DateTime<FixedOffset>>(i, pg_type)?;
-            ScalarValue::TimestampMicrosecond(
-                t.map(|t| t.timestamp_micros()),
-                Some("+00:00".into()),
-            )
+            ScalarValue::TimestampMicrosecond(t.map(|t| t.timestamp_micros()), Some("+00:00".into()))
         }
         Type::BYTEA => ScalarValue::Binary(portal.parameter::<Vec<u8>>(i, pg_type)?),
-        Type::TEXT
-        | Type::VARCHAR
-        | Type::BPCHAR
-        | Type::NAME
-        | Type::UNKNOWN
-        | Type::JSON
-        | Type::JSONB => ScalarValue::Utf8(raw_text(portal, i)?),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON | Type::JSONB => {
+            ScalarValue::Utf8(raw_text(portal, i)?)
+        }
         _ => {
             // Anything else: take the text form and let the cast to the inferred type parse it.
             if portal.parameter_format.is_binary(i) {
@@ -117,10 +93,7 @@ fn raw_text<S: Clone>(portal: &Portal<S>, i: usize) -> PgWireResult<Option<Strin
             // jsonb's binary form starts with a version byte.
             if portal.parameter_format.is_binary(i)
                 && bytes.first() == Some(&1)
-                && matches!(
-                    portal.statement.parameter_types.get(i),
-                    Some(Some(Type::JSONB))
-                )
+                && matches!(portal.statement.parameter_types.get(i), Some(Some(Type::JSONB)))
             {
                 bytes = &bytes[1..];
             }

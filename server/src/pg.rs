@@ -27,8 +27,8 @@ use pgwire::api::results::{
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireConnectionState,
-    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -48,10 +48,7 @@ impl HandlerFactory {
     pub fn new(engine: Arc<Engine>) -> Self {
         let connections = Arc::new(ConnectionManager::new());
         Self {
-            handler: Arc::new(EddyHandler {
-                engine: engine.clone(),
-                parser: Arc::new(EddyQueryParser { engine }),
-            }),
+            handler: Arc::new(EddyHandler { engine: engine.clone(), parser: Arc::new(EddyQueryParser { engine }) }),
             startup: Arc::new(EddyStartup {
                 connections: connections.clone(),
                 pids: RandomPidSecretKeyGenerator::default(),
@@ -115,49 +112,29 @@ fn server_parameters() -> DefaultServerParameterProvider {
 
 #[async_trait]
 impl StartupHandler for EddyStartup {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let PgWireFrontendMessage::Startup(startup) = &message {
-            if startup
-                .parameters
-                .get("replication")
-                .is_some_and(|r| r != "false" && r != "0")
-            {
-                return Err(PgWireError::UserError(Box::new(
-                    pgwire::error::ErrorInfo::new(
-                        "FATAL".into(),
-                        "08P01".into(),
-                        "replication connections are not supported".into(),
-                    ),
-                )));
+            if startup.parameters.get("replication").is_some_and(|r| r != "false" && r != "0") {
+                return Err(PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+                    "FATAL".into(),
+                    "08P01".into(),
+                    "replication connections are not supported".into(),
+                ))));
             }
             protocol_negotiation(client, startup).await?;
             save_startup_parameters_to_metadata(client, startup);
             let (pid, secret) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, secret.clone());
             let (handle, guard) = self.connections.register(pid, secret);
-            client
-                .session_extensions()
-                .insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
-            client
-                .session_extensions()
-                .insert::<pgwire::api::ConnectionGuard>(guard);
-            let app = client
-                .metadata()
-                .get("application_name")
-                .cloned()
-                .unwrap_or_default();
-            client
-                .session_extensions()
-                .insert::<Arc<Session>>(Session::new(&app));
+            client.session_extensions().insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+            client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
+            let app = client.metadata().get("application_name").cloned().unwrap_or_default();
+            client.session_extensions().insert::<Arc<Session>>(Session::new(&app));
             finish_authentication(client, &server_parameters()).await?;
             client.set_state(PgWireConnectionState::ReadyForQuery);
         }
@@ -170,9 +147,7 @@ fn session_of<C: ClientInfo>(client: &C) -> Arc<Session> {
         Some(s) => s.as_ref().clone(),
         None => {
             let s = Session::new("");
-            client
-                .session_extensions()
-                .insert::<Arc<Session>>(s.clone());
+            client.session_extensions().insert::<Arc<Session>>(s.clone());
             s
         }
     }
@@ -202,10 +177,7 @@ fn parse(sql: &str) -> Result<Vec<ParsedStatement>, ServerError> {
         if let Ok(statements) = rewriter.parse(sql) {
             return Ok(statements
                 .into_iter()
-                .map(|s| ParsedStatement {
-                    text: s.to_string(),
-                    statement: EddyStatement::Sql(Box::new(s)),
-                })
+                .map(|s| ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) })
                 .collect());
         }
     }
@@ -269,12 +241,7 @@ fn single_text_column(name: &str) -> SchemaRef {
 impl QueryParser for EddyQueryParser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(
-        &self,
-        _client: &C,
-        sql: &str,
-        _types: &[Option<Type>],
-    ) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -292,21 +259,12 @@ impl QueryParser for EddyQueryParser {
             ));
         }
         let statement = statements.remove(0);
-        let mut prepared = Prepared {
-            statement: None,
-            plan: None,
-            param_types: vec![],
-            result: None,
-        };
+        let mut prepared = Prepared { statement: None, plan: None, param_types: vec![], result: None };
         match &statement.statement {
             EddyStatement::Sql(stmt) => match stmt.as_ref() {
                 sqlparser::ast::Statement::Query(q) => {
                     let state = self.engine.state(None);
-                    let plan = self
-                        .engine
-                        .plan(&state, stmt)
-                        .await
-                        .map_err(|e| to_pg_error(&e, sql))?;
+                    let plan = self.engine.plan(&state, stmt).await.map_err(|e| to_pg_error(&e, sql))?;
                     prepared.param_types = parameter_types(&plan);
                     prepared.result = Some(crate::query::result_schema(q, &plan));
                     prepared.plan = Some(Arc::new(plan));
@@ -315,30 +273,18 @@ impl QueryParser for EddyQueryParser {
                 | sqlparser::ast::Statement::Update(_)
                 | sqlparser::ast::Statement::Delete(_) => {
                     let state = self.engine.state(None);
-                    let plan = self
-                        .engine
-                        .plan(&state, stmt)
-                        .await
-                        .map_err(|e| to_pg_error(&e, sql))?;
+                    let plan = self.engine.plan(&state, stmt).await.map_err(|e| to_pg_error(&e, sql))?;
                     prepared.param_types = parameter_types(&plan);
                     prepared.plan = Some(Arc::new(plan));
                 }
                 sqlparser::ast::Statement::ShowVariable { variable } => {
-                    let name = variable
-                        .iter()
-                        .map(|i| i.value.to_lowercase())
-                        .collect::<Vec<_>>()
-                        .join(" ");
+                    let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
                     prepared.result = Some(single_text_column(&name));
                 }
                 _ => {}
             },
             EddyStatement::Show(eddy_planner::parser::ShowStatement::Variable(name)) => {
-                let column = if name == "transaction isolation level" {
-                    "transaction_isolation"
-                } else {
-                    name
-                };
+                let column = if name == "transaction isolation level" { "transaction_isolation" } else { name };
                 prepared.result = Some(single_text_column(column));
             }
             EddyStatement::Show(_) | EddyStatement::Describe(_) | EddyStatement::Explain { .. } => {
@@ -361,17 +307,11 @@ impl QueryParser for EddyQueryParser {
             .collect()
     }
 
-    fn get_result_schema(
-        &self,
-        stmt: &Prepared,
-        format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.result {
-            Some(schema) => arrow_pg::datatypes::arrow_schema_to_pg_fields(
-                schema,
-                format.unwrap_or(&Format::UnifiedText),
-                None,
-            ),
+            Some(schema) => {
+                arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
+            }
             None => Ok(vec![]),
         }
     }
@@ -384,12 +324,7 @@ fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
     };
     let mut entries: Vec<(usize, Option<DataType>)> = types
         .into_iter()
-        .filter_map(|(k, v)| {
-            k.trim_start_matches('$')
-                .parse::<usize>()
-                .ok()
-                .map(|i| (i, v))
-        })
+        .filter_map(|(k, v)| k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v)))
         .collect();
     entries.sort_by_key(|(i, _)| *i);
     let n = entries.last().map(|(i, _)| *i).unwrap_or(0);
@@ -411,12 +346,7 @@ impl ExtendedQueryHandler for EddyHandler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(
-        &self,
-        client: &mut C,
-        portal: &Portal<Prepared>,
-        _max_rows: usize,
-    ) -> PgWireResult<Response>
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -428,14 +358,9 @@ impl ExtendedQueryHandler for EddyHandler {
         let Some(statement) = &prepared.statement else {
             return Ok(Response::EmptyQuery);
         };
-        let params = if portal.parameter_len() > 0 {
-            Some(crate::params::decode(portal, &prepared.param_types)?)
-        } else {
-            None
-        };
-        let result = session
-            .execute(&self.engine, statement, params.as_ref())
-            .await;
+        let params =
+            if portal.parameter_len() > 0 { Some(crate::params::decode(portal, &prepared.param_types)?) } else { None };
+        let result = session.execute(&self.engine, statement, params.as_ref()).await;
         match result {
             Ok(result) => to_response(result, &portal.result_column_format),
             Err(e) => Err(to_pg_error(&e, &statement.text)),
@@ -482,10 +407,7 @@ impl ExtendedQueryHandler for EddyHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let fields = self.parser.get_result_schema(
-            &target.statement.statement,
-            Some(&target.result_column_format),
-        )?;
+        let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
         Ok(DescribePortalResponse::new(fields))
     }
 }
@@ -501,11 +423,7 @@ fn trim_decimal_text(array: &ArrayRef) -> Option<ArrayRef> {
         .map(|i| {
             decimals.is_valid(i).then(|| {
                 let s = decimals.value_as_string(i);
-                if s.contains('.') {
-                    s.trim_end_matches('0').trim_end_matches('.').to_string()
-                } else {
-                    s
-                }
+                if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
             })
         })
         .collect();
@@ -519,11 +437,7 @@ pub fn format_float(v: f64) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
+        return if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }
     let abs = v.abs();
     if abs != 0.0 && !(1e-4..1e15).contains(&abs) {
@@ -536,6 +450,35 @@ pub fn format_float(v: f64) -> String {
     format!("{v}")
 }
 
+/// Postgres's text form of timestamps: fractional seconds only when present, `+00` for
+/// `timestamptz` (Eddy's sessions run in UTC).
+fn timestamp_text(array: &ArrayRef) -> Option<ArrayRef> {
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{TimeUnit, TimestampMicrosecondType};
+    let DataType::Timestamp(_, tz) = array.data_type() else { return None };
+    let micros = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None)).ok()?;
+    let micros =
+        micros.as_any().downcast_ref::<datafusion::arrow::array::PrimitiveArray<TimestampMicrosecondType>>()?;
+    let suffix = if tz.is_some() { "+00" } else { "" };
+    let out: StringArray = micros
+        .iter()
+        .map(|v| {
+            v.and_then(|us| {
+                let dt = chrono::DateTime::from_timestamp_micros(us)?.naive_utc();
+                let frac = us.rem_euclid(1_000_000);
+                let base = dt.format("%Y-%m-%d %H:%M:%S").to_string();
+                Some(if frac == 0 {
+                    format!("{base}{suffix}")
+                } else {
+                    let f = format!("{frac:06}");
+                    format!("{base}.{}{suffix}", f.trim_end_matches('0'))
+                })
+            })
+        })
+        .collect();
+    Some(Arc::new(out))
+}
+
 fn float_text(array: &ArrayRef) -> Option<ArrayRef> {
     use datafusion::arrow::array::{Float32Array, Float64Array};
     let out: StringArray = match array.data_type() {
@@ -545,31 +488,22 @@ fn float_text(array: &ArrayRef) -> Option<ArrayRef> {
         }
         DataType::Float32 => {
             let a = array.as_any().downcast_ref::<Float32Array>()?;
-            a.iter()
-                .map(|v| v.map(|x| format_float(f64::from(x))))
-                .collect()
+            a.iter().map(|v| v.map(|x| format_float(f64::from(x)))).collect()
         }
         _ => return None,
     };
     Some(Arc::new(out))
 }
 
-fn encode_batches(
-    schema: &SchemaRef,
-    batches: Vec<RecordBatch>,
-    format: &Format,
-) -> PgWireResult<QueryResponse> {
-    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
-        schema, format, None,
-    )?);
+fn encode_batches(schema: &SchemaRef, batches: Vec<RecordBatch>, format: &Format) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)?);
     let mut rows = Vec::new();
     for batch in batches {
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut out_fields: Vec<Field> =
-            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut out_fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         for (i, c) in columns.iter_mut().enumerate() {
             if format.format_for(i) == pgwire::api::results::FieldFormat::Text
-                && let Some(text) = trim_decimal_text(c).or_else(|| float_text(c))
+                && let Some(text) = trim_decimal_text(c).or_else(|| float_text(c)).or_else(|| timestamp_text(c))
             {
                 *c = text;
                 out_fields[i] = Field::new(out_fields[i].name(), DataType::Utf8, true);
@@ -577,19 +511,14 @@ fn encode_batches(
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(out_fields)), columns)
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        rows.extend(arrow_pg::datatypes::encode_recordbatch(
-            fields.clone(),
-            batch,
-        ));
+        rows.extend(arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch));
     }
     Ok(QueryResponse::new(fields, stream::iter(rows)))
 }
 
 fn to_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
     Ok(match result {
-        StatementResult::Rows { schema, batches } => {
-            Response::Query(encode_batches(&schema, batches, format)?)
-        }
+        StatementResult::Rows { schema, batches } => Response::Query(encode_batches(&schema, batches, format)?),
         StatementResult::Command { tag, rows } => {
             let mut t = Tag::new(&tag);
             if let Some(n) = rows {

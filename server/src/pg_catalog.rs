@@ -14,9 +14,7 @@ use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::prelude::SessionContext;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_pg_catalog::pg_catalog::{
-    PgCatalogSchemaProvider, PgCatalogStaticTables, setup_pg_catalog,
-};
+use datafusion_pg_catalog::pg_catalog::{PgCatalogSchemaProvider, PgCatalogStaticTables, setup_pg_catalog};
 
 use crate::engine::DATABASE;
 
@@ -27,28 +25,18 @@ use crate::engine::DATABASE;
 pub fn install(ctx: &SessionContext) -> Result<(), DataFusionError> {
     setup_pg_catalog(ctx, DATABASE, EmptyContextProvider).map_err(|e| *e)?;
     let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
-    let inner = PgCatalogSchemaProvider::try_new(
-        ctx.state().catalog_list().clone(),
-        static_tables,
-        EmptyContextProvider,
-    )?;
-    let catalog = ctx
-        .catalog(DATABASE)
-        .ok_or_else(|| DataFusionError::Configuration(format!("catalog {DATABASE} missing")))?;
+    let inner =
+        PgCatalogSchemaProvider::try_new(ctx.state().catalog_list().clone(), static_tables, EmptyContextProvider)?;
+    let catalog =
+        ctx.catalog(DATABASE).ok_or_else(|| DataFusionError::Configuration(format!("catalog {DATABASE} missing")))?;
     catalog.register_schema(
         "pg_catalog",
-        Arc::new(EddyPgCatalog {
-            inner: Arc::new(inner),
-            ctx_catalog: catalog.clone(),
-        }),
+        Arc::new(EddyPgCatalog { inner: Arc::new(inner), ctx_catalog: catalog.clone() }),
     )?;
     Ok(())
 }
 
-type Inner = PgCatalogSchemaProvider<
-    Arc<dyn datafusion::catalog::CatalogProviderList>,
-    EmptyContextProvider,
->;
+type Inner = PgCatalogSchemaProvider<Arc<dyn datafusion::catalog::CatalogProviderList>, EmptyContextProvider>;
 
 struct EddyPgCatalog {
     inner: Arc<Inner>,
@@ -74,12 +62,7 @@ impl SchemaProvider for EddyPgCatalog {
         }
         // Wrapped lazily: building pg_class asks every schema for its tables' schemas, this
         // one included, so the patch must not read pg_class until it is scanned.
-        Ok(table.map(|inner| {
-            Arc::new(PgClass {
-                inner,
-                catalog: self.ctx_catalog.clone(),
-            }) as Arc<dyn TableProvider>
-        }))
+        Ok(table.map(|inner| Arc::new(PgClass { inner, catalog: self.ctx_catalog.clone() }) as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -147,16 +130,8 @@ impl PgClass {
         let kind_idx = schema.index_of("relkind")?;
         let mut patched = Vec::with_capacity(batches.len());
         for batch in batches {
-            let names = batch
-                .column(name_idx)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .cloned();
-            let kinds = batch
-                .column(kind_idx)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .cloned();
+            let names = batch.column(name_idx).as_any().downcast_ref::<StringArray>().cloned();
+            let kinds = batch.column(kind_idx).as_any().downcast_ref::<StringArray>().cloned();
             let (Some(names), Some(kinds)) = (names, kinds) else {
                 patched.push(batch);
                 continue;

@@ -46,9 +46,7 @@ pub async fn select(
     let batches = batches
         .into_iter()
         .filter(|b| b.num_rows() > 0)
-        .map(|b| {
-            datafusion::arrow::array::RecordBatch::try_new(schema.clone(), b.columns().to_vec())
-        })
+        .map(|b| datafusion::arrow::array::RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| crate::error::ServerError::DataFusion(e.into()))?;
     Ok(StatementResult::Rows { schema, batches })

@@ -19,14 +19,8 @@ use crate::{ddl, dml, query, show};
 /// The outcome of one statement, independent of the wire protocol.
 #[derive(Debug)]
 pub enum StatementResult {
-    Rows {
-        schema: SchemaRef,
-        batches: Vec<RecordBatch>,
-    },
-    Command {
-        tag: String,
-        rows: Option<usize>,
-    },
+    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Command { tag: String, rows: Option<usize> },
     TransactionStart(String),
     TransactionEnd(String),
     Empty,
@@ -34,10 +28,7 @@ pub enum StatementResult {
 
 impl StatementResult {
     pub fn command(tag: &str) -> Self {
-        StatementResult::Command {
-            tag: tag.to_string(),
-            rows: None,
-        }
+        StatementResult::Command { tag: tag.to_string(), rows: None }
     }
 
     /// A one-column text result, for `SHOW` and friends.
@@ -45,10 +36,7 @@ impl StatementResult {
         let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
             .map_err(|e| ServerError::new(SqlState::Internal, e.to_string()))?;
-        Ok(StatementResult::Rows {
-            schema,
-            batches: vec![batch],
-        })
+        Ok(StatementResult::Rows { schema, batches: vec![batch] })
     }
 }
 
@@ -110,10 +98,7 @@ pub fn default_settings(application_name: &str) -> HashMap<String, String> {
 
 impl Session {
     pub fn new(application_name: &str) -> Arc<Self> {
-        Arc::new(Self {
-            settings: Mutex::new(default_settings(application_name)),
-            in_transaction: Mutex::new(false),
-        })
+        Arc::new(Self { settings: Mutex::new(default_settings(application_name)), in_transaction: Mutex::new(false) })
     }
 
     pub fn setting(&self, name: &str) -> Option<String> {
@@ -125,12 +110,7 @@ impl Session {
     }
 
     pub fn all_settings(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self
-            .settings
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut v: Vec<_> = self.settings.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         v.sort();
         v
     }
@@ -146,38 +126,22 @@ impl Session {
         params: Option<&ParamValues>,
     ) -> Result<StatementResult> {
         match &statement.statement {
-            EddyStatement::CreateTable(t) => {
-                ddl::create_table(engine, self, t, &statement.text, None).await
-            }
-            EddyStatement::CreateSource(s) => {
-                ddl::create_source(engine, self, s, &statement.text, None).await
-            }
+            EddyStatement::CreateTable(t) => ddl::create_table(engine, self, t, &statement.text, None).await,
+            EddyStatement::CreateSource(s) => ddl::create_source(engine, self, s, &statement.text, None).await,
             EddyStatement::CreateMaterializedView(mv) => {
                 ddl::create_materialized_view(engine, self, mv, &statement.text, None).await
             }
-            EddyStatement::CreateView(v) => {
-                ddl::create_view(engine, self, v, &statement.text, None).await
-            }
-            EddyStatement::CreateSink(_) => Err(ServerError::with_hint(
-                SqlState::FeatureNotSupported,
-                "not supported: CREATE SINK",
-                "sinks arrive with the connector work; query the materialized view instead",
-            )),
+            EddyStatement::CreateView(v) => ddl::create_view(engine, self, v, &statement.text, None).await,
+            EddyStatement::CreateSink(k) => ddl::create_sink(engine, self, k, &statement.text, None).await,
             EddyStatement::Drop(d) => ddl::drop(engine, d).await,
             EddyStatement::Show(s) => show::show(engine, self, s).await,
             EddyStatement::Describe(name) => show::describe(engine, name),
-            EddyStatement::Explain {
-                statement: inner,
-                analyze,
-            } => show::explain(engine, self, inner, *analyze).await,
+            EddyStatement::Explain { statement: inner, analyze } => show::explain(engine, self, inner, *analyze).await,
             EddyStatement::Flush => {
                 engine.runtime.flush().await?;
                 Ok(StatementResult::command("FLUSH"))
             }
-            EddyStatement::Sql(stmt) => {
-                self.execute_sql(engine, stmt, &statement.text, params)
-                    .await
-            }
+            EddyStatement::Sql(stmt) => self.execute_sql(engine, stmt, &statement.text, params).await,
         }
     }
 
@@ -201,9 +165,7 @@ impl Session {
                 *self.in_transaction.lock() = false;
                 Ok(StatementResult::TransactionEnd("COMMIT".into()))
             }
-            Statement::Rollback {
-                savepoint: Some(_), ..
-            } => Ok(StatementResult::command("ROLLBACK")),
+            Statement::Rollback { savepoint: Some(_), .. } => Ok(StatementResult::command("ROLLBACK")),
             Statement::Rollback { .. } => {
                 *self.in_transaction.lock() = false;
                 Ok(StatementResult::TransactionEnd("ROLLBACK".into()))
@@ -214,16 +176,10 @@ impl Session {
             Statement::Deallocate { .. } => Ok(StatementResult::command("DEALLOCATE")),
             Statement::Discard { .. } => Ok(StatementResult::command("DISCARD")),
             Statement::ShowVariable { variable } => {
-                let name = variable
-                    .iter()
-                    .map(|i| i.value.to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
                 show::show_variable(self, &name)
             }
-            Statement::Explain {
-                statement: inner, ..
-            } => {
+            Statement::Explain { statement: inner, .. } => {
                 let planned = EddyStatement::Sql(inner.clone());
                 show::explain(engine, self, &planned, false).await
             }
@@ -234,11 +190,7 @@ impl Session {
             )),
             other => {
                 let kind = other.to_string();
-                let kind = kind
-                    .split_whitespace()
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let kind = kind.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
                 let _ = text;
                 Err(ServerError::unsupported(format!("statement {kind}")))
             }
@@ -247,9 +199,7 @@ impl Session {
 
     fn set_statement(&self, set: &Set) -> Result<StatementResult> {
         match set {
-            Set::SingleAssignment {
-                variable, values, ..
-            } => {
+            Set::SingleAssignment { variable, values, .. } => {
                 let name = variable.to_string().to_lowercase();
                 let value = values
                     .iter()
@@ -265,9 +215,7 @@ impl Session {
                 Ok(StatementResult::command("SET"))
             }
             Set::SetNames { .. } | Set::SetNamesDefault {} => Ok(StatementResult::command("SET")),
-            Set::SetTransaction { .. } | Set::SetSessionParam(_) => {
-                Ok(StatementResult::command("SET"))
-            }
+            Set::SetTransaction { .. } | Set::SetSessionParam(_) => Ok(StatementResult::command("SET")),
             other => Err(ServerError::unsupported(format!("{other}"))),
         }
     }

@@ -15,27 +15,14 @@ use crate::error::{Result, ServerError};
 use crate::session::{Session, StatementResult};
 
 fn text_table(columns: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResult> {
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|c| Field::new(*c, DataType::Utf8, true))
-            .collect::<Vec<_>>(),
-    ));
+    let schema =
+        Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()));
     let arrays = (0..columns.len())
-        .map(|i| {
-            Arc::new(
-                rows.iter()
-                    .map(|r| Some(r[i].clone()))
-                    .collect::<StringArray>(),
-            ) as _
-        })
+        .map(|i| Arc::new(rows.iter().map(|r| Some(r[i].clone())).collect::<StringArray>()) as _)
         .collect();
     let batch = RecordBatch::try_new(schema.clone(), arrays)
         .map_err(|e| ServerError::new(SqlState::Internal, e.to_string()))?;
-    Ok(StatementResult::Rows {
-        schema,
-        batches: vec![batch],
-    })
+    Ok(StatementResult::Rows { schema, batches: vec![batch] })
 }
 
 /// The Postgres name of a column type, as `\d` and `DESCRIBE` show it.
@@ -45,9 +32,7 @@ pub fn pg_type_name(t: &DataType) -> String {
         DataType::Int8 | DataType::Int16 => "smallint".into(),
         DataType::Int32 => "integer".into(),
         DataType::Int64 => "bigint".into(),
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-            "numeric".into()
-        }
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => "numeric".into(),
         DataType::Float16 | DataType::Float32 => "real".into(),
         DataType::Float64 => "double precision".into(),
         DataType::Decimal128(38, 10) => "numeric".into(),
@@ -61,10 +46,8 @@ pub fn pg_type_name(t: &DataType) -> String {
         DataType::Interval(_) | DataType::Duration(_) => "interval".into(),
         DataType::List(f) | DataType::LargeList(f) => format!("{}[]", pg_type_name(f.data_type())),
         DataType::Struct(fields) => {
-            let parts: Vec<String> = fields
-                .iter()
-                .map(|f| format!("{} {}", f.name(), pg_type_name(f.data_type())))
-                .collect();
+            let parts: Vec<String> =
+                fields.iter().map(|f| format!("{} {}", f.name(), pg_type_name(f.data_type()))).collect();
             format!("struct<{}>", parts.join(", "))
         }
         other => other.to_string().to_lowercase(),
@@ -75,11 +58,7 @@ pub fn pg_type_name(t: &DataType) -> String {
 ///
 /// # Errors
 /// Unknown settings (42704).
-pub async fn show(
-    engine: &Arc<Engine>,
-    session: &Arc<Session>,
-    show: &ShowStatement,
-) -> Result<StatementResult> {
+pub async fn show(engine: &Arc<Engine>, session: &Arc<Session>, show: &ShowStatement) -> Result<StatementResult> {
     match show {
         ShowStatement::Objects(kind) => {
             let wanted = match kind {
@@ -89,13 +68,8 @@ pub async fn show(
                 ObjectKind::View => RelationKind::View,
                 ObjectKind::Sink => RelationKind::Sink,
             };
-            let mut names: Vec<String> = engine
-                .catalog
-                .all()
-                .iter()
-                .filter(|d| d.kind == wanted)
-                .map(|d| d.name.clone())
-                .collect();
+            let mut names: Vec<String> =
+                engine.catalog.all().iter().filter(|d| d.kind == wanted).map(|d| d.name.clone()).collect();
             names.sort();
             StatementResult::single_column("Name", names)
         }
@@ -110,28 +84,19 @@ pub async fn show(
 /// 42704 for an unknown setting.
 pub fn show_variable(session: &Arc<Session>, name: &str) -> Result<StatementResult> {
     if name == "all" {
-        let rows = session
-            .all_settings()
-            .into_iter()
-            .map(|(k, v)| vec![k, v, String::new()])
-            .collect();
+        let rows = session.all_settings().into_iter().map(|(k, v)| vec![k, v, String::new()]).collect();
         return text_table(&["name", "setting", "description"], rows);
     }
     let key = name.replace(' ', "_");
     let value = session.setting(name).or_else(|| session.setting(&key));
     match value {
         Some(v) => {
-            let column = if name == "transaction isolation level" {
-                "transaction_isolation"
-            } else {
-                name
-            };
+            let column = if name == "transaction isolation level" { "transaction_isolation" } else { name };
             StatementResult::single_column(column, vec![v])
         }
-        None => Err(ServerError::new(
-            SqlState::UndefinedObject,
-            format!("unrecognized configuration parameter \"{name}\""),
-        )),
+        None => {
+            Err(ServerError::new(SqlState::UndefinedObject, format!("unrecognized configuration parameter \"{name}\"")))
+        }
     }
 }
 
@@ -141,23 +106,17 @@ pub fn show_variable(session: &Arc<Session>, name: &str) -> Result<StatementResu
 /// 42P01 for an unknown relation.
 pub fn describe(engine: &Arc<Engine>, name: &ObjectName) -> Result<StatementResult> {
     let n = object_name_to_string(name);
-    let def = engine.catalog.get(&n).ok_or_else(|| {
-        ServerError::new(
-            SqlState::UndefinedTable,
-            format!("relation \"{n}\" does not exist"),
-        )
-    })?;
+    let def = engine
+        .catalog
+        .get(&n)
+        .ok_or_else(|| ServerError::new(SqlState::UndefinedTable, format!("relation \"{n}\" does not exist")))?;
     let mut rows: Vec<Vec<String>> = def
         .schema
         .fields()
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let key = if def.primary_key.contains(&i) {
-                "yes"
-            } else {
-                ""
-            };
+            let key = if def.primary_key.contains(&i) { "yes" } else { "" };
             vec![
                 f.name().clone(),
                 pg_type_name(f.data_type()),
@@ -171,12 +130,7 @@ pub fn describe(engine: &Arc<Engine>, name: &ObjectName) -> Result<StatementResu
         Some(StorageLayout::Counted) => "multiset",
         None => "not stored",
     };
-    rows.push(vec![
-        format!("({})", def.kind.sql_name()),
-        format!("storage: {layout}"),
-        String::new(),
-        String::new(),
-    ]);
+    rows.push(vec![format!("({})", def.kind.sql_name()), format!("storage: {layout}"), String::new(), String::new()]);
     text_table(&["Name", "Type", "Nullable", "Primary Key"], rows)
 }
 
@@ -197,9 +151,7 @@ pub async fn explain(
     match statement {
         EddyStatement::CreateMaterializedView(mv) => {
             let state = engine.state(None);
-            let plan = engine
-                .plan(&state, &Statement::Query(mv.query.clone()))
-                .await?;
+            let plan = engine.plan(&state, &Statement::Query(mv.query.clone())).await?;
             let optimized = state.optimize(&plan)?;
             let id = eddy_common::ids::ObjectId(u32::MAX);
             let (_stream, graph) = plan_stream(
@@ -207,6 +159,8 @@ pub async fn explain(
                 engine.catalog.as_ref(),
                 id,
                 engine.runtime.parallelism(),
+                mv.emit_on_window_close,
+                &eddy_planner::stream::Target::Materialize,
             )?;
             let lines: Vec<String> = graph.explain().lines().map(str::to_string).collect();
             StatementResult::single_column("QUERY PLAN", lines)
@@ -215,12 +169,7 @@ pub async fn explain(
             let state = engine.snapshot_state()?;
             let plan = engine.plan(&state, stmt).await?;
             let optimized = state.optimize(&plan)?;
-            let lines: Vec<String> = optimized
-                .display_indent()
-                .to_string()
-                .lines()
-                .map(str::to_string)
-                .collect();
+            let lines: Vec<String> = optimized.display_indent().to_string().lines().map(str::to_string).collect();
             StatementResult::single_column("QUERY PLAN", lines)
         }
         _ => Err(ServerError::unsupported("EXPLAIN of this statement")),

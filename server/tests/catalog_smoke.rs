@@ -21,16 +21,9 @@ async fn pg_namespace_reads() {
     .unwrap_or_else(|e| panic!("{e}"))
     .remove(0);
     eprintln!("planning");
-    let plan = engine
-        .plan(&state, &stmt)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let plan = engine.plan(&state, &stmt).await.unwrap_or_else(|e| panic!("{e}"));
     eprintln!("planned");
-    let out = tokio::time::timeout(
-        Duration::from_secs(5),
-        DataFrame::new(state, plan).collect(),
-    )
-    .await;
+    let out = tokio::time::timeout(Duration::from_secs(5), DataFrame::new(state, plan).collect()).await;
     eprintln!("{out:?}");
     assert!(out.is_ok());
 }
@@ -47,19 +40,13 @@ async fn pg_namespace_through_session() {
     .unwrap_or_else(|e| panic!("{e}"));
     let session = eddy_server::session::Session::new("t");
     let rewriter = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new();
-    let stmts = rewriter
-        .parse("select nspname from pg_catalog.pg_namespace")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stmts = rewriter.parse("select nspname from pg_catalog.pg_namespace").unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", stmts[0]);
     let parsed = eddy_planner::parser::ParsedStatement {
         text: stmts[0].to_string(),
         statement: eddy_planner::parser::EddyStatement::Sql(Box::new(stmts[0].clone())),
     };
-    let out = tokio::time::timeout(
-        Duration::from_secs(5),
-        session.execute(&engine, &parsed, None),
-    )
-    .await;
+    let out = tokio::time::timeout(Duration::from_secs(5), session.execute(&engine, &parsed, None)).await;
     eprintln!("{out:?}");
     assert!(out.is_ok());
 }

@@ -31,10 +31,7 @@ pub fn eddy_binary() -> Result<PathBuf> {
             None => break,
         }
     }
-    bail!(
-        "cannot find the eddy binary next to {}; run `cargo build -p eddy-server` or set EDDY_BIN",
-        exe.display()
-    )
+    bail!("cannot find the eddy binary next to {}; run `cargo build -p eddy-server` or set EDDY_BIN", exe.display())
 }
 
 /// A free TCP port on loopback.
@@ -85,10 +82,7 @@ impl TestServer {
 
     fn launch(&mut self) -> Result<()> {
         let port = free_port()?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.with_extension("log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log"))?;
         let child = Command::new(eddy_binary()?)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -111,17 +105,11 @@ impl TestServer {
             if let Some(c) = self.child.as_mut()
                 && let Some(status) = c.try_wait()?
             {
-                bail!(
-                    "eddy exited during startup with {status}; log: {}",
-                    self.log()
-                );
+                bail!("eddy exited during startup with {status}; log: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "eddy did not accept connections within 60 s; log: {}",
-            self.log()
-        )
+        bail!("eddy did not accept connections within 60 s; log: {}", self.log())
     }
 
     /// The server's log so far.
@@ -151,10 +139,7 @@ impl TestServer {
         if let Some(mut child) = self.child.take() {
             #[cfg(unix)]
             {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(child.id().to_string())
-                    .status();
+                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < deadline {
                     if let Ok(Some(_)) = child.try_wait() {

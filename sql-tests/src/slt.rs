@@ -27,14 +27,10 @@ impl sqllogictest::AsyncDB for EddyDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
-        let messages = self
-            .client
-            .simple_query(sql)
-            .await
-            .map_err(|e| match e.as_db_error() {
-                Some(db) => DbError(format!("{}: {}", db.code().code(), db.message())),
-                None => DbError(e.to_string()),
-            })?;
+        let messages = self.client.simple_query(sql).await.map_err(|e| match e.as_db_error() {
+            Some(db) => DbError(format!("{}: {}", db.code().code(), db.message())),
+            None => DbError(e.to_string()),
+        })?;
         let mut rows = Vec::new();
         let mut columns = 0;
         let mut affected = None;
@@ -42,11 +38,7 @@ impl sqllogictest::AsyncDB for EddyDb {
             match m {
                 SimpleQueryMessage::Row(row) => {
                     columns = row.len();
-                    rows.push(
-                        (0..row.len())
-                            .map(|i| crate::cell_text(row.get(i)))
-                            .collect::<Vec<_>>(),
-                    );
+                    rows.push((0..row.len()).map(|i| crate::cell_text(row.get(i))).collect::<Vec<_>>());
                 }
                 SimpleQueryMessage::RowDescription(desc) => columns = desc.len(),
                 SimpleQueryMessage::CommandComplete(n) => affected = Some(n),
@@ -55,10 +47,7 @@ impl sqllogictest::AsyncDB for EddyDb {
         }
         let is_query = columns > 0 || !rows.is_empty();
         if is_query {
-            Ok(DBOutput::Rows {
-                types: vec![DefaultColumnType::Any; columns],
-                rows,
-            })
+            Ok(DBOutput::Rows { types: vec![DefaultColumnType::Any; columns], rows })
         } else {
             Ok(DBOutput::StatementComplete(affected.unwrap_or(0)))
         }

@@ -24,19 +24,7 @@ async fn seed(server: &TestServer) -> Result<()> {
 
 fn psql(server: &TestServer, command: &str) -> Result<String> {
     let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "root",
-            "-d",
-            "dev",
-            "-X",
-            "-c",
-            command,
-        ])
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "root", "-d", "dev", "-X", "-c", command])
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .context("running psql (install the postgresql-client package)")?;
@@ -53,37 +41,18 @@ async fn psql_meta_commands() -> Result<()> {
     let server = TestServer::start()?;
     seed(&server).await?;
     let dt = psql(&server, "\\dt")?;
-    assert!(
-        dt.contains("orders") && dt.contains("table"),
-        "\\dt output:\n{dt}"
-    );
+    assert!(dt.contains("orders") && dt.contains("table"), "\\dt output:\n{dt}");
     assert!(!dt.contains("revenue"), "\\dt must not list views:\n{dt}");
     let dm = psql(&server, "\\dm")?;
-    assert!(
-        dm.contains("revenue") && dm.contains("materialized view"),
-        "\\dm output:\n{dm}"
-    );
+    assert!(dm.contains("revenue") && dm.contains("materialized view"), "\\dm output:\n{dm}");
     let d = psql(&server, "\\d revenue")?;
-    for needle in [
-        "Materialized view \"public.revenue\"",
-        "customer",
-        "integer",
-        "total",
-        "numeric",
-        "bigint",
-    ] {
+    for needle in ["Materialized view \"public.revenue\"", "customer", "integer", "total", "numeric", "bigint"] {
         assert!(d.contains(needle), "\\d revenue lacks {needle:?}:\n{d}");
     }
     let d = psql(&server, "\\d orders")?;
-    assert!(
-        d.contains("Table \"public.orders\"") && d.contains("not null"),
-        "\\d orders:\n{d}"
-    );
+    assert!(d.contains("Table \"public.orders\"") && d.contains("not null"), "\\d orders:\n{d}");
     let rows = psql(&server, "SELECT * FROM revenue")?;
-    assert!(
-        rows.contains("13.5") && rows.contains("10.5"),
-        "revenue:\n{rows}"
-    );
+    assert!(rows.contains("13.5") && rows.contains("10.5"), "revenue:\n{rows}");
     Ok(())
 }
 
@@ -93,9 +62,7 @@ async fn tokio_postgres_extended_protocol() -> Result<()> {
     seed(&server).await?;
     let mut client = server.connect().await?;
     // Parameters without declared types are inferred from their context.
-    let stmt = client
-        .prepare("SELECT customer, n FROM revenue WHERE customer = $1")
-        .await?;
+    let stmt = client.prepare("SELECT customer, n FROM revenue WHERE customer = $1").await?;
     assert_eq!(stmt.params(), &[tokio_postgres::types::Type::INT4]);
     let rows = client.query(&stmt, &[&7i32]).await?;
     assert_eq!(rows.len(), 1);
@@ -103,76 +70,39 @@ async fn tokio_postgres_extended_protocol() -> Result<()> {
     let n: i64 = rows[0].get(1);
     assert_eq!((customer, n), (7, 2));
 
-    client
-        .batch_execute(
-            "CREATE TABLE m (k BIGINT PRIMARY KEY, label TEXT, x DOUBLE PRECISION, ok BOOLEAN)",
-        )
-        .await?;
-    let insert = client
-        .prepare("INSERT INTO m VALUES ($1, $2, $3, $4)")
-        .await?;
+    client.batch_execute("CREATE TABLE m (k BIGINT PRIMARY KEY, label TEXT, x DOUBLE PRECISION, ok BOOLEAN)").await?;
+    let insert = client.prepare("INSERT INTO m VALUES ($1, $2, $3, $4)").await?;
     for k in 0..10i64 {
-        let n = client
-            .execute(
-                &insert,
-                &[&k, &format!("row {k}"), &(k as f64 / 2.0), &(k % 2 == 0)],
-            )
-            .await?;
+        let n = client.execute(&insert, &[&k, &format!("row {k}"), &(k as f64 / 2.0), &(k % 2 == 0)]).await?;
         assert_eq!(n, 1);
     }
     client
         .batch_execute("CREATE MATERIALIZED VIEW m_sum AS SELECT ok, count(*) AS n, sum(x) AS sx FROM m GROUP BY ok")
         .await?;
-    let rows = client
-        .query("SELECT ok, n, sx FROM m_sum ORDER BY ok", &[])
-        .await?;
-    let got: Vec<(bool, i64, f64)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let rows = client.query("SELECT ok, n, sx FROM m_sum ORDER BY ok", &[]).await?;
+    let got: Vec<(bool, i64, f64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(got, vec![(false, 5, 12.5), (true, 5, 10.0)]);
-    let n = client
-        .execute("UPDATE m SET ok = NOT ok WHERE k < $1", &[&2i64])
-        .await?;
+    let n = client.execute("UPDATE m SET ok = NOT ok WHERE k < $1", &[&2i64]).await?;
     assert_eq!(n, 2);
-    let n = client
-        .execute("DELETE FROM m WHERE label = $1", &[&"row 9"])
-        .await?;
+    let n = client.execute("DELETE FROM m WHERE label = $1", &[&"row 9"]).await?;
     assert_eq!(n, 1);
-    let rows = client
-        .query("SELECT ok, n FROM m_sum ORDER BY ok", &[])
-        .await?;
+    let rows = client.query("SELECT ok, n FROM m_sum ORDER BY ok", &[]).await?;
     let got: Vec<(bool, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, vec![(false, 4), (true, 5)]);
 
     // Errors carry SQLSTATE and position.
-    let err = client
-        .query("SELECT * FROM nope", &[])
-        .await
-        .err()
-        .context("expected an error")?;
+    let err = client.query("SELECT * FROM nope", &[]).await.err().context("expected an error")?;
     let db = err.as_db_error().context("a database error")?;
     assert_eq!(db.code().code(), "42P01");
-    assert!(matches!(
-        db.position(),
-        Some(tokio_postgres::error::ErrorPosition::Original(15))
-    ));
-    let err = client
-        .batch_execute("SELECT 1 +* 2")
-        .await
-        .err()
-        .context("expected an error")?;
+    assert!(matches!(db.position(), Some(tokio_postgres::error::ErrorPosition::Original(15))));
+    let err = client.batch_execute("SELECT 1 +* 2").await.err().context("expected an error")?;
     assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("42601"));
 
     // Transactions are accepted; each statement commits as it runs.
     let tx = client.build_transaction().start().await?;
-    tx.execute("INSERT INTO m VALUES (100, 'tx', 1.0, true)", &[])
-        .await?;
+    tx.execute("INSERT INTO m VALUES (100, 'tx', 1.0, true)", &[]).await?;
     tx.commit().await?;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM m", &[])
-        .await?
-        .get(0);
+    let n: i64 = client.query_one("SELECT count(*) FROM m", &[]).await?.get(0);
     assert_eq!(n, 10);
     let version: String = client.query_one("SELECT version()", &[]).await?.get(0);
     assert!(version.starts_with("PostgreSQL 15.0 (Eddy"), "{version}");
@@ -183,30 +113,16 @@ async fn tokio_postgres_extended_protocol() -> Result<()> {
 fn python_with_psycopg() -> Result<PathBuf> {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv");
     let python = target.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import psycopg"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ready = Command::new(&python).args(["-c", "import psycopg"]).output().is_ok_and(|o| o.status.success());
     if ready {
         return Ok(python);
     }
-    let status = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&target)
-        .status()?;
+    let status = Command::new("python3").arg("-m").arg("venv").arg(&target).status()?;
     if !status.success() {
         bail!("creating a Python venv at {} failed", target.display());
     }
     let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "psycopg[binary]>=3.1",
-        ])
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "psycopg[binary]>=3.1"])
         .status()?;
     if !status.success() {
         bail!("installing psycopg into {} failed", target.display());
@@ -247,18 +163,10 @@ with psycopg.connect(sys.argv[1], autocommit=False) as conn:
             conn.rollback()
 print("ok")
 "#;
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(server.url())
-        .output()?;
+    let out = Command::new(python).arg("-c").arg(script).arg(server.url()).output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("ok"),
-        "psycopg failed:\n{stdout}\n{stderr}\n{}",
-        server.log()
-    );
+    assert!(out.status.success() && stdout.contains("ok"), "psycopg failed:\n{stdout}\n{stderr}\n{}", server.log());
     Ok(())
 }
 
@@ -268,9 +176,7 @@ async fn protocol_garbage_closes_only_that_connection() -> Result<()> {
     // Random bytes instead of a startup message.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(&[
-        0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02, 0x03, 0xff, 0xfe,
-    ])?;
+    s.write_all(&[0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02, 0x03, 0xff, 0xfe])?;
     let mut buf = [0u8; 64];
     let _ = s.read(&mut buf);
     // A startup message claiming to be enormous.
@@ -295,29 +201,19 @@ async fn restart_keeps_tables_and_views() -> Result<()> {
     seed(&server).await?;
     server.restart()?;
     let client = server.connect().await?;
-    let rows = client
-        .simple_query("SELECT customer, n, total, biggest FROM revenue")
-        .await?;
+    let rows = client.simple_query("SELECT customer, n, total, biggest FROM revenue").await?;
     let values: Vec<String> = rows
         .iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..4)
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..4).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect::<Vec<_>>().join(" "))
+            }
             _ => None,
         })
         .collect();
     assert_eq!(values, vec!["7 2 13.5 10.5"]);
-    client
-        .batch_execute("UPDATE orders SET status = 'cancelled' WHERE id = 1")
-        .await?;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM revenue", &[])
-        .await?
-        .get(0);
+    client.batch_execute("UPDATE orders SET status = 'cancelled' WHERE id = 1").await?;
+    let n: i64 = client.query_one("SELECT count(*) FROM revenue", &[]).await?.get(0);
     assert_eq!(n, 0);
     Ok(())
 }

@@ -128,11 +128,7 @@ fn rows_of(messages: Vec<SimpleQueryMessage>) -> Vec<Row> {
     let mut rows = Vec::new();
     for m in messages {
         if let SimpleQueryMessage::Row(row) = m {
-            rows.push(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
-                    .collect(),
-            );
+            rows.push((0..row.len()).map(|i| row.get(i).unwrap_or("NULL").to_string()).collect());
         }
     }
     rows.sort_by_key(sort_key);
@@ -140,11 +136,7 @@ fn rows_of(messages: Vec<SimpleQueryMessage>) -> Vec<Row> {
 }
 
 fn as_float(cell: &str) -> Option<f64> {
-    if cell.contains('.') || cell.contains('e') {
-        cell.parse().ok()
-    } else {
-        None
-    }
+    if cell.contains('.') || cell.contains('e') { cell.parse().ok() } else { None }
 }
 
 /// Floats coarsened so that an incremental and a batch computation of the same value sort
@@ -170,9 +162,7 @@ fn cells_match(a: &str, b: &str) -> bool {
 
 fn rows_match(a: &[Row], b: &[Row]) -> bool {
     a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| cells_match(p, q)))
+        && a.iter().zip(b).all(|(x, y)| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| cells_match(p, q)))
 }
 
 struct Model {
@@ -181,11 +171,7 @@ struct Model {
 }
 
 fn val_or_null(rng: &mut StdRng, value: String, null_pct: u32) -> String {
-    if rng.random_range(0..100) < null_pct {
-        "NULL".into()
-    } else {
-        value
-    }
+    if rng.random_range(0..100) < null_pct { "NULL".into() } else { value }
 }
 
 impl Model {
@@ -205,12 +191,7 @@ impl Model {
     }
 
     fn b(&mut self) -> String {
-        let b = if self.rng.random_bool(0.5) {
-            "true"
-        } else {
-            "false"
-        }
-        .to_string();
+        let b = if self.rng.random_bool(0.5) { "true" } else { "false" }.to_string();
         val_or_null(&mut self.rng, b, 15)
     }
 
@@ -233,14 +214,7 @@ impl Model {
                             self.next_id += 1;
                             self.next_id
                         };
-                        format!(
-                            "({id}, {}, {}, {}, {}, {})",
-                            self.g(),
-                            self.v(),
-                            self.s(),
-                            self.b(),
-                            self.d()
-                        )
+                        format!("({id}, {}, {}, {}, {}, {})", self.g(), self.v(), self.s(), self.b(), self.d())
                     })
                     .collect();
                 format!("INSERT INTO t1 VALUES {}", rows.join(", "))
@@ -249,33 +223,16 @@ impl Model {
                 let lo = self.rng.random_range(0..self.next_id.max(1));
                 let hi = lo + self.rng.random_range(0..5);
                 match self.rng.random_range(0..3) {
-                    0 => format!(
-                        "UPDATE t1 SET v = {}, s = {} WHERE id BETWEEN {lo} AND {hi}",
-                        self.v(),
-                        self.s()
-                    ),
-                    1 => format!(
-                        "UPDATE t1 SET g = {}, d = {} WHERE id BETWEEN {lo} AND {hi}",
-                        self.g(),
-                        self.d()
-                    ),
-                    _ => format!(
-                        "UPDATE t1 SET b = NOT b, v = v + 1 WHERE g = {}",
-                        self.rng.random_range(0..5)
-                    ),
+                    0 => format!("UPDATE t1 SET v = {}, s = {} WHERE id BETWEEN {lo} AND {hi}", self.v(), self.s()),
+                    1 => format!("UPDATE t1 SET g = {}, d = {} WHERE id BETWEEN {lo} AND {hi}", self.g(), self.d()),
+                    _ => format!("UPDATE t1 SET b = NOT b, v = v + 1 WHERE g = {}", self.rng.random_range(0..5)),
                 }
             }
             45..=54 => {
                 let lo = self.rng.random_range(0..self.next_id.max(1));
                 match self.rng.random_range(0..3) {
-                    0 => format!(
-                        "DELETE FROM t1 WHERE id BETWEEN {lo} AND {}",
-                        lo + self.rng.random_range(0..4)
-                    ),
-                    1 => format!(
-                        "DELETE FROM t1 WHERE v < {}",
-                        self.rng.random_range(-25..-10)
-                    ),
+                    0 => format!("DELETE FROM t1 WHERE id BETWEEN {lo} AND {}", lo + self.rng.random_range(0..4)),
+                    1 => format!("DELETE FROM t1 WHERE v < {}", self.rng.random_range(-25..-10)),
                     _ => format!("DELETE FROM t1 WHERE s = {} AND g = {}", self.s(), self.g()),
                 }
             }
@@ -318,30 +275,15 @@ async fn setup(client: &Client) -> Result<()> {
 }
 
 async fn create_views(client: &Client, fraction: u32) -> Result<()> {
-    for view in VIEWS
-        .iter()
-        .filter(|v| v.created_at_round_fraction == fraction)
-    {
-        client
-            .batch_execute(&format!(
-                "CREATE MATERIALIZED VIEW {} AS {}",
-                view.name, view.definition
-            ))
-            .await?;
+    for view in VIEWS.iter().filter(|v| v.created_at_round_fraction == fraction) {
+        client.batch_execute(&format!("CREATE MATERIALIZED VIEW {} AS {}", view.name, view.definition)).await?;
     }
     Ok(())
 }
 
 async fn check_views(client: &Client, created: u32) -> Result<()> {
-    for view in VIEWS
-        .iter()
-        .filter(|v| v.created_at_round_fraction <= created)
-    {
-        let incremental = rows_of(
-            client
-                .simple_query(&format!("SELECT * FROM {}", view.name))
-                .await?,
-        );
+    for view in VIEWS.iter().filter(|v| v.created_at_round_fraction <= created) {
+        let incremental = rows_of(client.simple_query(&format!("SELECT * FROM {}", view.name)).await?);
         let batch = rows_of(client.simple_query(view.batch).await?);
         if !rows_match(&incremental, &batch) {
             let only_view: Vec<_> = incremental.iter().filter(|r| !batch.contains(r)).collect();
@@ -362,10 +304,7 @@ async fn run_seed(seed: u64, rounds: u32, restart: bool) -> Result<()> {
     let mut client = server.connect().await?;
     setup(&client).await?;
     create_views(&client, 0).await?;
-    let mut model = Model {
-        next_id: 0,
-        rng: StdRng::seed_from_u64(seed),
-    };
+    let mut model = Model { next_id: 0, rng: StdRng::seed_from_u64(seed) };
     let mut created = 0;
     let mut log: Vec<String> = Vec::new();
     for round in 1..=rounds {
@@ -385,10 +324,7 @@ async fn run_seed(seed: u64, rounds: u32, restart: bool) -> Result<()> {
             log.push(sql.clone());
             if let Err(e) = client.batch_execute(&sql).await {
                 // Key collisions are expected from random ids; anything else is a failure.
-                let code = e
-                    .as_db_error()
-                    .map(|d| d.code().code().to_string())
-                    .unwrap_or_default();
+                let code = e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default();
                 if code != "23505" {
                     bail!("seed {seed} round {round}: `{sql}` failed: {e}");
                 }
@@ -428,10 +364,7 @@ fn record_failure(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_views_match_batch_recomputation() {
-    let rounds: u32 = std::env::var("EDDY_DIFF_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(400);
+    let rounds: u32 = std::env::var("EDDY_DIFF_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(400);
     let mut seeds: Vec<u64> = regression_seeds();
     let chosen: Vec<u64> = std::env::var("EDDY_DIFF_SEEDS")
         .ok()
@@ -449,10 +382,7 @@ async fn incremental_views_match_batch_recomputation() {
             record_failure(*seed);
             panic!("{e:#}");
         }
-        results.insert(
-            *seed,
-            format!("{rounds} rounds in {:.1?}", started.elapsed()),
-        );
+        results.insert(*seed, format!("{rounds} rounds in {:.1?}", started.elapsed()));
     }
     eprintln!("differential: {results:?}");
 }

@@ -27,10 +27,9 @@ async fn run_file(path: PathBuf) -> Result<(), String> {
     let mut runner = sqllogictest::Runner::new(move || {
         let url = url.clone();
         async move {
-            let (client, connection) =
-                tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| eddy_sql_tests::slt::DbError::new(e.to_string()))?;
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| eddy_sql_tests::slt::DbError::new(e.to_string()))?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -40,11 +39,7 @@ async fn run_file(path: PathBuf) -> Result<(), String> {
     let result = runner.run_file_async(&path).await;
     match result {
         Ok(()) => Ok(()),
-        Err(e) => Err(format!(
-            "{}:\n{e}\n--- server log ---\n{}",
-            path.display(),
-            server.log()
-        )),
+        Err(e) => Err(format!("{}:\n{e}\n--- server log ---\n{}", path.display(), server.log())),
     }
 }
 
@@ -57,19 +52,11 @@ async fn sqllogictest_files() {
     if let Ok(filter) = std::env::var("SLT_FILTER") {
         files.retain(|f| f.to_string_lossy().contains(&filter));
     }
-    assert!(
-        !files.is_empty(),
-        "no .slt files found under {}",
-        root.display()
-    );
+    assert!(!files.is_empty(), "no .slt files found under {}", root.display());
     let mut failures = Vec::new();
     // Two files at a time: each has its own server, and the machine has two cores.
     for chunk in files.chunks(2) {
-        let handles: Vec<_> = chunk
-            .iter()
-            .cloned()
-            .map(|f| tokio::spawn(run_file(f)))
-            .collect();
+        let handles: Vec<_> = chunk.iter().cloned().map(|f| tokio::spawn(run_file(f))).collect();
         for h in handles {
             match h.await {
                 Ok(Ok(())) => {}
@@ -79,11 +66,6 @@ async fn sqllogictest_files() {
         }
     }
     if !failures.is_empty() {
-        panic!(
-            "{} of {} slt files failed:\n{}",
-            failures.len(),
-            files.len(),
-            failures.join("\n\n")
-        );
+        panic!("{} of {} slt files failed:\n{}", failures.len(), files.len(), failures.join("\n\n"));
     }
 }

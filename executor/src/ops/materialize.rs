@@ -28,13 +28,7 @@ pub struct MaterializeOperator {
 impl MaterializeOperator {
     pub fn new(relation: ObjectId, codec: RowCodec) -> Self {
         let schema = codec.schema().clone();
-        Self {
-            relation,
-            codec,
-            schema,
-            keyed: HashMap::new(),
-            counted: HashMap::new(),
-        }
+        Self { relation, codec, schema, keyed: HashMap::new(), counted: HashMap::new() }
     }
 }
 
@@ -86,10 +80,7 @@ impl Operator for MaterializeOperator {
             if self.keyed.is_empty() {
                 return None;
             }
-            Some((
-                self.relation,
-                RelationDelta::Keyed(self.keyed.drain().collect()),
-            ))
+            Some((self.relation, RelationDelta::Keyed(self.keyed.drain().collect())))
         }
     }
 }

@@ -3,4 +3,7 @@
 
 pub mod agg;
 pub mod materialize;
+pub mod sink;
 pub mod stateless;
+pub mod unnest;
+pub mod watermark;

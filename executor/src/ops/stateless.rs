@@ -12,6 +12,7 @@ use eddy_common::ChangeBatch;
 use crate::error::{ExecError, Result};
 use crate::expr::{CompiledExpr, nullable_schema};
 use crate::operator::{Operator, Output};
+use eddy_planner::stream::watermark::monotone_input;
 
 /// Selects the scanned columns of a relation's rows.
 pub struct ScanOperator {
@@ -21,10 +22,7 @@ pub struct ScanOperator {
 
 impl ScanOperator {
     pub fn new(projection: Option<Vec<usize>>, schema: &DFSchema) -> Self {
-        Self {
-            projection,
-            schema: nullable_schema(schema),
-        }
+        Self { projection, schema: nullable_schema(schema) }
     }
 }
 
@@ -42,16 +40,16 @@ impl Operator for ScanOperator {
         Ok(())
     }
 
-    fn on_watermark(
-        &mut self,
-        column: usize,
-        value: i64,
-        _out: &mut Output,
-    ) -> Result<Option<(usize, i64)>> {
-        Ok(match &self.projection {
-            Some(p) => p.iter().position(|c| *c == column).map(|c| (c, value)),
-            None => Some((column, value)),
-        })
+    fn on_watermark(&mut self, column: usize, value: i64, out: &mut Output) -> Result<()> {
+        match &self.projection {
+            Some(p) => {
+                if let Some(c) = p.iter().position(|c| *c == column) {
+                    out.push_watermark(c, value);
+                }
+            }
+            None => out.push_watermark(column, value),
+        }
+        Ok(())
     }
 }
 
@@ -65,9 +63,7 @@ impl FilterOperator {
     /// # Errors
     /// When the predicate cannot be planned.
     pub fn new(predicate: &Expr, input_schema: &DFSchema) -> Result<Self> {
-        Ok(Self {
-            predicate: CompiledExpr::new(predicate, input_schema)?,
-        })
+        Ok(Self { predicate: CompiledExpr::new(predicate, input_schema)? })
     }
 }
 
@@ -94,8 +90,9 @@ impl Operator for FilterOperator {
 /// Computes the output columns from each row.
 pub struct ProjectOperator {
     exprs: Vec<CompiledExpr>,
-    /// For each input column, the output column that passes it through unchanged.
-    passthrough: Vec<(usize, usize)>,
+    /// For each output column that never decreases in one input column: that input column.
+    monotone: Vec<Option<usize>>,
+    input_schema: SchemaRef,
     schema: SchemaRef,
 }
 
@@ -103,27 +100,12 @@ impl ProjectOperator {
     /// # Errors
     /// When an expression cannot be planned.
     pub fn new(exprs: &[Expr], input_schema: &DFSchema, schema: &DFSchema) -> Result<Self> {
-        let compiled = exprs
-            .iter()
-            .map(|e| CompiledExpr::new(e, input_schema))
-            .collect::<Result<_>>()?;
-        let passthrough = exprs
-            .iter()
-            .enumerate()
-            .filter_map(|(out, e)| {
-                let mut e = e;
-                while let Expr::Alias(a) = e {
-                    e = &a.expr;
-                }
-                match e {
-                    Expr::Column(c) => input_schema.index_of_column(c).ok().map(|i| (i, out)),
-                    _ => None,
-                }
-            })
-            .collect();
+        let compiled = exprs.iter().map(|e| CompiledExpr::new(e, input_schema)).collect::<Result<_>>()?;
+        let monotone = exprs.iter().map(|e| monotone_input(e, input_schema)).collect();
         Ok(Self {
             exprs: compiled,
-            passthrough,
+            monotone,
+            input_schema: nullable_schema(input_schema),
             schema: nullable_schema(schema),
         })
     }
@@ -135,26 +117,25 @@ impl Operator for ProjectOperator {
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
-        let columns = self
-            .exprs
-            .iter()
-            .map(|e| e.evaluate(batch.data()))
-            .collect::<Result<Vec<_>>>()?;
+        let columns = self.exprs.iter().map(|e| e.evaluate(batch.data())).collect::<Result<Vec<_>>>()?;
         out.push(conform(&batch, &self.schema, columns)?);
         Ok(())
     }
 
-    fn on_watermark(
-        &mut self,
-        column: usize,
-        value: i64,
-        _out: &mut Output,
-    ) -> Result<Option<(usize, i64)>> {
-        Ok(self
-            .passthrough
-            .iter()
-            .find(|(i, _)| *i == column)
-            .map(|(_, o)| (*o, value)))
+    fn on_watermark(&mut self, column: usize, value: i64, out: &mut Output) -> Result<()> {
+        let derived: Vec<usize> =
+            self.monotone.iter().enumerate().filter(|(_, m)| **m == Some(column)).map(|(i, _)| i).collect();
+        if derived.is_empty() {
+            return Ok(());
+        }
+        let row = watermark_row(&self.input_schema, column, value)?;
+        for i in derived {
+            let v = self.exprs[i].evaluate(&row)?;
+            if let Some(w) = watermark_value(&v)? {
+                out.push_watermark(i, w);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -165,9 +146,7 @@ pub struct UnionOperator {
 
 impl UnionOperator {
     pub fn new(schema: &DFSchema) -> Self {
-        Self {
-            schema: nullable_schema(schema),
-        }
+        Self { schema: nullable_schema(schema) }
     }
 }
 
@@ -183,23 +162,53 @@ impl Operator for UnionOperator {
     }
 }
 
+/// A one-row batch of `schema` holding `value` in `column` and nulls elsewhere: what an
+/// expression sees when it computes a derived watermark.
+pub fn watermark_row(schema: &SchemaRef, column: usize, value: i64) -> Result<datafusion::arrow::array::RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, new_null_array};
+    let columns = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i == column {
+                let v: ArrayRef = Arc::new(Int64Array::from(vec![value]));
+                cast(&v, f.data_type()).map_err(ExecError::from)
+            } else {
+                Ok(new_null_array(f.data_type(), 1))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The watermark a one-row result stands for: its value, or for a list (the windows of a
+/// hop) its smallest element.
+pub fn watermark_value(array: &datafusion::arrow::array::ArrayRef) -> Result<Option<i64>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    let values = match array.data_type() {
+        DataType::List(_) => array.as_list::<i32>().values().clone(),
+        _ => array.clone(),
+    };
+    let values = match values.data_type() {
+        DataType::Date32 => cast(&cast(&values, &DataType::Int32)?, &DataType::Int64)?,
+        _ => cast(&values, &DataType::Int64)?,
+    };
+    Ok(values.as_primitive::<Int64Type>().iter().flatten().min())
+}
+
 /// Rewraps `columns` (one per field of `schema`) with the weights of `batch`, casting where
 /// a column's type differs from the schema's.
-pub fn conform(
-    batch: &ChangeBatch,
-    schema: &SchemaRef,
-    columns: Vec<Arc<dyn Array>>,
-) -> Result<ChangeBatch> {
+pub fn conform(batch: &ChangeBatch, schema: &SchemaRef, columns: Vec<Arc<dyn Array>>) -> Result<ChangeBatch> {
     let columns = columns
         .into_iter()
         .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c)
-            } else {
-                cast(&c, f.data_type()).map_err(ExecError::from)
-            }
-        })
+        .map(
+            |(c, f)| {
+                if c.data_type() == f.data_type() { Ok(c) } else { cast(&c, f.data_type()).map_err(ExecError::from) }
+            },
+        )
         .collect::<Result<Vec<_>>>()?;
     Ok(batch.with_columns(schema.clone(), columns)?)
 }
@@ -236,9 +245,7 @@ impl ValuesOperator {
             .map(|(i, parts)| {
                 let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
                 if refs.is_empty() {
-                    Ok(datafusion::arrow::array::new_empty_array(
-                        out_schema.field(i).data_type(),
-                    ))
+                    Ok(datafusion::arrow::array::new_empty_array(out_schema.field(i).data_type()))
                 } else {
                     concat(&refs).map_err(ExecError::from)
                 }
@@ -249,9 +256,7 @@ impl ValuesOperator {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows.len())),
         )?;
-        Ok(Self {
-            rows: Some(ChangeBatch::inserts(data)),
-        })
+        Ok(Self { rows: Some(ChangeBatch::inserts(data)) })
     }
 }
 
@@ -283,9 +288,8 @@ mod tests {
 
     fn run(op: &mut dyn Operator, batch: ChangeBatch) -> String {
         let mut out = Output::default();
-        op.process(0, batch, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.take().iter().map(|b| b.to_pretty()).collect()
+        op.process(0, batch, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        out.take_batches().iter().map(|b| b.to_pretty()).collect()
     }
 
     #[test]
@@ -298,8 +302,7 @@ mod tests {
              - 1 a",
         );
         let schema = df_schema(&input);
-        let mut op = FilterOperator::new(&col("c0").not_eq(lit(3i64)), &schema)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut op = FilterOperator::new(&col("c0").not_eq(lit(3i64)), &schema).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(run(&mut op, input), "+ 1 a\n- 2 b\n- 1 a\n");
     }
 
@@ -307,8 +310,7 @@ mod tests {
     fn filter_drops_null_predicates() {
         let input = ChangeBatch::from_pretty("I\n + 1\n + .");
         let schema = df_schema(&input);
-        let mut op = FilterOperator::new(&col("c0").gt(lit(0i64)), &schema)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut op = FilterOperator::new(&col("c0").gt(lit(0i64)), &schema).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(run(&mut op, input), "+ 1\n");
     }
 
@@ -318,20 +320,11 @@ mod tests {
         let schema = df_schema(&input);
         let exprs = vec![(col("c0") + col("c1")).alias("s"), col("c0")];
         let out_schema = DFSchema::try_from(datafusion::arrow::datatypes::Schema::new(vec![
-            datafusion::arrow::datatypes::Field::new(
-                "s",
-                datafusion::arrow::datatypes::DataType::Int64,
-                true,
-            ),
-            datafusion::arrow::datatypes::Field::new(
-                "c0",
-                datafusion::arrow::datatypes::DataType::Int64,
-                true,
-            ),
+            datafusion::arrow::datatypes::Field::new("s", datafusion::arrow::datatypes::DataType::Int64, true),
+            datafusion::arrow::datatypes::Field::new("c0", datafusion::arrow::datatypes::DataType::Int64, true),
         ]))
         .unwrap_or_else(|e| panic!("{e}"));
-        let mut op =
-            ProjectOperator::new(&exprs, &schema, &out_schema).unwrap_or_else(|e| panic!("{e}"));
+        let mut op = ProjectOperator::new(&exprs, &schema, &out_schema).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(run(&mut op, input), "+ 11 1\n-2 22 2\n");
     }
 }

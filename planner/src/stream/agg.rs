@@ -47,22 +47,10 @@ impl AggKind {
             AggKind::BoolOr => "bool_or",
             AggKind::StringAgg { .. } => "string_agg",
             AggKind::ArrayAgg => "array_agg",
-            AggKind::Variance {
-                sample: true,
-                sqrt: true,
-            } => "stddev_samp",
-            AggKind::Variance {
-                sample: false,
-                sqrt: true,
-            } => "stddev_pop",
-            AggKind::Variance {
-                sample: true,
-                sqrt: false,
-            } => "var_samp",
-            AggKind::Variance {
-                sample: false,
-                sqrt: false,
-            } => "var_pop",
+            AggKind::Variance { sample: true, sqrt: true } => "stddev_samp",
+            AggKind::Variance { sample: false, sqrt: true } => "stddev_pop",
+            AggKind::Variance { sample: true, sqrt: false } => "var_samp",
+            AggKind::Variance { sample: false, sqrt: false } => "var_pop",
             AggKind::ApproxCountDistinct => "approx_count_distinct",
         }
     }
@@ -100,11 +88,8 @@ impl std::fmt::Display for AggCall {
             write!(f, "${a}")?;
         }
         if !self.order_by.is_empty() {
-            let parts: Vec<String> = self
-                .order_by
-                .iter()
-                .map(|(c, asc, _)| format!("${c}{}", if *asc { "" } else { " DESC" }))
-                .collect();
+            let parts: Vec<String> =
+                self.order_by.iter().map(|(c, asc, _)| format!("${c}{}", if *asc { "" } else { " DESC" })).collect();
             write!(f, " ORDER BY {}", parts.join(", "))?;
         }
         write!(f, ")")?;
@@ -131,9 +116,7 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
     let agg = match unalias(expr) {
         Expr::AggregateFunction(agg) => agg.clone(),
         other => {
-            return Err(PlanError::Internal(format!(
-                "expected an aggregate call, found {other}"
-            )));
+            return Err(PlanError::Internal(format!("expected an aggregate call, found {other}")));
         }
     };
     let name = agg.func.name().to_lowercase();
@@ -152,11 +135,7 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
             if params.args.len() > 1 {
                 return Err(PlanError::unsupported("count with several arguments"));
             }
-            if is_rows && !params.distinct {
-                (AggKind::CountRows, None)
-            } else {
-                (AggKind::Count, first)
-            }
+            if is_rows && !params.distinct { (AggKind::CountRows, None) } else { (AggKind::Count, first) }
         }
         "sum" => (AggKind::Sum, first),
         "avg" | "mean" => (AggKind::Avg, first),
@@ -180,34 +159,10 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
             (AggKind::StringAgg { delimiter }, first)
         }
         "array_agg" => (AggKind::ArrayAgg, first),
-        "stddev" | "stddev_samp" => (
-            AggKind::Variance {
-                sample: true,
-                sqrt: true,
-            },
-            first,
-        ),
-        "stddev_pop" => (
-            AggKind::Variance {
-                sample: false,
-                sqrt: true,
-            },
-            first,
-        ),
-        "var" | "variance" | "var_samp" => (
-            AggKind::Variance {
-                sample: true,
-                sqrt: false,
-            },
-            first,
-        ),
-        "var_pop" => (
-            AggKind::Variance {
-                sample: false,
-                sqrt: false,
-            },
-            first,
-        ),
+        "stddev" | "stddev_samp" => (AggKind::Variance { sample: true, sqrt: true }, first),
+        "stddev_pop" => (AggKind::Variance { sample: false, sqrt: true }, first),
+        "var" | "variance" | "var_samp" => (AggKind::Variance { sample: true, sqrt: false }, first),
+        "var_pop" => (AggKind::Variance { sample: false, sqrt: false }, first),
         "approx_distinct" | "approx_count_distinct" => (AggKind::ApproxCountDistinct, first),
         other => {
             return Err(PlanError::unsupported_with_hint(
@@ -217,27 +172,12 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
             ));
         }
     };
-    let order_by = params
-        .order_by
-        .iter()
-        .map(|s| (s.expr.clone(), s.asc, s.nulls_first))
-        .collect::<Vec<_>>();
+    let order_by = params.order_by.iter().map(|s| (s.expr.clone(), s.asc, s.nulls_first)).collect::<Vec<_>>();
     if !order_by.is_empty() && !matches!(kind, AggKind::StringAgg { .. } | AggKind::ArrayAgg) {
-        return Err(PlanError::unsupported(format!(
-            "ORDER BY inside {}",
-            kind.name()
-        )));
+        return Err(PlanError::unsupported(format!("ORDER BY inside {}", kind.name())));
     }
     let filter = params.filter.as_deref().cloned();
-    Ok((
-        agg,
-        kind,
-        AggInputs {
-            arg,
-            filter,
-            order_by,
-        },
-    ))
+    Ok((agg, kind, AggInputs { arg, filter, order_by }))
 }
 
 fn unalias(expr: &Expr) -> &Expr {

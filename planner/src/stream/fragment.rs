@@ -34,6 +34,8 @@ pub enum FragmentInput {
     /// The change stream of a stored relation (table or materialized view), preceded by a
     /// backfill of its contents. Forward from the relation's actors.
     Relation { id: ObjectId, name: String },
+    /// A source's connector, one split per actor, read by this graph alone.
+    Source { id: ObjectId, name: String },
     /// Another fragment of the same graph.
     Fragment { fragment: usize, exchange: Exchange },
 }
@@ -65,9 +67,23 @@ pub enum OperatorSpec {
         input_schema: DFSchemaRef,
         schema: DFSchemaRef,
         append_only_input: bool,
+        /// Position in `group_keys` of the window key that watermarks close.
+        window_key: Option<usize>,
+        /// Emit each window once, when it closes.
+        emit_on_close: bool,
+    },
+    Unnest {
+        list_column: usize,
+        dependency: Vec<usize>,
+        null_handling: datafusion::common::NullHandling,
+        input_schema: DFSchemaRef,
+        schema: DFSchemaRef,
     },
     /// Merges `inputs` streams of the same shape.
-    Union { inputs: usize, schema: DFSchemaRef },
+    Union {
+        inputs: usize,
+        schema: DFSchemaRef,
+    },
     /// Emits constant rows once, at the first barrier.
     Values {
         rows: Vec<Vec<Expr>>,
@@ -79,6 +95,13 @@ pub enum OperatorSpec {
         layout: StorageLayout,
         schema: DFSchemaRef,
     },
+    /// Sends the stream out of Eddy.
+    Sink {
+        sink: ObjectId,
+        connector: String,
+        options: Vec<(String, String)>,
+        schema: DFSchemaRef,
+    },
 }
 
 impl OperatorSpec {
@@ -88,9 +111,11 @@ impl OperatorSpec {
             OperatorSpec::Filter { .. } => "Filter",
             OperatorSpec::Project { .. } => "Project",
             OperatorSpec::HashAgg { .. } => "HashAgg",
+            OperatorSpec::Unnest { .. } => "Unnest",
             OperatorSpec::Union { .. } => "Union",
             OperatorSpec::Values { .. } => "Values",
             OperatorSpec::Materialize { .. } => "Materialize",
+            OperatorSpec::Sink { .. } => "Sink",
         }
     }
 }
@@ -128,7 +153,7 @@ impl OperatorGraph {
         let mut out = Vec::new();
         for f in &self.fragments {
             for i in &f.inputs {
-                if let FragmentInput::Relation { id, .. } = i
+                if let FragmentInput::Relation { id, .. } | FragmentInput::Source { id, .. } = i
                     && !out.contains(id)
                 {
                     out.push(*id);
@@ -150,6 +175,9 @@ impl OperatorGraph {
                 match input {
                     FragmentInput::Relation { name, .. } => {
                         let _ = writeln!(out, "  <- relation {name} (backfill, then changes)");
+                    }
+                    FragmentInput::Source { name, .. } => {
+                        let _ = writeln!(out, "  <- source {name} (one split per actor)");
                     }
                     FragmentInput::Fragment { fragment, exchange } => {
                         let how = match exchange {
@@ -173,17 +201,8 @@ fn cols_text(cols: &[usize]) -> String {
 
 fn describe(op: &OperatorSpec) -> String {
     match op {
-        OperatorSpec::Scan {
-            name,
-            projection,
-            relation_kind,
-            ..
-        } => match projection {
-            Some(p) => format!(
-                "Scan {} {name} columns {}",
-                relation_kind.sql_name(),
-                cols_text(p)
-            ),
+        OperatorSpec::Scan { name, projection, relation_kind, .. } => match projection {
+            Some(p) => format!("Scan {} {name} columns {}", relation_kind.sql_name(), cols_text(p)),
             None => format!("Scan {} {name}", relation_kind.sql_name()),
         },
         OperatorSpec::Filter { predicate, .. } => format!("Filter {predicate}"),
@@ -191,26 +210,25 @@ fn describe(op: &OperatorSpec) -> String {
             let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
             format!("Project {}", parts.join(", "))
         }
-        OperatorSpec::HashAgg {
-            group_keys,
-            calls,
-            append_only_input,
-            ..
-        } => {
+        OperatorSpec::HashAgg { group_keys, calls, append_only_input, window_key, emit_on_close, .. } => {
             let parts: Vec<String> = calls.iter().map(|c| c.to_string()).collect();
+            let window = match (window_key, emit_on_close) {
+                (Some(k), true) => format!(" window ${} emit on close", group_keys[*k]),
+                (Some(k), false) => format!(" window ${} (closed windows freed)", group_keys[*k]),
+                _ => String::new(),
+            };
             format!(
-                "HashAgg group {} aggs [{}]{} state: per-group accumulators",
+                "HashAgg group {} aggs [{}]{}{} state: per-group accumulators",
                 cols_text(group_keys),
                 parts.join(", "),
-                if *append_only_input {
-                    " (append-only input)"
-                } else {
-                    ""
-                }
+                window,
+                if *append_only_input { " (append-only input)" } else { "" }
             )
         }
+        OperatorSpec::Unnest { list_column, .. } => format!("Unnest ${list_column}"),
         OperatorSpec::Union { inputs, .. } => format!("Union {inputs} inputs"),
         OperatorSpec::Values { rows, .. } => format!("Values {} rows", rows.len()),
+        OperatorSpec::Sink { connector, .. } => format!("Sink {connector}"),
         OperatorSpec::Materialize { layout, .. } => match layout {
             StorageLayout::Keyed { key } => format!("Materialize keyed by {}", cols_text(key)),
             StorageLayout::Counted => "Materialize as multiset (row -> count)".to_string(),
@@ -218,7 +236,14 @@ fn describe(op: &OperatorSpec) -> String {
     }
 }
 
-/// Builds the operator graph of a materialized view from its stream plan.
+/// Where the result of a graph goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Materialize,
+    Sink { connector: String, options: Vec<(String, String)> },
+}
+
+/// Builds the operator graph of a materialized view (or sink) from its stream plan.
 ///
 /// # Errors
 /// `Internal` on a malformed plan.
@@ -226,34 +251,32 @@ pub fn build_graph(
     root: &StreamNode,
     relation: ObjectId,
     parallelism: usize,
+    target: &Target,
 ) -> Result<OperatorGraph> {
-    let mut builder = Builder {
-        fragments: Vec::new(),
-        parallelism: parallelism.max(1),
-    };
+    let mut builder = Builder { fragments: Vec::new(), parallelism: parallelism.max(1) };
     let top = builder.place(root)?;
     let layout = match (&root.props.unique_key, &root.props.distribution) {
         (Some(key), Distribution::Single) => StorageLayout::Keyed { key: key.clone() },
-        (Some(key), Distribution::HashBy(h))
-            if !h.is_empty() && h.iter().all(|c| key.contains(c)) =>
-        {
+        (Some(key), Distribution::HashBy(h)) if !h.is_empty() && h.iter().all(|c| key.contains(c)) => {
             StorageLayout::Keyed { key: key.clone() }
         }
         _ => StorageLayout::Counted,
     };
-    builder.fragments[top]
-        .chain
-        .push(OperatorSpec::Materialize {
-            relation,
-            layout: layout.clone(),
+    builder.fragments[top].chain.push(match target {
+        Target::Materialize => {
+            OperatorSpec::Materialize { relation, layout: layout.clone(), schema: root.schema.clone() }
+        }
+        Target::Sink { connector, options } => OperatorSpec::Sink {
+            sink: relation,
+            connector: connector.clone(),
+            options: options.clone(),
             schema: root.schema.clone(),
-        });
+        },
+    });
     // Fragments are created children-first, so the root's fragment is already last unless a
     // later sibling was placed after it; move it to the end to keep the documented order.
     if top != builder.fragments.len() - 1 {
-        return Err(PlanError::Internal(
-            "root fragment is not the last one".into(),
-        ));
+        return Err(PlanError::Internal("root fragment is not the last one".into()));
     }
     Ok(OperatorGraph {
         fragments: builder.fragments,
@@ -272,32 +295,20 @@ struct Builder {
 impl Builder {
     fn new_fragment(&mut self, parallelism: usize, inputs: Vec<FragmentInput>) -> usize {
         let id = self.fragments.len();
-        self.fragments.push(FragmentSpec {
-            id,
-            parallelism,
-            inputs,
-            chain: Vec::new(),
-        });
+        self.fragments.push(FragmentSpec { id, parallelism, inputs, chain: Vec::new() });
         id
     }
 
     /// Places `node` and its inputs; returns the fragment whose chain ends with `node`.
     fn place(&mut self, node: &StreamNode) -> Result<usize> {
         match &node.kind {
-            StreamNodeKind::Scan {
-                relation,
-                name,
-                relation_kind,
-                projection,
-                upstream_parallelism,
-            } => {
-                let f = self.new_fragment(
-                    (*upstream_parallelism).max(1),
-                    vec![FragmentInput::Relation {
-                        id: *relation,
-                        name: name.clone(),
-                    }],
-                );
+            StreamNodeKind::Scan { relation, name, relation_kind, projection, upstream_parallelism } => {
+                let input = if *relation_kind == RelationKind::Source {
+                    FragmentInput::Source { id: *relation, name: name.clone() }
+                } else {
+                    FragmentInput::Relation { id: *relation, name: name.clone() }
+                };
+                let f = self.new_fragment((*upstream_parallelism).max(1), vec![input]);
                 self.fragments[f].chain.push(OperatorSpec::Scan {
                     relation: *relation,
                     name: name.clone(),
@@ -310,10 +321,9 @@ impl Builder {
             StreamNodeKind::Filter { predicate } => {
                 let input = single_input(node)?;
                 let f = self.place(input)?;
-                self.fragments[f].chain.push(OperatorSpec::Filter {
-                    predicate: predicate.clone(),
-                    input_schema: input.schema.clone(),
-                });
+                self.fragments[f]
+                    .chain
+                    .push(OperatorSpec::Filter { predicate: predicate.clone(), input_schema: input.schema.clone() });
                 Ok(f)
             }
             StreamNodeKind::Project { exprs } => {
@@ -326,40 +336,39 @@ impl Builder {
                 });
                 Ok(f)
             }
-            StreamNodeKind::Aggregate { group_keys, calls } => {
+            StreamNodeKind::Unnest { list_column, dependency, null_handling } => {
+                let input = single_input(node)?;
+                let f = self.place(input)?;
+                self.fragments[f].chain.push(OperatorSpec::Unnest {
+                    list_column: *list_column,
+                    dependency: dependency.clone(),
+                    null_handling: *null_handling,
+                    input_schema: input.schema.clone(),
+                    schema: node.schema.clone(),
+                });
+                Ok(f)
+            }
+            StreamNodeKind::Aggregate { group_keys, calls, window_key, emit_on_close } => {
                 let input = single_input(node)?;
                 let child = self.place(input)?;
                 let already_grouped = match &input.props.distribution {
                     // One actor already sees every group; spreading keyed groups over more actors
                     // is still worth an exchange.
-                    Distribution::Single => {
-                        group_keys.is_empty() && self.fragments[child].parallelism == 1
-                    }
+                    Distribution::Single => group_keys.is_empty() && self.fragments[child].parallelism == 1,
                     Distribution::HashBy(h) => {
-                        !group_keys.is_empty()
-                            && !h.is_empty()
-                            && h.iter().all(|c| group_keys.contains(c))
+                        !group_keys.is_empty() && !h.is_empty() && h.iter().all(|c| group_keys.contains(c))
                     }
                     Distribution::Arbitrary => false,
                 };
                 let f = if already_grouped {
                     child
                 } else if group_keys.is_empty() {
-                    self.new_fragment(
-                        1,
-                        vec![FragmentInput::Fragment {
-                            fragment: child,
-                            exchange: Exchange::Single,
-                        }],
-                    )
+                    self.new_fragment(1, vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }])
                 } else {
                     let p = self.parallelism;
                     self.new_fragment(
                         p,
-                        vec![FragmentInput::Fragment {
-                            fragment: child,
-                            exchange: Exchange::Hash(group_keys.clone()),
-                        }],
+                        vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Hash(group_keys.clone()) }],
                     )
                 };
                 self.fragments[f].chain.push(OperatorSpec::HashAgg {
@@ -368,6 +377,8 @@ impl Builder {
                     input_schema: input.schema.clone(),
                     schema: node.schema.clone(),
                     append_only_input: input.props.append_only,
+                    window_key: *window_key,
+                    emit_on_close: *emit_on_close,
                 });
                 Ok(f)
             }
@@ -386,25 +397,18 @@ impl Builder {
                         } else {
                             Exchange::Hash(all_columns.clone())
                         };
-                        FragmentInput::Fragment {
-                            fragment: *c,
-                            exchange,
-                        }
+                        FragmentInput::Fragment { fragment: *c, exchange }
                     })
                     .collect();
                 let f = self.new_fragment(p, inputs);
-                self.fragments[f].chain.push(OperatorSpec::Union {
-                    inputs: node.inputs.len(),
-                    schema: node.schema.clone(),
-                });
+                self.fragments[f]
+                    .chain
+                    .push(OperatorSpec::Union { inputs: node.inputs.len(), schema: node.schema.clone() });
                 Ok(f)
             }
             StreamNodeKind::Values { rows } => {
                 let f = self.new_fragment(1, vec![]);
-                self.fragments[f].chain.push(OperatorSpec::Values {
-                    rows: rows.clone(),
-                    schema: node.schema.clone(),
-                });
+                self.fragments[f].chain.push(OperatorSpec::Values { rows: rows.clone(), schema: node.schema.clone() });
                 Ok(f)
             }
         }
@@ -412,6 +416,5 @@ impl Builder {
 }
 
 fn single_input(node: &StreamNode) -> Result<&StreamNode> {
-    node.input()
-        .ok_or_else(|| PlanError::Internal("operator without input".into()))
+    node.input().ok_or_else(|| PlanError::Internal("operator without input".into()))
 }

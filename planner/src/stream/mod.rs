@@ -9,6 +9,7 @@
 pub mod agg;
 pub mod fragment;
 pub mod rewrite;
+pub mod watermark;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DFSchemaRef;
@@ -16,7 +17,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use eddy_common::ids::ObjectId;
 
 pub use agg::{AggCall, AggKind};
-pub use fragment::{Exchange, FragmentInput, FragmentSpec, OperatorGraph, OperatorSpec};
+pub use fragment::{Exchange, FragmentInput, FragmentSpec, OperatorGraph, OperatorSpec, Target};
 
 use crate::catalog::{Distribution, RelationKind};
 
@@ -60,9 +61,20 @@ pub enum StreamNodeKind {
         exprs: Vec<Expr>,
     },
     /// Groups by the first `group_keys` input columns.
+    /// `window_key` is the position (in `group_keys`) of a key carrying a watermark: groups
+    /// below it are closed windows.
     Aggregate {
         group_keys: Vec<usize>,
         calls: Vec<AggCall>,
+        window_key: Option<usize>,
+        emit_on_close: bool,
+    },
+    /// One output row per element of list column `list_column`; output column `i` comes
+    /// from input column `dependency[i]`.
+    Unnest {
+        list_column: usize,
+        dependency: Vec<usize>,
+        null_handling: datafusion::common::NullHandling,
     },
     UnionAll,
     /// Constant rows, emitted once.
@@ -77,11 +89,7 @@ impl StreamNode {
     }
 
     pub fn output_types(&self) -> Vec<DataType> {
-        self.schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect()
+        self.schema.fields().iter().map(|f| f.data_type().clone()).collect()
     }
 }
 

@@ -18,187 +18,187 @@ use crate::error::{PlanError, Result};
 /// # Errors
 /// `Unsupported` for constructs that cannot be maintained incrementally.
 pub fn rewrite(plan: &LogicalPlan, resolver: &dyn RelationResolver) -> Result<StreamNode> {
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            let name = scan.table_name.table().to_string();
-            if let Some(schema) = scan.table_name.schema()
-                && (schema == "pg_catalog" || schema == "information_schema")
-            {
-                return Err(PlanError::unsupported(format!(
-                    "system table {schema}.{name} in a materialized view"
-                )));
-            }
-            let relation = resolver
-                .relation(&name)
-                .ok_or_else(|| PlanError::UnknownObject {
-                    kind: "relation",
-                    name: name.clone(),
-                })?;
-            if relation.kind == RelationKind::Sink || relation.kind == RelationKind::View {
-                return Err(PlanError::Internal(format!(
-                    "{} {} cannot be scanned directly",
-                    relation.kind.sql_name(),
-                    relation.name
-                )));
-            }
-            // Map positions of the full relation to positions of the projected scan.
-            let projection = scan.projection.clone();
-            let map = |col: usize| -> Option<usize> {
-                match &projection {
-                    None => Some(col),
-                    Some(p) => p.iter().position(|c| *c == col),
+    rewrite_with(plan, resolver, false)
+}
+
+/// As [`rewrite`]; with `emit_on_close`, windowed aggregates emit each window once, when the
+/// watermark closes it (`EMIT ON WINDOW CLOSE`).
+///
+/// # Errors
+/// As [`rewrite`], and when `emit_on_close` is asked of a plan without a windowed aggregate.
+pub fn rewrite_with(plan: &LogicalPlan, resolver: &dyn RelationResolver, emit_on_close: bool) -> Result<StreamNode> {
+    let mut ctx = Ctx { resolver, emit_on_close, windowed_aggregates: 0 };
+    let node = ctx.rewrite(plan)?;
+    if emit_on_close && ctx.windowed_aggregates == 0 {
+        return Err(PlanError::unsupported_with_hint(
+            "EMIT ON WINDOW CLOSE without a windowed aggregate on a watermarked time column",
+            "group by window_start of a TUMBLE or HOP over a source or table with a WATERMARK",
+        ));
+    }
+    Ok(node)
+}
+
+struct Ctx<'a> {
+    resolver: &'a dyn RelationResolver,
+    emit_on_close: bool,
+    windowed_aggregates: usize,
+}
+
+impl Ctx<'_> {
+    fn rewrite(&mut self, plan: &LogicalPlan) -> Result<StreamNode> {
+        let resolver = self.resolver;
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let name = scan.table_name.table().to_string();
+                if let Some(schema) = scan.table_name.schema()
+                    && (schema == "pg_catalog" || schema == "information_schema")
+                {
+                    return Err(PlanError::unsupported(format!("system table {schema}.{name} in a materialized view")));
                 }
-            };
-            let map_all =
-                |cols: &[usize]| -> Option<Vec<usize>> { cols.iter().map(|c| map(*c)).collect() };
-            let unique_key = if relation.primary_key.is_empty() {
-                None
-            } else {
-                map_all(&relation.primary_key)
-            };
-            let distribution = match &relation.output_distribution {
-                Distribution::HashBy(cols) => map_all(cols)
-                    .map(Distribution::HashBy)
-                    .unwrap_or(Distribution::Arbitrary),
-                other => other.clone(),
-            };
-            let watermark_columns = relation
-                .watermark
-                .as_ref()
-                .and_then(|w| map(w.column))
-                .into_iter()
-                .collect();
-            Ok(StreamNode {
-                kind: StreamNodeKind::Scan {
-                    relation: relation.id,
-                    name: relation.name.clone(),
-                    relation_kind: relation.kind,
-                    projection,
-                    upstream_parallelism: relation.output_parallelism,
-                },
-                schema: scan.projected_schema.clone(),
-                props: StreamProps {
-                    append_only: relation.append_only,
-                    unique_key,
-                    distribution,
-                    watermark_columns,
-                },
+                let relation = resolver
+                    .relation(&name)
+                    .ok_or_else(|| PlanError::UnknownObject { kind: "relation", name: name.clone() })?;
+                if relation.kind == RelationKind::Sink || relation.kind == RelationKind::View {
+                    return Err(PlanError::Internal(format!(
+                        "{} {} cannot be scanned directly",
+                        relation.kind.sql_name(),
+                        relation.name
+                    )));
+                }
+                // Map positions of the full relation to positions of the projected scan.
+                let projection = scan.projection.clone();
+                let map = |col: usize| -> Option<usize> {
+                    match &projection {
+                        None => Some(col),
+                        Some(p) => p.iter().position(|c| *c == col),
+                    }
+                };
+                let map_all = |cols: &[usize]| -> Option<Vec<usize>> { cols.iter().map(|c| map(*c)).collect() };
+                let unique_key = if relation.primary_key.is_empty() { None } else { map_all(&relation.primary_key) };
+                let distribution = match &relation.output_distribution {
+                    Distribution::HashBy(cols) => {
+                        map_all(cols).map(Distribution::HashBy).unwrap_or(Distribution::Arbitrary)
+                    }
+                    other => other.clone(),
+                };
+                let watermark_columns = relation.watermark.as_ref().and_then(|w| map(w.column)).into_iter().collect();
+                Ok(StreamNode {
+                    kind: StreamNodeKind::Scan {
+                        relation: relation.id,
+                        name: relation.name.clone(),
+                        relation_kind: relation.kind,
+                        projection,
+                        upstream_parallelism: relation.output_parallelism,
+                    },
+                    schema: scan.projected_schema.clone(),
+                    props: StreamProps {
+                        append_only: relation.append_only,
+                        unique_key,
+                        distribution,
+                        watermark_columns,
+                    },
+                    inputs: vec![],
+                })
+            }
+            LogicalPlan::Filter(filter) => {
+                check_deterministic(&filter.predicate)?;
+                let input = self.rewrite(&filter.input)?;
+                let props = input.props.clone();
+                Ok(StreamNode {
+                    kind: StreamNodeKind::Filter { predicate: filter.predicate.clone() },
+                    schema: filter.input.schema().clone(),
+                    props,
+                    inputs: vec![input],
+                })
+            }
+            LogicalPlan::Projection(projection) => {
+                for e in &projection.expr {
+                    check_deterministic(e)?;
+                }
+                let input = self.rewrite(&projection.input)?;
+                project_node(input, projection.expr.clone(), projection.schema.clone())
+            }
+            LogicalPlan::SubqueryAlias(alias) => {
+                let mut input = self.rewrite(&alias.input)?;
+                input.schema = alias.schema.clone();
+                Ok(input)
+            }
+            LogicalPlan::Aggregate(aggregate) => self.rewrite_aggregate(aggregate),
+            LogicalPlan::Union(union) => {
+                let inputs = union.inputs.iter().map(|i| self.rewrite(i)).collect::<Result<Vec<_>>>()?;
+                let append_only = inputs.iter().all(|i| i.props.append_only);
+                // A watermark survives a union only where every input has it.
+                let watermark_columns = inputs
+                    .first()
+                    .map(|first| {
+                        first
+                            .props
+                            .watermark_columns
+                            .iter()
+                            .copied()
+                            .filter(|c| inputs.iter().all(|i| i.props.watermark_columns.contains(c)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(StreamNode {
+                    kind: StreamNodeKind::UnionAll,
+                    schema: union.schema.clone(),
+                    props: StreamProps {
+                        append_only,
+                        unique_key: None,
+                        distribution: Distribution::Arbitrary,
+                        watermark_columns,
+                    },
+                    inputs,
+                })
+            }
+            LogicalPlan::Unnest(unnest) => self.rewrite_unnest(unnest),
+            LogicalPlan::Values(values) => Ok(StreamNode {
+                kind: StreamNodeKind::Values { rows: values.values.clone() },
+                schema: values.schema.clone(),
+                props: constant_props(),
                 inputs: vec![],
-            })
-        }
-        LogicalPlan::Filter(filter) => {
-            check_deterministic(&filter.predicate)?;
-            let input = rewrite(&filter.input, resolver)?;
-            let props = input.props.clone();
-            Ok(StreamNode {
-                kind: StreamNodeKind::Filter {
-                    predicate: filter.predicate.clone(),
-                },
-                schema: filter.input.schema().clone(),
-                props,
-                inputs: vec![input],
-            })
-        }
-        LogicalPlan::Projection(projection) => {
-            for e in &projection.expr {
-                check_deterministic(e)?;
-            }
-            let input = rewrite(&projection.input, resolver)?;
-            project_node(input, projection.expr.clone(), projection.schema.clone())
-        }
-        LogicalPlan::SubqueryAlias(alias) => {
-            let mut input = rewrite(&alias.input, resolver)?;
-            input.schema = alias.schema.clone();
-            Ok(input)
-        }
-        LogicalPlan::Aggregate(aggregate) => rewrite_aggregate(aggregate, resolver),
-        LogicalPlan::Union(union) => {
-            let inputs = union
-                .inputs
-                .iter()
-                .map(|i| rewrite(i, resolver))
-                .collect::<Result<Vec<_>>>()?;
-            let append_only = inputs.iter().all(|i| i.props.append_only);
-            Ok(StreamNode {
-                kind: StreamNodeKind::UnionAll,
-                schema: union.schema.clone(),
-                props: StreamProps {
-                    append_only,
-                    unique_key: None,
-                    distribution: Distribution::Arbitrary,
-                    watermark_columns: vec![],
-                },
-                inputs,
-            })
-        }
-        LogicalPlan::Values(values) => Ok(StreamNode {
-            kind: StreamNodeKind::Values {
-                rows: values.values.clone(),
-            },
-            schema: values.schema.clone(),
-            props: constant_props(),
-            inputs: vec![],
-        }),
-        LogicalPlan::EmptyRelation(empty) => Ok(StreamNode {
-            kind: StreamNodeKind::Values {
-                rows: if empty.produce_one_row {
-                    vec![vec![]]
-                } else {
-                    vec![]
-                },
-            },
-            schema: empty.schema.clone(),
-            props: constant_props(),
-            inputs: vec![],
-        }),
-        LogicalPlan::Sort(sort) => {
-            if sort.fetch.is_some() {
-                return Err(PlanError::unsupported_with_hint(
-                    "ORDER BY ... LIMIT in a materialized view",
-                    "top-N views arrive with the joins and top-N work; for now select the \
+            }),
+            LogicalPlan::EmptyRelation(empty) => Ok(StreamNode {
+                kind: StreamNodeKind::Values { rows: if empty.produce_one_row { vec![vec![]] } else { vec![] } },
+                schema: empty.schema.clone(),
+                props: constant_props(),
+                inputs: vec![],
+            }),
+            LogicalPlan::Sort(sort) => {
+                if sort.fetch.is_some() {
+                    return Err(PlanError::unsupported_with_hint(
+                        "ORDER BY ... LIMIT in a materialized view",
+                        "top-N views arrive with the joins and top-N work; for now select the \
                      rows in the query that reads the view",
-                ));
+                    ));
+                }
+                // A view is a set; ORDER BY without LIMIT does not change its contents.
+                self.rewrite(&sort.input)
             }
-            // A view is a set; ORDER BY without LIMIT does not change its contents.
-            rewrite(&sort.input, resolver)
+            LogicalPlan::Limit(_) => Err(PlanError::unsupported_with_hint(
+                "LIMIT in a materialized view",
+                "apply LIMIT in the SELECT that reads the view",
+            )),
+            LogicalPlan::Join(_) => Err(PlanError::unsupported_with_hint(
+                "joins in a materialized view are not supported yet",
+                "join in the SELECT that reads the views",
+            )),
+            LogicalPlan::Window(_) => Err(PlanError::unsupported("window functions (OVER) in a materialized view")),
+            LogicalPlan::Distinct(_) => {
+                Err(PlanError::Internal("DISTINCT should have been rewritten into an aggregate".into()))
+            }
+            LogicalPlan::RecursiveQuery(_) => Err(PlanError::unsupported("recursive queries in a materialized view")),
+            other => Err(PlanError::unsupported(format!(
+                "{} in a materialized view",
+                other.display().to_string().split(':').next().unwrap_or("this plan node")
+            ))),
         }
-        LogicalPlan::Limit(_) => Err(PlanError::unsupported_with_hint(
-            "LIMIT in a materialized view",
-            "apply LIMIT in the SELECT that reads the view",
-        )),
-        LogicalPlan::Join(_) => Err(PlanError::unsupported_with_hint(
-            "joins in a materialized view are not supported yet",
-            "join in the SELECT that reads the views",
-        )),
-        LogicalPlan::Window(_) => Err(PlanError::unsupported(
-            "window functions (OVER) in a materialized view",
-        )),
-        LogicalPlan::Distinct(_) => Err(PlanError::Internal(
-            "DISTINCT should have been rewritten into an aggregate".into(),
-        )),
-        LogicalPlan::Unnest(_) => Err(PlanError::unsupported("unnest in a materialized view")),
-        LogicalPlan::RecursiveQuery(_) => Err(PlanError::unsupported(
-            "recursive queries in a materialized view",
-        )),
-        other => Err(PlanError::unsupported(format!(
-            "{} in a materialized view",
-            other
-                .display()
-                .to_string()
-                .split(':')
-                .next()
-                .unwrap_or("this plan node")
-        ))),
     }
 }
 
 fn constant_props() -> StreamProps {
-    StreamProps {
-        append_only: true,
-        unique_key: None,
-        distribution: Distribution::Single,
-        watermark_columns: vec![],
-    }
+    StreamProps { append_only: true, unique_key: None, distribution: Distribution::Single, watermark_columns: vec![] }
 }
 
 /// Volatile functions (`random()`, `now()`) would make retractions disagree with insertions.
@@ -222,116 +222,151 @@ fn passthrough_column(expr: &Expr, input_schema: &DFSchema) -> Option<usize> {
     }
 }
 
-fn project_node(
-    input: StreamNode,
-    exprs: Vec<Expr>,
-    schema: datafusion::common::DFSchemaRef,
-) -> Result<StreamNode> {
-    let sources: Vec<Option<usize>> = exprs
-        .iter()
-        .map(|e| passthrough_column(e, input.schema.as_ref()))
-        .collect();
+fn project_node(input: StreamNode, exprs: Vec<Expr>, schema: datafusion::common::DFSchemaRef) -> Result<StreamNode> {
+    let sources: Vec<Option<usize>> = exprs.iter().map(|e| passthrough_column(e, input.schema.as_ref())).collect();
     let map = |col: usize| sources.iter().position(|s| *s == Some(col));
     let map_all = |cols: &[usize]| -> Option<Vec<usize>> { cols.iter().map(|c| map(*c)).collect() };
     let unique_key = input.props.unique_key.as_deref().and_then(map_all);
     let distribution = match &input.props.distribution {
-        Distribution::HashBy(cols) => map_all(cols)
-            .map(Distribution::HashBy)
-            .unwrap_or(Distribution::Arbitrary),
+        Distribution::HashBy(cols) => map_all(cols).map(Distribution::HashBy).unwrap_or(Distribution::Arbitrary),
         other => other.clone(),
     };
-    let watermark_columns = input
-        .props
-        .watermark_columns
+    let watermark_columns = exprs
         .iter()
-        .filter_map(|c| map(*c))
+        .enumerate()
+        .filter(|(_, e)| {
+            super::watermark::monotone_input(e, input.schema.as_ref())
+                .is_some_and(|c| input.props.watermark_columns.contains(&c))
+        })
+        .map(|(i, _)| i)
         .collect();
     Ok(StreamNode {
         kind: StreamNodeKind::Project { exprs },
         schema,
-        props: StreamProps {
-            append_only: input.props.append_only,
-            unique_key,
-            distribution,
-            watermark_columns,
-        },
+        props: StreamProps { append_only: input.props.append_only, unique_key, distribution, watermark_columns },
         inputs: vec![input],
     })
 }
 
 /// `Aggregate(group exprs, aggregate calls)` becomes a projection computing every grouping key,
 /// argument, filter and ordering key, then an aggregation over column positions.
-fn rewrite_aggregate(aggregate: &Aggregate, resolver: &dyn RelationResolver) -> Result<StreamNode> {
-    for g in &aggregate.group_expr {
-        if matches!(g, Expr::GroupingSet(_)) {
-            return Err(PlanError::unsupported(
-                "GROUPING SETS / ROLLUP / CUBE in a materialized view",
-            ));
+impl Ctx<'_> {
+    fn rewrite_aggregate(&mut self, aggregate: &Aggregate) -> Result<StreamNode> {
+        for g in &aggregate.group_expr {
+            if matches!(g, Expr::GroupingSet(_)) {
+                return Err(PlanError::unsupported("GROUPING SETS / ROLLUP / CUBE in a materialized view"));
+            }
+            check_deterministic(g)?;
         }
-        check_deterministic(g)?;
-    }
-    let mut pre_exprs: Vec<Expr> = Vec::new();
-    let push = |e: Expr, pre: &mut Vec<Expr>| -> usize {
-        let idx = pre.len();
-        pre.push(e.alias(format!("__eddy_in{idx}")));
-        idx
-    };
-    let mut group_keys = Vec::new();
-    for g in &aggregate.group_expr {
-        group_keys.push(push(g.clone(), &mut pre_exprs));
-    }
-    let mut calls = Vec::new();
-    let input_schema = aggregate.input.schema();
-    for (i, agg_expr) in aggregate.aggr_expr.iter().enumerate() {
-        check_deterministic(agg_expr)?;
-        let (_func, kind, inputs) = analyze_agg(agg_expr)?;
-        let arg_type = match &inputs.arg {
-            Some(a) => Some(a.get_type(input_schema.as_ref())?),
-            None => None,
+        let mut pre_exprs: Vec<Expr> = Vec::new();
+        let push = |e: Expr, pre: &mut Vec<Expr>| -> usize {
+            let idx = pre.len();
+            pre.push(e.alias(format!("__eddy_in{idx}")));
+            idx
         };
-        let arg = inputs.arg.map(|a| push(a, &mut pre_exprs));
-        let filter = inputs.filter.map(|f| push(f, &mut pre_exprs));
-        let order_by = inputs
-            .order_by
-            .into_iter()
-            .map(|(e, asc, nulls_first)| (push(e, &mut pre_exprs), asc, nulls_first))
+        let mut group_keys = Vec::new();
+        for g in &aggregate.group_expr {
+            group_keys.push(push(g.clone(), &mut pre_exprs));
+        }
+        let mut calls = Vec::new();
+        let input_schema = aggregate.input.schema();
+        for (i, agg_expr) in aggregate.aggr_expr.iter().enumerate() {
+            check_deterministic(agg_expr)?;
+            let (_func, kind, inputs) = analyze_agg(agg_expr)?;
+            let arg_type = match &inputs.arg {
+                Some(a) => Some(a.get_type(input_schema.as_ref())?),
+                None => None,
+            };
+            let arg = inputs.arg.map(|a| push(a, &mut pre_exprs));
+            let filter = inputs.filter.map(|f| push(f, &mut pre_exprs));
+            let order_by = inputs
+                .order_by
+                .into_iter()
+                .map(|(e, asc, nulls_first)| (push(e, &mut pre_exprs), asc, nulls_first))
+                .collect();
+            let field = aggregate.schema.field(aggregate.group_expr.len() + i);
+            let distinct = match unalias_agg(agg_expr) {
+                Some(a) => a.params.distinct,
+                None => false,
+            };
+            calls.push(AggCall {
+                kind,
+                arg,
+                arg_type,
+                distinct,
+                filter,
+                order_by,
+                return_type: field.data_type().clone(),
+            });
+        }
+        let projection = Projection::try_new(pre_exprs, aggregate.input.clone())?;
+        let pre_schema = projection.schema.clone();
+        let input = self.rewrite(&aggregate.input)?;
+        let pre = project_node(input, projection.expr, pre_schema)?;
+        let group_cols: Vec<usize> = (0..group_keys.len()).collect();
+        let window_key = group_keys.iter().position(|k| pre.props.watermark_columns.contains(k));
+        if window_key.is_some() {
+            self.windowed_aggregates += 1;
+        }
+        let emit_on_close = self.emit_on_close && window_key.is_some();
+        let distribution =
+            if group_cols.is_empty() { Distribution::Single } else { Distribution::HashBy(group_cols.clone()) };
+        Ok(StreamNode {
+            kind: StreamNodeKind::Aggregate { group_keys, calls, window_key, emit_on_close },
+            schema: aggregate.schema.clone(),
+            props: StreamProps {
+                append_only: emit_on_close,
+                unique_key: Some(group_cols),
+                distribution,
+                watermark_columns: window_key.into_iter().collect(),
+            },
+            inputs: vec![pre],
+        })
+    }
+
+    fn rewrite_unnest(&mut self, unnest: &datafusion::logical_expr::Unnest) -> Result<StreamNode> {
+        if !unnest.struct_type_columns.is_empty() || unnest.list_type_columns.len() != 1 {
+            return Err(PlanError::unsupported("unnest of several columns or of structs in a materialized view"));
+        }
+        let (list_column, list) = &unnest.list_type_columns[0];
+        if list.depth != 1 {
+            return Err(PlanError::unsupported("recursive unnest in a materialized view"));
+        }
+        let input = self.rewrite(&unnest.input)?;
+        let dependency = unnest.dependency_indices.clone();
+        // Passed-through columns keep their watermark; the unnested column carries the list's.
+        let watermark_columns = dependency
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| input.props.watermark_columns.contains(d))
+            .map(|(i, _)| i)
             .collect();
-        let field = aggregate.schema.field(aggregate.group_expr.len() + i);
-        let distinct = match unalias_agg(agg_expr) {
-            Some(a) => a.params.distinct,
-            None => false,
+        let distribution = match &input.props.distribution {
+            Distribution::HashBy(cols) => {
+                let mapped: Option<Vec<usize>> = cols
+                    .iter()
+                    .map(|c| if c == list_column { None } else { dependency.iter().position(|d| d == c) })
+                    .collect();
+                mapped.map(Distribution::HashBy).unwrap_or(Distribution::Arbitrary)
+            }
+            other => other.clone(),
         };
-        calls.push(AggCall {
-            kind,
-            arg,
-            arg_type,
-            distinct,
-            filter,
-            order_by,
-            return_type: field.data_type().clone(),
-        });
+        Ok(StreamNode {
+            kind: StreamNodeKind::Unnest {
+                list_column: *list_column,
+                dependency,
+                null_handling: unnest.options.null_handling,
+            },
+            schema: unnest.schema.clone(),
+            props: StreamProps {
+                append_only: input.props.append_only,
+                unique_key: None,
+                distribution,
+                watermark_columns,
+            },
+            inputs: vec![input],
+        })
     }
-    let projection = Projection::try_new(pre_exprs, aggregate.input.clone())?;
-    let pre_schema = projection.schema.clone();
-    let input = rewrite(&aggregate.input, resolver)?;
-    let pre = project_node(input, projection.expr, pre_schema)?;
-    let group_cols: Vec<usize> = (0..group_keys.len()).collect();
-    let distribution = if group_cols.is_empty() {
-        Distribution::Single
-    } else {
-        Distribution::HashBy(group_cols.clone())
-    };
-    Ok(StreamNode {
-        kind: StreamNodeKind::Aggregate { group_keys, calls },
-        schema: aggregate.schema.clone(),
-        props: StreamProps {
-            append_only: false,
-            unique_key: Some(group_cols),
-            distribution,
-            watermark_columns: vec![],
-        },
-        inputs: vec![pre],
-    })
 }
 
 fn unalias_agg(expr: &Expr) -> Option<&datafusion::logical_expr::expr::AggregateFunction> {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, ListArray,
-    StringArray, new_empty_array,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, ListArray, StringArray,
+    new_empty_array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::{cast, concat};
@@ -51,52 +51,29 @@ pub fn make_accumulator(
     return_type: &DataType,
     append_only: bool,
 ) -> Result<Box<dyn GroupAccumulator>> {
-    let arg = || {
-        arg_type
-            .cloned()
-            .ok_or_else(|| ExecError::Internal(format!("{} needs an argument", kind.name())))
-    };
+    let arg = || arg_type.cloned().ok_or_else(|| ExecError::Internal(format!("{} needs an argument", kind.name())));
     Ok(match kind {
-        AggKind::CountRows => Box::new(CountAcc {
-            counts: Vec::new(),
-            non_null_only: false,
-            return_type: return_type.clone(),
-        }),
-        AggKind::Count => Box::new(CountAcc {
-            counts: Vec::new(),
-            non_null_only: true,
-            return_type: return_type.clone(),
-        }),
-        AggKind::ApproxCountDistinct => Box::new(CountAcc {
-            counts: Vec::new(),
-            non_null_only: true,
-            return_type: return_type.clone(),
-        }),
+        AggKind::CountRows => {
+            Box::new(CountAcc { counts: Vec::new(), non_null_only: false, return_type: return_type.clone() })
+        }
+        AggKind::Count => {
+            Box::new(CountAcc { counts: Vec::new(), non_null_only: true, return_type: return_type.clone() })
+        }
+        AggKind::ApproxCountDistinct => {
+            Box::new(CountAcc { counts: Vec::new(), non_null_only: true, return_type: return_type.clone() })
+        }
         AggKind::Sum => Box::new(SumAcc::new(&arg()?, return_type.clone(), false)?),
         AggKind::Avg => Box::new(SumAcc::new(&arg()?, return_type.clone(), true)?),
-        AggKind::Min | AggKind::Max => Box::new(ExtremeAcc::new(
-            arg()?,
-            matches!(kind, AggKind::Max),
-            append_only,
-            return_type.clone(),
-        )?),
-        AggKind::BoolAnd | AggKind::BoolOr => Box::new(BoolAcc {
-            trues: Vec::new(),
-            falses: Vec::new(),
-            is_and: matches!(kind, AggKind::BoolAnd),
-        }),
-        AggKind::StringAgg { delimiter } => Box::new(CollectAcc::new(
-            arg()?,
-            Collect::String {
-                delimiter: delimiter.clone(),
-            },
-            return_type.clone(),
-        )?),
-        AggKind::ArrayAgg => Box::new(CollectAcc::new(
-            arg()?,
-            Collect::Array,
-            return_type.clone(),
-        )?),
+        AggKind::Min | AggKind::Max => {
+            Box::new(ExtremeAcc::new(arg()?, matches!(kind, AggKind::Max), append_only, return_type.clone())?)
+        }
+        AggKind::BoolAnd | AggKind::BoolOr => {
+            Box::new(BoolAcc { trues: Vec::new(), falses: Vec::new(), is_and: matches!(kind, AggKind::BoolAnd) })
+        }
+        AggKind::StringAgg { delimiter } => {
+            Box::new(CollectAcc::new(arg()?, Collect::String { delimiter: delimiter.clone() }, return_type.clone())?)
+        }
+        AggKind::ArrayAgg => Box::new(CollectAcc::new(arg()?, Collect::Array, return_type.clone())?),
         AggKind::Variance { sample, sqrt } => Box::new(VarianceAcc {
             n: Vec::new(),
             sum: Vec::new(),
@@ -109,11 +86,7 @@ pub fn make_accumulator(
 }
 
 fn cast_to(array: ArrayRef, to: &DataType) -> Result<ArrayRef> {
-    if array.data_type() == to {
-        Ok(array)
-    } else {
-        Ok(cast(&array, to)?)
-    }
+    if array.data_type() == to { Ok(array) } else { Ok(cast(&array, to)?) }
 }
 
 /// `count(*)`, `count(x)`: the sum of weights (of non-null values).
@@ -147,12 +120,7 @@ impl GroupAccumulator for CountAcc {
     }
 
     fn evaluate(&self, groups: &[usize]) -> Result<ArrayRef> {
-        let a: ArrayRef = Arc::new(
-            groups
-                .iter()
-                .map(|g| self.counts[*g])
-                .collect::<Int64Array>(),
-        );
+        let a: ArrayRef = Arc::new(groups.iter().map(|g| self.counts[*g]).collect::<Int64Array>());
         cast_to(a, &self.return_type)
     }
 
@@ -194,14 +162,7 @@ impl SumAcc {
                 )));
             }
         };
-        Ok(Self {
-            mode,
-            ints: Vec::new(),
-            floats: Vec::new(),
-            counts: Vec::new(),
-            avg,
-            return_type,
-        })
+        Ok(Self { mode, ints: Vec::new(), floats: Vec::new(), counts: Vec::new(), avg, return_type })
     }
 }
 
@@ -259,9 +220,8 @@ impl GroupAccumulator for SumAcc {
                 let mut out = Vec::with_capacity(groups.len());
                 for g in groups {
                     if present(*g) {
-                        let v = i64::try_from(self.ints[*g]).map_err(|_| {
-                            ExecError::InvalidInput("sum out of range for a 64-bit integer".into())
-                        })?;
+                        let v = i64::try_from(self.ints[*g])
+                            .map_err(|_| ExecError::InvalidInput("sum out of range for a 64-bit integer".into()))?;
                         out.push(Some(v));
                     } else {
                         out.push(None);
@@ -269,12 +229,9 @@ impl GroupAccumulator for SumAcc {
                 }
                 Arc::new(Int64Array::from(out))
             }
-            (SumMode::Float, false) => Arc::new(
-                groups
-                    .iter()
-                    .map(|g| present(*g).then(|| self.floats[*g]))
-                    .collect::<Float64Array>(),
-            ),
+            (SumMode::Float, false) => {
+                Arc::new(groups.iter().map(|g| present(*g).then(|| self.floats[*g])).collect::<Float64Array>())
+            }
             (SumMode::Decimal { scale }, false) => {
                 let (p, s) = match self.return_type {
                     DataType::Decimal128(p, s) => (p, s),
@@ -309,9 +266,9 @@ impl GroupAccumulator for SumAcc {
                 let mut out = Vec::with_capacity(groups.len());
                 for g in groups {
                     if present(*g) {
-                        let scaled = self.ints[*g].checked_mul(mul).ok_or_else(|| {
-                            ExecError::InvalidInput("numeric overflow in avg".into())
-                        })?;
+                        let scaled = self.ints[*g]
+                            .checked_mul(mul)
+                            .ok_or_else(|| ExecError::InvalidInput("numeric overflow in avg".into()))?;
                         out.push(Some(scaled / self.counts[*g] as i128));
                     } else {
                         out.push(None);
@@ -346,22 +303,9 @@ struct ExtremeAcc {
 }
 
 impl ExtremeAcc {
-    fn new(
-        arg_type: DataType,
-        is_max: bool,
-        append_only: bool,
-        return_type: DataType,
-    ) -> Result<Self> {
+    fn new(arg_type: DataType, is_max: bool, append_only: bool, return_type: DataType) -> Result<Self> {
         let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
-        Ok(Self {
-            converter,
-            is_max,
-            append_only,
-            best: Vec::new(),
-            values: Vec::new(),
-            arg_type,
-            return_type,
-        })
+        Ok(Self { converter, is_max, append_only, best: Vec::new(), values: Vec::new(), arg_type, return_type })
     }
 
     fn choose(&self, group: usize) -> Option<&[u8]> {
@@ -388,9 +332,7 @@ impl GroupAccumulator for ExtremeAcc {
         let Some(values) = u.values else {
             return Ok(());
         };
-        let rows = self
-            .converter
-            .convert_columns(std::slice::from_ref(values))?;
+        let rows = self.converter.convert_columns(std::slice::from_ref(values))?;
         for ((g, r), w) in u.groups.iter().zip(u.rows).zip(u.weights) {
             if !values.is_valid(*r) {
                 continue;
@@ -412,9 +354,7 @@ impl GroupAccumulator for ExtremeAcc {
                     *slot = Some(bytes.as_ref().to_vec());
                 }
             } else if self.append_only {
-                return Err(ExecError::Internal(
-                    "retraction reached an append-only min/max".into(),
-                ));
+                return Err(ExecError::Internal("retraction reached an append-only min/max".into()));
             } else {
                 let map = &mut self.values[*g];
                 let entry = map.entry(bytes.as_ref().to_vec()).or_insert(0);
@@ -443,12 +383,8 @@ impl GroupAccumulator for ExtremeAcc {
         let decoded = if chosen.is_empty() {
             new_empty_array(&self.arg_type)
         } else {
-            let mut arrays = self
-                .converter
-                .convert_rows(chosen.iter().map(|b| parser.parse(b)))?;
-            arrays
-                .pop()
-                .ok_or_else(|| ExecError::Internal("min/max decode".into()))?
+            let mut arrays = self.converter.convert_rows(chosen.iter().map(|b| parser.parse(b)))?;
+            arrays.pop().ok_or_else(|| ExecError::Internal("min/max decode".into()))?
         };
         let array = spread_with_nulls(&decoded, &present)?;
         cast_to(array, &self.return_type)
@@ -560,13 +496,7 @@ struct CollectAcc {
 impl CollectAcc {
     fn new(arg_type: DataType, kind: Collect, return_type: DataType) -> Result<Self> {
         let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
-        Ok(Self {
-            converter,
-            kind,
-            items: Vec::new(),
-            arg_type,
-            return_type,
-        })
+        Ok(Self { converter, kind, items: Vec::new(), arg_type, return_type })
     }
 }
 
@@ -579,9 +509,7 @@ impl GroupAccumulator for CollectAcc {
         let Some(values) = u.values else {
             return Ok(());
         };
-        let rows = self
-            .converter
-            .convert_columns(std::slice::from_ref(values))?;
+        let rows = self.converter.convert_columns(std::slice::from_ref(values))?;
         for (i, ((g, r), w)) in u.groups.iter().zip(u.rows).zip(u.weights).enumerate() {
             // string_agg skips nulls; array_agg keeps them.
             if matches!(self.kind, Collect::String { .. }) && !values.is_valid(*r) {
@@ -610,16 +538,10 @@ impl GroupAccumulator for CollectAcc {
                         out.push(None);
                         continue;
                     }
-                    let rows: Vec<_> = map
-                        .iter()
-                        .flat_map(|((_, v), n)| std::iter::repeat_n(v, (*n).max(0) as usize))
-                        .collect();
-                    let mut arrays = self
-                        .converter
-                        .convert_rows(rows.iter().map(|b| parser.parse(b)))?;
-                    let values = arrays
-                        .pop()
-                        .ok_or_else(|| ExecError::Internal("string_agg decode".into()))?;
+                    let rows: Vec<_> =
+                        map.iter().flat_map(|((_, v), n)| std::iter::repeat_n(v, (*n).max(0) as usize)).collect();
+                    let mut arrays = self.converter.convert_rows(rows.iter().map(|b| parser.parse(b)))?;
+                    let values = arrays.pop().ok_or_else(|| ExecError::Internal("string_agg decode".into()))?;
                     let values = cast(&values, &DataType::Utf8)?;
                     let values = values.as_string::<i32>();
                     let parts: Vec<&str> = values.iter().map(|v| v.unwrap_or("")).collect();
@@ -637,19 +559,13 @@ impl GroupAccumulator for CollectAcc {
                 let mut parts: Vec<ArrayRef> = Vec::new();
                 for g in groups {
                     let map = &self.items[*g];
-                    let rows: Vec<_> = map
-                        .iter()
-                        .flat_map(|((_, v), n)| std::iter::repeat_n(v, (*n).max(0) as usize))
-                        .collect();
+                    let rows: Vec<_> =
+                        map.iter().flat_map(|((_, v), n)| std::iter::repeat_n(v, (*n).max(0) as usize)).collect();
                     nulls.push(!rows.is_empty());
                     lengths.push(rows.len());
                     if !rows.is_empty() {
-                        let mut arrays = self
-                            .converter
-                            .convert_rows(rows.iter().map(|b| parser.parse(b)))?;
-                        let a = arrays
-                            .pop()
-                            .ok_or_else(|| ExecError::Internal("array_agg decode".into()))?;
+                        let mut arrays = self.converter.convert_rows(rows.iter().map(|b| parser.parse(b)))?;
+                        let a = arrays.pop().ok_or_else(|| ExecError::Internal("array_agg decode".into()))?;
                         parts.push(cast_to(a, item_field.data_type())?);
                     }
                 }
@@ -659,12 +575,8 @@ impl GroupAccumulator for CollectAcc {
                     let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
                     concat(&refs)?
                 };
-                let list = ListArray::try_new(
-                    item_field,
-                    OffsetBuffer::from_lengths(lengths),
-                    values,
-                    Some(nulls.into()),
-                )?;
+                let list =
+                    ListArray::try_new(item_field, OffsetBuffer::from_lengths(lengths), values, Some(nulls.into()))?;
                 cast_to(Arc::new(list), &self.return_type)
             }
         }
@@ -745,11 +657,7 @@ impl DistinctAcc {
     /// When the argument type has no row encoding.
     pub fn new(inner: Box<dyn GroupAccumulator>, arg_type: &DataType) -> Result<Self> {
         let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
-        Ok(Self {
-            inner,
-            converter,
-            seen: Vec::new(),
-        })
+        Ok(Self { inner, converter, seen: Vec::new() })
     }
 }
 
@@ -763,9 +671,7 @@ impl GroupAccumulator for DistinctAcc {
         let Some(values) = u.values else {
             return Ok(());
         };
-        let rows = self
-            .converter
-            .convert_columns(std::slice::from_ref(values))?;
+        let rows = self.converter.convert_columns(std::slice::from_ref(values))?;
         let mut groups = Vec::new();
         let mut sel_rows = Vec::new();
         let mut weights = Vec::new();

@@ -49,6 +49,21 @@ pub struct HashAggOperator {
     value_converter: RowConverter,
     schema: SchemaRef,
     global: bool,
+    window: Option<WindowState>,
+}
+
+/// Window bookkeeping of an aggregate grouped by a watermarked window key.
+struct WindowState {
+    /// Position of the window key in the group keys (and in the output).
+    key: usize,
+    /// Emit each window once, when it closes, instead of on every change.
+    emit_on_close: bool,
+    /// Window value (in the key column's units) of each slot.
+    of_slot: Vec<i64>,
+    /// Window value -> its slots, to find closed windows.
+    slots_by_window: std::collections::BTreeMap<i64, Vec<usize>>,
+    /// Windows below this are closed.
+    closed_below: i64,
 }
 
 impl HashAggOperator {
@@ -60,17 +75,14 @@ impl HashAggOperator {
         input_schema: &DFSchema,
         schema: &DFSchema,
         append_only_input: bool,
+        window_key: Option<usize>,
+        emit_on_close: bool,
     ) -> Result<Self> {
-        let key_types: Vec<DataType> = group_keys
-            .iter()
-            .map(|k| input_schema.field(*k).data_type().clone())
-            .collect();
+        let key_types: Vec<DataType> = group_keys.iter().map(|k| input_schema.field(*k).data_type().clone()).collect();
         let key_converter = if key_types.is_empty() {
             None
         } else {
-            Some(RowConverter::new(
-                key_types.into_iter().map(SortField::new).collect(),
-            )?)
+            Some(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?)
         };
         let mut states = Vec::new();
         for call in calls {
@@ -81,9 +93,10 @@ impl HashAggOperator {
                 append_only_input && !call.distinct,
             )?;
             if call.distinct || call.kind == AggKind::ApproxCountDistinct {
-                let arg_type = call.arg_type.as_ref().ok_or_else(|| {
-                    ExecError::Internal("DISTINCT aggregate without argument".into())
-                })?;
+                let arg_type = call
+                    .arg_type
+                    .as_ref()
+                    .ok_or_else(|| ExecError::Internal("DISTINCT aggregate without argument".into()))?;
                 acc = Box::new(DistinctAcc::new(acc, arg_type)?);
             }
             let order_converter = if call.order_by.is_empty() {
@@ -95,25 +108,15 @@ impl HashAggOperator {
                         .map(|(c, asc, nulls_first)| {
                             SortField::new_with_options(
                                 input_schema.field(*c).data_type().clone(),
-                                datafusion::arrow::compute::SortOptions {
-                                    descending: !asc,
-                                    nulls_first: *nulls_first,
-                                },
+                                datafusion::arrow::compute::SortOptions { descending: !asc, nulls_first: *nulls_first },
                             )
                         })
                         .collect(),
                 )?)
             };
-            states.push(CallState {
-                call: call.clone(),
-                acc,
-                order_converter,
-            });
+            states.push(CallState { call: call.clone(), acc, order_converter });
         }
-        let value_types: Vec<SortField> = calls
-            .iter()
-            .map(|c| SortField::new(c.return_type.clone()))
-            .collect();
+        let value_types: Vec<SortField> = calls.iter().map(|c| SortField::new(c.return_type.clone())).collect();
         let value_converter = RowConverter::new(if value_types.is_empty() {
             vec![SortField::new(DataType::Boolean)]
         } else {
@@ -134,6 +137,13 @@ impl HashAggOperator {
             value_converter,
             schema: nullable_schema(schema),
             global,
+            window: window_key.map(|key| WindowState {
+                key,
+                emit_on_close,
+                of_slot: Vec::new(),
+                slots_by_window: std::collections::BTreeMap::new(),
+                closed_below: i64::MIN,
+            }),
         };
         if global {
             // The single group exists from the start: an empty input still has one result row.
@@ -152,6 +162,9 @@ impl HashAggOperator {
                 self.row_counts.push(0);
                 self.emitted.push(None);
                 self.dirty.push(false);
+                if let Some(w) = &mut self.window {
+                    w.of_slot.push(i64::MIN);
+                }
                 for c in &mut self.calls {
                     c.acc.resize(s + 1);
                 }
@@ -176,18 +189,26 @@ impl HashAggOperator {
         let Some(conv) = &self.key_converter else {
             return Ok(vec![0; n]);
         };
-        let arrays: Vec<ArrayRef> = self
-            .group_keys
-            .iter()
-            .map(|k| batch.column(*k).clone())
-            .collect();
+        let arrays: Vec<ArrayRef> = self.group_keys.iter().map(|k| batch.column(*k).clone()).collect();
         let rows = conv.convert_columns(&arrays)?;
+        let window_values = match &self.window {
+            Some(w) => Some(window_i64(&arrays[w.key])?),
+            None => None,
+        };
         let mut out = Vec::with_capacity(n);
-        for row in rows.iter() {
+        for (i, row) in rows.iter().enumerate() {
             let key = row.as_ref();
             let slot = match self.slots.get(key) {
                 Some(s) => *s,
-                None => self.allocate(Box::from(key)),
+                None => {
+                    let slot = self.allocate(Box::from(key));
+                    if let (Some(w), Some(values)) = (&mut self.window, &window_values) {
+                        let v = values.get(i).copied().flatten().unwrap_or(i64::MIN);
+                        w.of_slot[slot] = v;
+                        w.slots_by_window.entry(v).or_default().push(slot);
+                    }
+                    slot
+                }
             };
             out.push(slot);
         }
@@ -212,12 +233,7 @@ impl HashAggOperator {
         Ok(conv.convert_rows(keys)?)
     }
 
-    fn output_batch(
-        &self,
-        keys: Vec<ArrayRef>,
-        values: Vec<ArrayRef>,
-        rows: usize,
-    ) -> Result<RecordBatch> {
+    fn output_batch(&self, keys: Vec<ArrayRef>, values: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
         let mut columns = keys;
         columns.extend(values);
         Ok(RecordBatch::try_new_with_options(
@@ -234,6 +250,19 @@ impl Operator for HashAggOperator {
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch, _out: &mut Output) -> Result<()> {
+        // Rows of windows already closed cannot change what was emitted for them.
+        let batch = match &self.window {
+            Some(w) if w.closed_below > i64::MIN => {
+                let values = window_i64(batch.column(self.group_keys[w.key]))?;
+                let keep: datafusion::arrow::array::BooleanArray =
+                    values.iter().map(|v| Some(v.is_some_and(|v| v >= w.closed_below))).collect();
+                if keep.true_count() == batch.num_rows() { batch } else { batch.filter(&keep)? }
+            }
+            _ => batch,
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
         let data = batch.data();
         let weights = batch.weights().values();
         let slots = self.slots_for(data)?;
@@ -256,9 +285,7 @@ impl Operator for HashAggOperator {
                         .column(f)
                         .as_any()
                         .downcast_ref::<datafusion::arrow::array::BooleanArray>()
-                        .ok_or_else(|| {
-                            ExecError::Internal("FILTER clause is not boolean".into())
-                        })?;
+                        .ok_or_else(|| ExecError::Internal("FILTER clause is not boolean".into()))?;
                     let mut g = Vec::new();
                     let mut r = Vec::new();
                     let mut w = Vec::new();
@@ -279,17 +306,9 @@ impl Operator for HashAggOperator {
             let values = call.arg.map(|a| data.column(a));
             let order_keys = match &state.order_converter {
                 Some(conv) => {
-                    let arrays: Vec<ArrayRef> = call
-                        .order_by
-                        .iter()
-                        .map(|(c, _, _)| data.column(*c).clone())
-                        .collect();
+                    let arrays: Vec<ArrayRef> = call.order_by.iter().map(|(c, _, _)| data.column(*c).clone()).collect();
                     let encoded = conv.convert_columns(&arrays)?;
-                    Some(
-                        rows.iter()
-                            .map(|r| encoded.row(*r).as_ref().to_vec())
-                            .collect::<Vec<_>>(),
-                    )
+                    Some(rows.iter().map(|r| encoded.row(*r).as_ref().to_vec()).collect::<Vec<_>>())
                 }
                 None => None,
             };
@@ -305,10 +324,54 @@ impl Operator for HashAggOperator {
     }
 
     fn on_barrier(&mut self, _barrier: &Barrier, out: &mut Output) -> Result<()> {
-        if self.dirty_list.is_empty() {
+        if self.window.as_ref().is_some_and(|w| w.emit_on_close) {
+            // Windows leave only when they close.
             return Ok(());
         }
         let dirty = std::mem::take(&mut self.dirty_list);
+        self.emit_changes(dirty, out)
+    }
+
+    fn on_watermark(&mut self, column: usize, value: i64, out: &mut Output) -> Result<()> {
+        let Some(w) = &self.window else { return Ok(()) };
+        if column != self.group_keys[w.key] || value <= w.closed_below {
+            return Ok(());
+        }
+        let key = w.key;
+        let emit_on_close = w.emit_on_close;
+        let closed: Vec<usize> = {
+            let Some(w) = &mut self.window else { return Ok(()) };
+            w.closed_below = value;
+            let open = w.slots_by_window.split_off(&value);
+            let closed = std::mem::replace(&mut w.slots_by_window, open);
+            closed.into_values().flatten().collect()
+        };
+        if emit_on_close {
+            self.emit_final(&closed, out)?;
+        } else {
+            // Flush what changed in the closing windows, then forget them.
+            let dirty: Vec<usize> = closed.iter().copied().filter(|s| self.dirty[*s]).collect();
+            self.emit_changes(dirty, out)?;
+        }
+        for s in closed {
+            self.free_slot(s);
+        }
+        out.push_watermark(key, value);
+        Ok(())
+    }
+}
+
+impl HashAggOperator {
+    /// Emits `-old, +new` for the given changed groups and frees groups that vanished.
+    fn emit_changes(&mut self, dirty: Vec<usize>, out: &mut Output) -> Result<()> {
+        let mut dirty: Vec<usize> =
+            dirty.into_iter().filter(|s| self.slot_keys[*s].is_some() && self.dirty[*s]).collect();
+        // A slot freed and reused within an epoch is listed twice.
+        dirty.sort_unstable();
+        dirty.dedup();
+        if dirty.is_empty() {
+            return Ok(());
+        }
         for s in &dirty {
             self.dirty[*s] = false;
         }
@@ -330,10 +393,7 @@ impl Operator for HashAggOperator {
         let new_values: Vec<ArrayRef> = if live.is_empty() {
             Vec::new()
         } else {
-            self.calls
-                .iter()
-                .map(|c| c.acc.evaluate(&live))
-                .collect::<Result<_>>()?
+            self.calls.iter().map(|c| c.acc.evaluate(&live)).collect::<Result<_>>()?
         };
         let new_encoded = if live.is_empty() || self.calls.is_empty() {
             vec![Vec::new(); live.len()]
@@ -379,8 +439,7 @@ impl Operator for HashAggOperator {
                 Vec::new()
             } else {
                 let parser = self.value_converter.parser();
-                self.value_converter
-                    .convert_rows(retract_values.iter().map(|v| parser.parse(v)))?
+                self.value_converter.convert_rows(retract_values.iter().map(|v| parser.parse(v)))?
             };
             Some(self.output_batch(keys, values, retract_slots.len())?)
         };
@@ -397,14 +456,7 @@ impl Operator for HashAggOperator {
         };
         // Free the slots of vanished groups.
         for s in gone {
-            if let Some(key) = self.slot_keys[s].take() {
-                self.slots.remove(&key);
-            }
-            for c in &mut self.calls {
-                c.acc.reset(s);
-            }
-            self.row_counts[s] = 0;
-            self.free.push(s);
+            self.free_slot(s);
         }
         // Interleave into -old, +new pairs.
         let old_len = old_batch.as_ref().map(|b| b.num_rows()).unwrap_or(0);
@@ -431,14 +483,55 @@ impl Operator for HashAggOperator {
         Ok(())
     }
 
-    fn on_watermark(
-        &mut self,
-        _column: usize,
-        _value: i64,
-        _out: &mut Output,
-    ) -> Result<Option<(usize, i64)>> {
-        Ok(None)
+    /// Emits the final row of each closing window that has rows (`EMIT ON WINDOW CLOSE`).
+    fn emit_final(&mut self, slots: &[usize], out: &mut Output) -> Result<()> {
+        let live: Vec<usize> =
+            slots.iter().copied().filter(|s| self.slot_keys[*s].is_some() && self.row_counts[*s] > 0).collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let keys = self.key_columns(&live)?;
+        let values = self.calls.iter().map(|c| c.acc.evaluate(&live)).collect::<Result<Vec<_>>>()?;
+        let batch = self.output_batch(keys, values, live.len())?;
+        out.push(ChangeBatch::inserts(batch));
+        Ok(())
     }
+
+    fn free_slot(&mut self, s: usize) {
+        let Some(key) = self.slot_keys[s].take() else { return };
+        self.slots.remove(&key);
+        for c in &mut self.calls {
+            c.acc.reset(s);
+        }
+        self.row_counts[s] = 0;
+        self.emitted[s] = None;
+        self.dirty[s] = false;
+        if let Some(w) = &mut self.window {
+            let v = w.of_slot[s];
+            if let Some(list) = w.slots_by_window.get_mut(&v) {
+                list.retain(|x| *x != s);
+                if list.is_empty() {
+                    w.slots_by_window.remove(&v);
+                }
+            }
+            w.of_slot[s] = i64::MIN;
+        }
+        self.free.push(s);
+    }
+}
+
+/// A window key column as integers in its own unit.
+fn window_i64(array: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    let a = match array.data_type() {
+        DataType::Date32 => datafusion::arrow::compute::cast(
+            &datafusion::arrow::compute::cast(array, &DataType::Int32)?,
+            &DataType::Int64,
+        )?,
+        _ => datafusion::arrow::compute::cast(array, &DataType::Int64)?,
+    };
+    Ok(a.as_primitive::<Int64Type>().iter().collect())
 }
 
 #[cfg(test)]
@@ -447,13 +540,8 @@ mod tests {
     use datafusion::arrow::datatypes::{Field, Schema};
 
     fn schema(fields: Vec<(&str, DataType)>) -> DFSchema {
-        DFSchema::try_from(Schema::new(
-            fields
-                .into_iter()
-                .map(|(n, t)| Field::new(n, t, true))
-                .collect::<Vec<_>>(),
-        ))
-        .unwrap_or_else(|e| panic!("{e}"))
+        DFSchema::try_from(Schema::new(fields.into_iter().map(|(n, t)| Field::new(n, t, true)).collect::<Vec<_>>()))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn call(kind: AggKind, arg: Option<usize>, ret: DataType) -> AggCall {
@@ -470,16 +558,10 @@ mod tests {
 
     fn step(op: &mut HashAggOperator, input: &str) -> String {
         let mut out = Output::default();
-        op.process(0, ChangeBatch::from_pretty(input), &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let barrier = Barrier {
-            epoch: 1,
-            checkpoint: false,
-            mutation: None,
-        };
-        op.on_barrier(&barrier, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.take().iter().map(|b| b.to_pretty()).collect()
+        op.process(0, ChangeBatch::from_pretty(input), &mut out).unwrap_or_else(|e| panic!("{e}"));
+        let barrier = Barrier { epoch: 1, checkpoint: false, mutation: None };
+        op.on_barrier(&barrier, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        out.take_batches().iter().map(|b| b.to_pretty()).collect()
     }
 
     #[test]
@@ -496,12 +578,9 @@ mod tests {
             call(AggKind::Sum, Some(1), DataType::Int64),
             call(AggKind::Max, Some(1), DataType::Int64),
         ];
-        let mut op = HashAggOperator::new(&[0], &calls, &input, &output, false)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            step(&mut op, "I I\n + 1 10\n + 1 20\n + 2 5"),
-            "+ 1 2 30 20\n+ 2 1 5 5\n"
-        );
+        let mut op =
+            HashAggOperator::new(&[0], &calls, &input, &output, false, None, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(step(&mut op, "I I\n + 1 10\n + 1 20\n + 2 5"), "+ 1 2 30 20\n+ 2 1 5 5\n");
         // Deleting the maximum falls back to the next value; the group is updated in place.
         assert_eq!(step(&mut op, "I I\n - 1 20"), "- 1 2 30 20\n+ 1 1 10 10\n");
         // Deleting the last row retracts the group.
@@ -514,12 +593,9 @@ mod tests {
     fn global_aggregate_always_has_a_row() {
         let input = schema(vec![("v", DataType::Int64)]);
         let output = schema(vec![("n", DataType::Int64), ("s", DataType::Int64)]);
-        let calls = vec![
-            call(AggKind::CountRows, None, DataType::Int64),
-            call(AggKind::Sum, Some(0), DataType::Int64),
-        ];
-        let mut op = HashAggOperator::new(&[], &calls, &input, &output, false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let calls = vec![call(AggKind::CountRows, None, DataType::Int64), call(AggKind::Sum, Some(0), DataType::Int64)];
+        let mut op =
+            HashAggOperator::new(&[], &calls, &input, &output, false, None, false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(step(&mut op, "I"), "+ 0 null\n");
         assert_eq!(step(&mut op, "I\n + 4"), "- 0 null\n+ 1 4\n");
         assert_eq!(step(&mut op, "I\n - 4"), "- 1 4\n+ 0 null\n");
@@ -531,8 +607,8 @@ mod tests {
         let output = schema(vec![("k", DataType::Int64), ("d", DataType::Int64)]);
         let mut c = call(AggKind::Count, Some(1), DataType::Int64);
         c.distinct = true;
-        let mut op = HashAggOperator::new(&[0], &[c], &input, &output, false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut op =
+            HashAggOperator::new(&[0], &[c], &input, &output, false, None, false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(step(&mut op, "I I\n + 1 10\n + 1 10\n + 1 11"), "+ 1 2\n");
         assert_eq!(step(&mut op, "I I\n - 1 10"), "");
         assert_eq!(step(&mut op, "I I\n - 1 10"), "- 1 2\n+ 1 1\n");

@@ -1,0 +1,34 @@
+//! Errors of connectors.
+
+use eddy_common::{ErrorClass, ErrorDomain, SqlState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("unknown connector \"{0}\"; available: nexmark, datagen, blackhole")]
+    UnknownConnector(String),
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("{0}")]
+    Schema(String),
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+impl ErrorClass for ConnectorError {
+    fn sqlstate(&self) -> SqlState {
+        match self {
+            ConnectorError::UnknownConnector(_) | ConnectorError::InvalidOption(_) => SqlState::InvalidParameterValue,
+            ConnectorError::Schema(_) => SqlState::DatatypeMismatch,
+            ConnectorError::Arrow(_) => SqlState::Internal,
+        }
+    }
+
+    fn domain(&self) -> ErrorDomain {
+        match self {
+            ConnectorError::Arrow(_) => ErrorDomain::System,
+            _ => ErrorDomain::User,
+        }
+    }
+}
+
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

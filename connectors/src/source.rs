@@ -1,0 +1,300 @@
+//! The source contract and the registry of source connectors.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use async_trait::async_trait;
+
+use crate::datagen::{DatagenConfig, DatagenGenerator};
+use crate::error::{ConnectorError, Result};
+use crate::nexmark::{DEFAULT_BASE_TIME_MS, DEFAULT_INTER_EVENT_US, NexmarkConfig, NexmarkGenerator, TableType};
+
+/// A source as declared: connector name and `WITH` options.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub connector: String,
+    pub options: HashMap<String, String>,
+}
+
+/// Reads one split of a source.
+///
+/// # Cancellation
+/// `next_chunk` may be dropped before it completes (the actor stops waiting to handle a
+/// barrier); implementations must not lose or skip rows when that happens.
+#[async_trait]
+pub trait SourceReader: Send {
+    /// The next rows, in the declared columns; `None` once a bounded source is exhausted.
+    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>>;
+    /// Where this split stands; passing it to [`create_reader`] resumes right after the last
+    /// row returned.
+    fn position(&self) -> u64;
+}
+
+const NEXMARK_OPTIONS: &[&str] = &[
+    "connector",
+    "nexmark.table.type",
+    "nexmark.split.num",
+    "nexmark.min.event.gap.in.ns",
+    "nexmark.event.num",
+    "nexmark.max.chunk.size",
+    "nexmark.base.time",
+    "nexmark.inter.event.us",
+];
+
+fn parse_u64(options: &HashMap<String, String>, key: &str) -> Result<Option<u64>> {
+    match options.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ConnectorError::InvalidOption(format!("{key} = '{v}' is not a non-negative integer"))),
+    }
+}
+
+fn check_known(options: &HashMap<String, String>, valid: &[&str], prefixes: &[&str], connector: &str) -> Result<()> {
+    for key in options.keys() {
+        if valid.contains(&key.as_str()) || prefixes.iter().any(|p| key.starts_with(p)) {
+            continue;
+        }
+        let mut list: Vec<String> = valid.iter().map(|s| s.to_string()).collect();
+        list.extend(prefixes.iter().map(|p| format!("{p}<column>.*")));
+        return Err(ConnectorError::InvalidOption(format!(
+            "unknown option \"{key}\" for connector {connector}; valid options: {}",
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Number of splits a source reads in parallel, after checking its options against the
+/// declared physical columns.
+///
+/// # Errors
+/// Unknown connector or option, bad values, or declared columns the connector cannot produce.
+pub fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<usize> {
+    match spec.connector.as_str() {
+        "nexmark" => {
+            check_known(&spec.options, NEXMARK_OPTIONS, &[], "nexmark")?;
+            let config = nexmark_config(spec, 0)?;
+            let produced = crate::nexmark::schema(config.table);
+            conform_schema(&produced, declared)?;
+            Ok(config.splits as usize)
+        }
+        "datagen" => {
+            let config = DatagenConfig::parse(&spec.options, declared)?;
+            Ok(config.splits)
+        }
+        "" => Err(ConnectorError::InvalidOption("WITH (...) needs connector = '<name>'".into())),
+        other => Err(ConnectorError::UnknownConnector(other.to_string())),
+    }
+}
+
+fn nexmark_config(spec: &SourceSpec, split: u64) -> Result<NexmarkConfig> {
+    let o = &spec.options;
+    let table = TableType::parse(o.get("nexmark.table.type").map(String::as_str))?;
+    let splits = parse_u64(o, "nexmark.split.num")?.unwrap_or(1);
+    if splits == 0 {
+        return Err(ConnectorError::InvalidOption("nexmark.split.num must be at least 1".into()));
+    }
+    let max_chunk_size = parse_u64(o, "nexmark.max.chunk.size")?.unwrap_or(1024);
+    if max_chunk_size == 0 {
+        return Err(ConnectorError::InvalidOption("nexmark.max.chunk.size must be at least 1".into()));
+    }
+    let base_time_ms = parse_u64(o, "nexmark.base.time")?.map(|v| v as i64).unwrap_or(DEFAULT_BASE_TIME_MS);
+    let inter_event_us = parse_u64(o, "nexmark.inter.event.us")?.map(|v| v as f64).unwrap_or(DEFAULT_INTER_EVENT_US);
+    Ok(NexmarkConfig {
+        table,
+        split,
+        splits,
+        event_num: parse_u64(o, "nexmark.event.num")?,
+        max_chunk_size: max_chunk_size as usize,
+        base_time_ms,
+        inter_event_us,
+    })
+}
+
+/// Column indices of `produced` for each declared column, checking that types convert.
+fn conform_schema(produced: &Schema, declared: &Schema) -> Result<Vec<usize>> {
+    declared
+        .fields()
+        .iter()
+        .map(|f| {
+            let idx = produced.index_of(f.name()).map_err(|_| {
+                let names: Vec<&str> = produced.fields().iter().map(|f| f.name().as_str()).collect();
+                ConnectorError::Schema(format!(
+                    "the source has no column \"{}\"; it provides: {}",
+                    f.name(),
+                    names.join(", ")
+                ))
+            })?;
+            let from = produced.field(idx).data_type();
+            if !arrow::compute::can_cast_types(from, f.data_type()) {
+                return Err(ConnectorError::Schema(format!(
+                    "column \"{}\" is {from} in the source and cannot be read as {}",
+                    f.name(),
+                    f.data_type()
+                )));
+            }
+            Ok(idx)
+        })
+        .collect()
+}
+
+/// Rearranges and casts produced rows into the declared columns.
+pub(crate) struct Conformer {
+    indices: Vec<usize>,
+    declared: SchemaRef,
+}
+
+impl Conformer {
+    fn new(produced: &Schema, declared: SchemaRef) -> Result<Self> {
+        Ok(Self { indices: conform_schema(produced, &declared)?, declared })
+    }
+
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let options = CastOptions { safe: false, ..Default::default() };
+        let columns = self
+            .indices
+            .iter()
+            .zip(self.declared.fields())
+            .map(|(i, f)| {
+                let c = batch.column(*i);
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    cast_with_options(c, f.data_type(), &options)
+                }
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            self.declared.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?)
+    }
+}
+
+/// Spaces out chunks so a source produces at most `rows_per_sec` rows per second.
+pub(crate) struct Pacer {
+    interval_per_row: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    pub(crate) fn new(rows_per_sec: Option<f64>) -> Self {
+        let interval_per_row = rows_per_sec.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+        Self { interval_per_row, next: Instant::now() }
+    }
+
+    /// Waits until `rows` more rows may be produced. Cancel-safe: nothing is consumed until
+    /// [`Pacer::consumed`].
+    pub(crate) async fn wait(&self) {
+        if self.interval_per_row.is_some() {
+            tokio::time::sleep_until(self.next.into()).await;
+        }
+    }
+
+    pub(crate) fn consumed(&mut self, rows: usize) {
+        if let Some(i) = self.interval_per_row {
+            let now = Instant::now();
+            // Do not bank idle time: a source that was blocked does not then burst.
+            let base = if self.next < now { now } else { self.next };
+            self.next = base + i * rows as u32;
+        }
+    }
+}
+
+struct NexmarkReader {
+    generator: NexmarkGenerator,
+    conformer: Conformer,
+    pacer: Pacer,
+}
+
+#[async_trait]
+impl SourceReader for NexmarkReader {
+    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>> {
+        self.pacer.wait().await;
+        let Some(batch) = self.generator.next_chunk() else { return Ok(None) };
+        self.pacer.consumed(batch.num_rows());
+        Ok(Some(self.conformer.apply(batch)?))
+    }
+
+    fn position(&self) -> u64 {
+        self.generator.position()
+    }
+}
+
+struct DatagenReader {
+    generator: DatagenGenerator,
+    pacer: Pacer,
+}
+
+#[async_trait]
+impl SourceReader for DatagenReader {
+    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>> {
+        self.pacer.wait().await;
+        let Some(batch) = self.generator.next_chunk()? else { return Ok(None) };
+        self.pacer.consumed(batch.num_rows());
+        Ok(Some(batch))
+    }
+
+    fn position(&self) -> u64 {
+        self.generator.position()
+    }
+}
+
+/// Opens split `split` of a source, producing the declared physical columns, resuming at
+/// `position` when given.
+///
+/// # Errors
+/// As [`validate_source`].
+pub fn create_reader(
+    spec: &SourceSpec,
+    declared: SchemaRef,
+    split: usize,
+    position: Option<u64>,
+) -> Result<Box<dyn SourceReader>> {
+    match spec.connector.as_str() {
+        "nexmark" => {
+            let config = nexmark_config(spec, split as u64)?;
+            let gap_ns = parse_u64(&spec.options, "nexmark.min.event.gap.in.ns")?.unwrap_or(100_000);
+            let rate = if gap_ns == 0 { None } else { Some(1e9 / gap_ns as f64) };
+            let mut generator = NexmarkGenerator::new(config);
+            if let Some(p) = position {
+                generator.seek(p);
+            }
+            let conformer = Conformer::new(&generator.schema(), declared)?;
+            Ok(Box::new(NexmarkReader { generator, conformer, pacer: Pacer::new(rate) }))
+        }
+        "datagen" => {
+            let config = DatagenConfig::parse(&spec.options, &declared)?;
+            let rate = config.rows_per_second.map(|r| r / config.splits as f64);
+            let mut generator = DatagenGenerator::new(config, declared, split);
+            if let Some(p) = position {
+                generator.seek(p);
+            }
+            Ok(Box::new(DatagenReader { generator, pacer: Pacer::new(rate) }))
+        }
+        other => Err(ConnectorError::UnknownConnector(other.to_string())),
+    }
+}
+
+/// True when values of `t` can be produced by the datagen connector.
+pub fn datagen_supports(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Utf8
+            | DataType::Boolean
+            | DataType::Timestamp(_, _)
+            | DataType::Decimal128(_, _)
+    )
+}

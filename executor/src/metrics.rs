@@ -1,0 +1,122 @@
+//! Counters the runtime keeps for system views and benchmarks: source progress, late rows,
+//! rows reaching sinks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use eddy_common::ids::ObjectId;
+use parking_lot::Mutex;
+
+use crate::message::ActorId;
+
+/// Progress of one source split.
+#[derive(Debug, Default)]
+pub struct SourceProgress {
+    rows: AtomicU64,
+    finished: AtomicBool,
+}
+
+impl SourceProgress {
+    pub fn add_rows(&self, n: u64) {
+        self.rows.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+}
+
+/// One row of `eddy_catalog.source_splits`.
+#[derive(Debug, Clone)]
+pub struct SourceSplitStatus {
+    pub job: ObjectId,
+    pub source: ObjectId,
+    pub actor: ActorId,
+    pub rows: u64,
+    pub finished: bool,
+}
+
+/// A split's job, source and progress.
+type SplitEntry = (ObjectId, ObjectId, Arc<SourceProgress>);
+
+#[derive(Default)]
+pub struct Metrics {
+    sources: Mutex<HashMap<ActorId, SplitEntry>>,
+    late_rows: Mutex<HashMap<(ObjectId, ObjectId), Arc<AtomicU64>>>,
+    sink_rows: Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn register_source(&self, actor: ActorId, job: ObjectId, source: ObjectId) -> Arc<SourceProgress> {
+        let p = Arc::new(SourceProgress::default());
+        self.sources.lock().insert(actor, (job, source, p.clone()));
+        p
+    }
+
+    /// The counter of rows of `source` dropped as late by `job`.
+    pub fn late_counter(&self, job: ObjectId, source: ObjectId) -> Arc<AtomicU64> {
+        self.late_rows.lock().entry((job, source)).or_default().clone()
+    }
+
+    pub fn sink_counter(&self, sink: ObjectId) -> Arc<AtomicU64> {
+        self.sink_rows.lock().entry(sink).or_default().clone()
+    }
+
+    pub fn forget_actor(&self, actor: ActorId) {
+        self.sources.lock().remove(&actor);
+    }
+
+    /// Drops every counter of a dropped job.
+    pub fn forget_job(&self, job: ObjectId) {
+        self.sources.lock().retain(|_, (j, _, _)| *j != job);
+        self.late_rows.lock().retain(|(j, _), _| *j != job);
+        self.sink_rows.lock().remove(&job);
+    }
+
+    pub fn source_splits(&self) -> Vec<SourceSplitStatus> {
+        let mut v: Vec<SourceSplitStatus> = self
+            .sources
+            .lock()
+            .iter()
+            .map(|(actor, (job, source, p))| SourceSplitStatus {
+                job: *job,
+                source: *source,
+                actor: *actor,
+                rows: p.rows(),
+                finished: p.finished(),
+            })
+            .collect();
+        v.sort_by_key(|s| (s.job, s.actor));
+        v
+    }
+
+    /// `(job, source, late rows)`.
+    pub fn late_rows(&self) -> Vec<(ObjectId, ObjectId, u64)> {
+        let mut v: Vec<_> =
+            self.late_rows.lock().iter().map(|((j, s), c)| (*j, *s, c.load(Ordering::Relaxed))).collect();
+        v.sort();
+        v
+    }
+
+    /// `(sink, rows)`.
+    pub fn sink_rows(&self) -> Vec<(ObjectId, u64)> {
+        let mut v: Vec<_> = self.sink_rows.lock().iter().map(|(s, c)| (*s, c.load(Ordering::Relaxed))).collect();
+        v.sort();
+        v
+    }
+}

@@ -1,0 +1,154 @@
+//! `eddy_catalog`: system views over the running dataflow.
+//!
+//! - `eddy_catalog.late_rows(job, source, late_rows)`: rows dropped because they arrived behind
+//!   the watermark, per view (or sink) and source;
+//! - `eddy_catalog.source_splits(job, source, split, rows, finished)`: what each source split
+//!   has produced;
+//! - `eddy_catalog.sink_rows(sink, rows)`: rows each sink received;
+//! - `eddy_catalog.jobs(name, kind, status, error)`: every running graph and whether it failed.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::MemTable;
+use datafusion::error::Result as DfResult;
+use eddy_common::ids::ObjectId;
+use eddy_planner::catalog::RelationKind;
+
+use crate::engine::Engine;
+
+pub const SCHEMA_NAME: &str = "eddy_catalog";
+
+const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs"];
+
+pub struct SystemSchema {
+    engine: std::sync::Weak<Engine>,
+}
+
+impl std::fmt::Debug for SystemSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemSchema").finish_non_exhaustive()
+    }
+}
+
+impl SystemSchema {
+    pub fn new(engine: std::sync::Weak<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn text(values: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(values))
+}
+
+fn table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|t| t.to_string()).collect()
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(engine) = self.engine.upgrade() else { return Ok(None) };
+        let name_of =
+            |id: ObjectId| engine.catalog.get_by_id(id).map(|d| d.name.clone()).unwrap_or_else(|| id.to_string());
+        let metrics = engine.runtime.metrics().clone();
+        match name {
+            "late_rows" => {
+                let rows = metrics.late_rows();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("job", DataType::Utf8, false),
+                    Field::new("source", DataType::Utf8, false),
+                    Field::new("late_rows", DataType::Int64, false),
+                ]));
+                table(
+                    schema,
+                    vec![
+                        text(rows.iter().map(|r| name_of(r.0)).collect()),
+                        text(rows.iter().map(|r| name_of(r.1)).collect()),
+                        Arc::new(Int64Array::from(rows.iter().map(|r| r.2 as i64).collect::<Vec<_>>())),
+                    ],
+                )
+                .map(Some)
+            }
+            "source_splits" => {
+                let rows = metrics.source_splits();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("job", DataType::Utf8, false),
+                    Field::new("source", DataType::Utf8, false),
+                    Field::new("split", DataType::Int64, false),
+                    Field::new("rows", DataType::Int64, false),
+                    Field::new("finished", DataType::Boolean, false),
+                ]));
+                table(
+                    schema,
+                    vec![
+                        text(rows.iter().map(|r| name_of(r.job)).collect()),
+                        text(rows.iter().map(|r| name_of(r.source)).collect()),
+                        Arc::new(Int64Array::from(rows.iter().map(|r| i64::from(r.actor)).collect::<Vec<_>>())),
+                        Arc::new(Int64Array::from(rows.iter().map(|r| r.rows as i64).collect::<Vec<_>>())),
+                        Arc::new(BooleanArray::from(rows.iter().map(|r| r.finished).collect::<Vec<_>>())),
+                    ],
+                )
+                .map(Some)
+            }
+            "sink_rows" => {
+                let rows = metrics.sink_rows();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("sink", DataType::Utf8, false),
+                    Field::new("rows", DataType::Int64, false),
+                ]));
+                table(
+                    schema,
+                    vec![
+                        text(rows.iter().map(|r| name_of(r.0)).collect()),
+                        Arc::new(Int64Array::from(rows.iter().map(|r| r.1 as i64).collect::<Vec<_>>())),
+                    ],
+                )
+                .map(Some)
+            }
+            "jobs" => {
+                let status = engine.runtime.status().await.ok().unwrap_or_default();
+                let jobs: Vec<_> = engine
+                    .catalog
+                    .all()
+                    .into_iter()
+                    .filter(|d| {
+                        matches!(d.kind, RelationKind::Table | RelationKind::MaterializedView | RelationKind::Sink)
+                    })
+                    .collect();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("name", DataType::Utf8, false),
+                    Field::new("kind", DataType::Utf8, false),
+                    Field::new("status", DataType::Utf8, false),
+                    Field::new("error", DataType::Utf8, true),
+                ]));
+                let errors: Vec<Option<String>> = jobs.iter().map(|d| status.failed_jobs.get(&d.id).cloned()).collect();
+                table(
+                    schema,
+                    vec![
+                        text(jobs.iter().map(|d| d.name.clone()).collect()),
+                        text(jobs.iter().map(|d| d.kind.sql_name().to_string()).collect()),
+                        text(
+                            errors.iter().map(|e| if e.is_some() { "failed" } else { "running" }.to_string()).collect(),
+                        ),
+                        Arc::new(StringArray::from(errors)),
+                    ],
+                )
+                .map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
