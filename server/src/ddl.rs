@@ -101,7 +101,12 @@ fn plan_expr(
     target: Option<&DataType>,
 ) -> Result<datafusion::logical_expr::Expr> {
     let state = engine.state(None);
-    let expr = state.create_logical_expr(text, schema)?;
+    let mut parsed = sqlparser::parser::Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| ServerError::new(SqlState::SyntaxError, e.to_string()))?;
+    eddy_planner::windows::rewrite_field_access(&mut parsed);
+    let expr = state.create_logical_expr(&parsed.to_string(), schema)?;
     let plan = datafusion::logical_expr::LogicalPlanBuilder::from(LogicalPlan::EmptyRelation(
         datafusion::logical_expr::EmptyRelation { produce_one_row: false, schema: Arc::new(schema.clone()) },
     ))

@@ -142,6 +142,7 @@ impl Engine {
         if let Some(e) = error {
             return Err(e.into());
         }
+        eddy_planner::windows::rewrite_field_access(&mut statement);
         Ok(state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?)
     }
 
