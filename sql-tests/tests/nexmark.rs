@@ -1,0 +1,122 @@
+//! Nexmark queries on a bounded generator run, checked against a batch oracle.
+//!
+//! Each query of `benches/nexmark` runs as a materialized view over the `bid` source (two
+//! parallel splits). The same generator also fills a table `bid_t`; the oracle is the same
+//! query run as a batch over that table. `EMIT ON WINDOW CLOSE` views hold only the windows
+//! the final watermark closed, so their oracle keeps only those.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use eddy_sql_tests::TestServer;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const EVENTS: u64 = 150_000;
+
+fn rows(messages: Vec<SimpleQueryMessage>) -> Vec<String> {
+    let mut out: Vec<String> = messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| normalize(r.get(i))).collect::<Vec<_>>().join(" | "))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn normalize(v: Option<&str>) -> String {
+    match v {
+        None => "NULL".into(),
+        Some(s) if s.contains('.') => match s.parse::<f64>() {
+            Ok(f) => format!("{:.6e}", f),
+            Err(_) => s.to_string(),
+        },
+        Some(s) => s.to_string(),
+    }
+}
+
+async fn wait_finished(client: &Client, job: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let r = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE NOT finished), count(*) FROM eddy_catalog.source_splits WHERE job = $1",
+                &[&job],
+            )
+            .await?;
+        let (open, all): (i64, i64) = (r.get(0), r.get(1));
+        if all > 0 && open == 0 {
+            client.batch_execute("FLUSH").await?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{job} did not finish reading its source");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexmark_queries_match_batch_oracle() -> Result<()> {
+    let server = TestServer::start()?;
+    let client = server.connect().await?;
+    let columns =
+        "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, date_time TIMESTAMP, extra VARCHAR";
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE bid ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+               WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.split.num = '2',
+                     nexmark.min.event.gap.in.ns = '0', nexmark.event.num = '{EVENTS}');
+             CREATE TABLE bid_t ({columns})
+               WITH (connector = 'nexmark', nexmark.table.type = 'Bid',
+                     nexmark.min.event.gap.in.ns = '0', nexmark.event.num = '{EVENTS}');"
+        ))
+        .await?;
+    wait_finished(&client, "bid_t").await?;
+    let total: i64 = client.query_one("SELECT count(*) FROM bid_t", &[]).await?.get(0);
+    assert_eq!(total as u64, EVENTS * 46 / 50);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/nexmark");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    names.sort();
+    let mut failures = Vec::new();
+    for path in names {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("q").to_string();
+        let text = std::fs::read_to_string(&path)?;
+        let body: String = text.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+        let eowc = body.contains("EMIT ON WINDOW CLOSE");
+        client.batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {}", body.replace("${BID}", "bid"))).await?;
+        wait_finished(&client, &name).await?;
+        let incremental = rows(client.simple_query(&format!("SELECT * FROM {name}")).await?);
+        let mut batch_sql = body.replace("${BID}", "bid_t").replace("EMIT ON WINDOW CLOSE", "");
+        if eowc {
+            batch_sql = format!(
+                "SELECT * FROM ({batch_sql}) q WHERE window_end <= (SELECT max(date_time) - INTERVAL '4' SECOND FROM bid_t)"
+            );
+        }
+        let batch = rows(client.simple_query(&batch_sql).await?);
+        if incremental != batch {
+            let only_view: Vec<_> = incremental.iter().filter(|r| !batch.contains(r)).take(5).collect();
+            let only_batch: Vec<_> = batch.iter().filter(|r| !incremental.contains(r)).take(5).collect();
+            failures.push(format!(
+                "{name}: view has {} rows, batch {}\n  only in view: {only_view:?}\n  only in batch: {only_batch:?}",
+                incremental.len(),
+                batch.len()
+            ));
+        } else {
+            eprintln!("{name}: {} rows match", batch.len());
+        }
+        client.batch_execute(&format!("DROP MATERIALIZED VIEW {name}")).await?;
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}
