@@ -27,6 +27,24 @@ enum Cmd {
         listen: std::net::SocketAddr,
         #[arg(long)]
         data_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        barrier_ms: u64,
+    },
+    /// Run Nexmark queries (`benches/nexmark/*.sql`) on the built-in generator into a blackhole
+    /// sink; report events/s, events/s per core of CPU time, peak memory and freshness.
+    Nexmark {
+        /// Events per query.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Queries to run (file stems, e.g. q0,q5_hop); all by default.
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<String>,
+        /// Generator splits (parallel source readers); defaults to the number of cores.
+        #[arg(long)]
+        splits: Option<usize>,
+        /// Barrier interval of the server, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        barrier_ms: u64,
     },
     /// INSERT batches into a table behind a GROUP BY view; report rows/s, statement latency
     /// (an INSERT returns once its rows are visible in the view) and server memory.
@@ -52,17 +70,21 @@ enum Cmd {
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
-        Cmd::Serve { listen, data_dir } => {
+        Cmd::Serve { listen, data_dir, barrier_ms } => {
             tracing_subscriber::fmt().with_env_filter("warn").init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let config = eddy_server::EngineConfig {
                 data_dir,
-                barrier_interval: Duration::from_millis(1000),
+                barrier_interval: Duration::from_millis(barrier_ms),
                 parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             };
             rt.block_on(eddy_server::serve(listen, config, async {
                 let _ = tokio::signal::ctrl_c().await;
             }))
+        }
+        Cmd::Nexmark { events, queries, splits, barrier_ms } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(nexmark(events, queries, splits, barrier_ms))
         }
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -79,10 +101,21 @@ struct Server {
 
 impl Server {
     fn start() -> Result<Self> {
+        Self::start_with(1000)
+    }
+
+    fn start_with(barrier_ms: u64) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--barrier-ms",
+                &barrier_ms.to_string(),
+                "--data-dir",
+            ])
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
             .spawn()?;
@@ -106,6 +139,17 @@ impl Server {
             let _ = conn.await;
         });
         Ok(client)
+    }
+
+    /// CPU time (user + system) the server process used so far, in seconds.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may contain spaces) start at ") ".
+        let rest = stat.rsplit_once(") ")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / 100.0)
     }
 
     /// Peak resident memory of the server process, in MiB.
@@ -203,5 +247,88 @@ async fn inserts(seconds: u64, writers: usize, batch: usize, keys: i64, rate: u6
         println!("  server peak RSS   {mib:.0} MiB");
     }
     println!("  view checked: {total} rows counted");
+    Ok(())
+}
+
+fn nexmark_queries() -> Result<Vec<(String, String)>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nexmark");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "sql") {
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("q").to_string();
+            let text = std::fs::read_to_string(&path)?;
+            let body: String =
+                text.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+            out.push((name, body));
+        }
+    }
+    out.sort_by_key(|(n, _)| {
+        let digits: String = n.chars().skip(1).take_while(|c| c.is_ascii_digit()).collect();
+        (digits.parse::<u32>().unwrap_or(0), n.clone())
+    });
+    Ok(out)
+}
+
+async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_ms: u64) -> Result<()> {
+    let splits = splits.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    println!(
+        "Nexmark, {events} events per query, {splits} generator splits, {cores} cores, barrier every {barrier_ms} ms, blackhole sink"
+    );
+    println!(
+        "{:<12} {:>12} {:>14} {:>10} {:>10} {:>12} {:>12}",
+        "query", "events/s", "events/s/core", "cpu s", "wall s", "peak RSS MiB", "fresh p50/p99 ms"
+    );
+    for (name, body) in nexmark_queries()? {
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
+        }
+        let server = Server::start_with(barrier_ms)?;
+        let client = server.connect().await?;
+        client
+            .batch_execute(&format!(
+                "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+                                    date_time TIMESTAMP, extra VARCHAR,
+                                    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+                   WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.split.num = '{splits}',
+                         nexmark.min.event.gap.in.ns = '0', nexmark.event.num = '{events}')"
+            ))
+            .await?;
+        let sql = body.replace("${BID}", "bid");
+        let cpu_before = server.cpu_seconds().unwrap_or(0.0);
+        let started = Instant::now();
+        client.batch_execute(&format!("CREATE SINK {name} AS {sql} WITH (connector = 'blackhole')")).await?;
+        loop {
+            let open: i64 = client
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE NOT finished) FROM eddy_catalog.source_splits WHERE job = $1",
+                    &[&name],
+                )
+                .await?
+                .get(0);
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        client.batch_execute("FLUSH").await?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = server.cpu_seconds().unwrap_or(0.0) - cpu_before;
+        let fresh = client.query_one("SELECT p50_ms, p99_ms FROM eddy_catalog.freshness", &[]).await?;
+        let (p50, p99): (f64, f64) = (fresh.get(0), fresh.get(1));
+        // Bids are 46 of every 50 events; the generator produces (and pays for) all events.
+        println!(
+            "{:<12} {:>12.0} {:>14.0} {:>10.2} {:>10.2} {:>12.0} {:>8.0}/{:.0}",
+            name,
+            events as f64 / wall,
+            events as f64 / cpu.max(0.001),
+            cpu,
+            wall,
+            server.peak_rss_mib().unwrap_or(0.0),
+            p50,
+            p99
+        );
+    }
     Ok(())
 }

@@ -35,7 +35,13 @@ use crate::store::{RelationDelta, RowCodec, Snapshot};
 #[derive(Debug)]
 pub enum ActorReport {
     /// The actor processed the barrier of `epoch`; these are its state changes of the epoch.
-    Collected { actor: ActorId, epoch: Epoch, deltas: Vec<(ObjectId, RelationDelta)> },
+    Collected {
+        actor: ActorId,
+        epoch: Epoch,
+        deltas: Vec<(ObjectId, RelationDelta)>,
+        /// When each source chunk of the epoch was read, for freshness measurements.
+        chunk_times: Vec<std::time::Instant>,
+    },
     /// The actor stopped with an error.
     Failed { actor: ActorId, job: ObjectId, error: String },
 }
@@ -126,6 +132,7 @@ impl Actor {
             .collect();
         let mut source = self.source.take();
         let mut source_done = false;
+        let mut chunk_times: Vec<std::time::Instant> = Vec::new();
         let mut pending_barrier: Option<Barrier> = None;
         let mut emitted_watermarks: HashMap<usize, i64> = HashMap::new();
         let mut rotate = 0usize;
@@ -171,6 +178,7 @@ impl Actor {
                     if let Some(s) = &source {
                         s.progress.add_rows(batch.num_rows() as u64);
                     }
+                    chunk_times.push(std::time::Instant::now());
                     self.push(0, 0, vec![Emitted::Data(ChangeBatch::inserts(batch))]).await?;
                     continue;
                 }
@@ -223,7 +231,7 @@ impl Actor {
                         let Some(barrier) = pending_barrier.take() else {
                             return Err(ExecError::Internal("barrier alignment lost its barrier".into()));
                         };
-                        let stop = self.handle_barrier(barrier).await?;
+                        let stop = self.handle_barrier(barrier, std::mem::take(&mut chunk_times)).await?;
                         if stop {
                             return Ok(());
                         }
@@ -285,7 +293,7 @@ impl Actor {
     }
 
     /// Flush, collect, mutate, forward, report. Returns true when the actor must stop.
-    async fn handle_barrier(&mut self, barrier: Barrier) -> Result<bool> {
+    async fn handle_barrier(&mut self, barrier: Barrier, chunk_times: Vec<std::time::Instant>) -> Result<bool> {
         for i in 0..self.chain.len() {
             let mut out = Output::default();
             self.chain[i].on_barrier(&barrier, &mut out)?;
@@ -311,7 +319,7 @@ impl Actor {
                 self.dispatcher.add(Edge::Forward { actor: o.downstream, sender: o.sender.clone() });
             }
         }
-        let _ = self.reports.send(ActorReport::Collected { actor: self.id, epoch, deltas });
+        let _ = self.reports.send(ActorReport::Collected { actor: self.id, epoch, deltas, chunk_times });
         if stop {
             self.metrics.forget_actor(self.id);
         }

@@ -121,10 +121,12 @@ struct InFlight {
     durable: bool,
     flush_waiters: Vec<oneshot::Sender<Result<Epoch>>>,
     change: Option<(Box<Change>, oneshot::Sender<Result<Epoch>>)>,
+    chunk_times: Vec<std::time::Instant>,
 }
 
 pub struct Coordinator {
     store: Arc<Store>,
+    metrics: Arc<crate::metrics::Metrics>,
     requests: mpsc::UnboundedReceiver<Request>,
     reports: mpsc::UnboundedReceiver<ActorReport>,
     interval: Duration,
@@ -144,6 +146,7 @@ pub struct Coordinator {
 /// Starts the coordinator task. `first_epoch` must exceed every epoch committed before.
 pub fn spawn(
     store: Arc<Store>,
+    metrics: Arc<crate::metrics::Metrics>,
     interval: Duration,
     first_epoch: Epoch,
 ) -> (CoordinatorHandle, mpsc::UnboundedSender<ActorReport>) {
@@ -151,6 +154,7 @@ pub fn spawn(
     let (rep_tx, rep_rx) = mpsc::unbounded_channel();
     let coordinator = Coordinator {
         store,
+        metrics,
         requests: req_rx,
         reports: rep_rx,
         interval,
@@ -243,13 +247,14 @@ impl Coordinator {
             durable,
             flush_waiters: flushes.into_iter().map(|(_, r)| r).collect(),
             change,
+            chunk_times: Vec::new(),
         });
         self.maybe_commit().await;
     }
 
     async fn on_report(&mut self, report: ActorReport) {
         match report {
-            ActorReport::Collected { actor, epoch, deltas } => {
+            ActorReport::Collected { actor, epoch, deltas, chunk_times } => {
                 let Some(flight) = self.in_flight.as_mut() else {
                     return;
                 };
@@ -257,6 +262,7 @@ impl Coordinator {
                     return;
                 }
                 flight.deltas.extend(deltas);
+                flight.chunk_times.extend(chunk_times);
                 self.maybe_commit().await;
             }
             ActorReport::Failed { actor, job, error } => {
@@ -305,6 +311,8 @@ impl Coordinator {
         match result {
             Ok(()) => {
                 self.committed_epoch = flight.epoch;
+                let now = std::time::Instant::now();
+                self.metrics.record_freshness(flight.chunk_times.iter().map(|t| now.duration_since(*t)));
                 for w in flight.flush_waiters {
                     let _ = w.send(Ok(flight.epoch));
                 }

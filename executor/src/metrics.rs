@@ -53,7 +53,11 @@ pub struct Metrics {
     sources: Mutex<HashMap<ActorId, SplitEntry>>,
     late_rows: Mutex<HashMap<(ObjectId, ObjectId), Arc<AtomicU64>>>,
     sink_rows: Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
+    /// Recent source-chunk-to-commit latencies, in microseconds.
+    freshness: Mutex<std::collections::VecDeque<u64>>,
 }
+
+const FRESHNESS_SAMPLES: usize = 100_000;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +115,32 @@ impl Metrics {
             self.late_rows.lock().iter().map(|((j, s), c)| (*j, *s, c.load(Ordering::Relaxed))).collect();
         v.sort();
         v
+    }
+
+    /// Records how long source chunks waited until the epoch holding them was committed.
+    pub fn record_freshness(&self, latencies: impl Iterator<Item = std::time::Duration>) {
+        let mut f = self.freshness.lock();
+        for l in latencies {
+            if f.len() == FRESHNESS_SAMPLES {
+                f.pop_front();
+            }
+            f.push_back(l.as_micros() as u64);
+        }
+    }
+
+    /// `(p50, p99, samples)` of recent freshness, in milliseconds.
+    pub fn freshness(&self) -> (f64, f64, usize) {
+        let mut v: Vec<u64> = self.freshness.lock().iter().copied().collect();
+        if v.is_empty() {
+            return (0.0, 0.0, 0);
+        }
+        v.sort_unstable();
+        let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+        (at(0.5), at(0.99), v.len())
+    }
+
+    pub fn reset_freshness(&self) {
+        self.freshness.lock().clear();
     }
 
     /// `(sink, rows)`.

@@ -77,7 +77,9 @@ impl Runtime {
                 u64::from_le_bytes(buf)
             })
             .unwrap_or(0);
-        let (coordinator, reports) = coordinator::spawn(store.clone(), config.barrier_interval, last_epoch + 1);
+        let metrics = Arc::new(Metrics::default());
+        let (coordinator, reports) =
+            coordinator::spawn(store.clone(), metrics.clone(), config.barrier_interval, last_epoch + 1);
         Ok(Arc::new(Self {
             store,
             coordinator,
@@ -85,7 +87,7 @@ impl Runtime {
             actor_ids: AtomicU32::new(1),
             tables: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             config,
         }))
     }

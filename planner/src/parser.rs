@@ -100,6 +100,7 @@ pub struct CreateSink {
     pub name: ObjectName,
     pub if_not_exists: bool,
     pub from: SinkInput,
+    pub emit_on_window_close: bool,
     pub with_options: Vec<(String, String)>,
     pub format: Option<FormatSpec>,
 }
@@ -174,10 +175,12 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>, PlanError> {
             EddyStatement::Explain { statement: inner, .. } => inner.as_mut(),
             other => other,
         };
-        if let EddyStatement::CreateMaterializedView(mv) = target
-            && emit_markers.iter().any(|m| location_between(*m, start, end))
-        {
-            mv.emit_on_window_close = true;
+        if emit_markers.iter().any(|m| location_between(*m, start, end)) {
+            match target {
+                EddyStatement::CreateMaterializedView(mv) => mv.emit_on_window_close = true,
+                EddyStatement::CreateSink(sink) => sink.emit_on_window_close = true,
+                _ => {}
+            }
         }
         let text = slice_between(sql, &line_starts, start, end).trim().trim_end_matches(';').trim();
         out.push(ParsedStatement { statement, text: text.to_string() });
@@ -831,7 +834,14 @@ fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
     };
     let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
     let format = parse_format(p)?;
-    Ok(EddyStatement::CreateSink(CreateSink { name, if_not_exists, from, with_options, format }))
+    Ok(EddyStatement::CreateSink(CreateSink {
+        name,
+        if_not_exists,
+        from,
+        emit_on_window_close: false,
+        with_options,
+        format,
+    }))
 }
 
 /// The last identifier of a possibly qualified name, which is what Eddy's single schema uses.

@@ -548,8 +548,14 @@ pub async fn create_sink(
     let optimized = state.optimize(&plan)?;
     let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
     let target = Target::Sink { connector: connector.clone(), options: create.with_options.clone() };
-    let (_stream, graph) =
-        plan_stream(&optimized, engine.catalog.as_ref(), id, engine.runtime.parallelism(), false, &target)?;
+    let (_stream, graph) = plan_stream(
+        &optimized,
+        engine.catalog.as_ref(),
+        id,
+        engine.runtime.parallelism(),
+        create.emit_on_window_close,
+        &target,
+    )?;
     let append_only_sink = options.get("type").is_some_and(|t| t.eq_ignore_ascii_case("append-only"));
     let forced = options.get("force_append_only").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if append_only_sink && !graph.append_only && !forced {

@@ -5,7 +5,9 @@
 //! - `eddy_catalog.source_splits(job, source, split, rows, finished)`: what each source split
 //!   has produced;
 //! - `eddy_catalog.sink_rows(sink, rows)`: rows each sink received;
-//! - `eddy_catalog.jobs(name, kind, status, error)`: every running graph and whether it failed.
+//! - `eddy_catalog.jobs(name, kind, status, error)`: every running graph and whether it failed;
+//! - `eddy_catalog.freshness(p50_ms, p99_ms, samples)`: how long rows read from sources waited
+//!   until the epoch holding them was committed (visible), over recent epochs.
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use crate::engine::Engine;
 
 pub const SCHEMA_NAME: &str = "eddy_catalog";
 
-const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs"];
+const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs", "freshness"];
 
 pub struct SystemSchema {
     engine: std::sync::Weak<Engine>,
@@ -144,6 +146,23 @@ impl SchemaProvider for SystemSchema {
                             errors.iter().map(|e| if e.is_some() { "failed" } else { "running" }.to_string()).collect(),
                         ),
                         Arc::new(StringArray::from(errors)),
+                    ],
+                )
+                .map(Some)
+            }
+            "freshness" => {
+                let (p50, p99, n) = metrics.freshness();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("p50_ms", DataType::Float64, false),
+                    Field::new("p99_ms", DataType::Float64, false),
+                    Field::new("samples", DataType::Int64, false),
+                ]));
+                table(
+                    schema,
+                    vec![
+                        Arc::new(datafusion::arrow::array::Float64Array::from(vec![p50])),
+                        Arc::new(datafusion::arrow::array::Float64Array::from(vec![p99])),
+                        Arc::new(Int64Array::from(vec![n as i64])),
                     ],
                 )
                 .map(Some)
