@@ -362,6 +362,24 @@ fn window_subquery(kind: &str, args: &[FunctionArg], alias: Option<TableAlias>) 
     Ok(TableFactor::Derived { lateral: false, subquery, alias: Some(alias), sample: None })
 }
 
+/// Rewrites Postgres field access `(col).field` into `col['field']`, the form DataFusion
+/// plans as a struct field lookup.
+pub fn rewrite_field_access<T: VisitMut>(node: &mut T) {
+    let _ = sqlparser::ast::visit_expressions_mut(node, |e| {
+        if let Expr::CompoundFieldAccess { access_chain, .. } = e {
+            for access in access_chain.iter_mut() {
+                if let sqlparser::ast::AccessExpr::Dot(Expr::Identifier(ident)) = access {
+                    let name = crate::parser::normalize_ident(ident);
+                    *access = sqlparser::ast::AccessExpr::Subscript(sqlparser::ast::Subscript::Index {
+                        index: Expr::value(sqlparser::ast::Value::SingleQuotedString(name)),
+                    });
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,22 +410,4 @@ mod tests {
         assert_eq!(window_start(-3, 10, 0), -10);
         assert_eq!(window_start(17, 10, 5), 15);
     }
-}
-
-/// Rewrites Postgres field access `(col).field` into `col['field']`, the form DataFusion
-/// plans as a struct field lookup.
-pub fn rewrite_field_access<T: VisitMut>(node: &mut T) {
-    let _ = sqlparser::ast::visit_expressions_mut(node, |e| {
-        if let Expr::CompoundFieldAccess { access_chain, .. } = e {
-            for access in access_chain.iter_mut() {
-                if let sqlparser::ast::AccessExpr::Dot(Expr::Identifier(ident)) = access {
-                    let name = crate::parser::normalize_ident(ident);
-                    *access = sqlparser::ast::AccessExpr::Subscript(sqlparser::ast::Subscript::Index {
-                        index: Expr::value(sqlparser::ast::Value::SingleQuotedString(name)),
-                    });
-                }
-            }
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
 }
