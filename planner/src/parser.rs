@@ -826,13 +826,19 @@ fn parse_create_view(p: &mut Parser<'_>, or_replace: bool) -> Result<EddyStateme
 fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = p.parse_object_name(false)?;
-    let from = if p.parse_keyword(Keyword::FROM) {
+    let mut from = if p.parse_keyword(Keyword::FROM) {
         SinkInput::Relation(p.parse_object_name(false)?)
     } else {
         p.expect_keyword(Keyword::AS)?;
         SinkInput::Query(p.parse_query()?)
     };
-    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    let mut with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    // `AS SELECT ... FROM t WITH (...)`: sqlparser reads the sink's options as table hints.
+    if with_options.is_empty()
+        && let SinkInput::Query(q) = &mut from
+    {
+        with_options = take_trailing_hints(q)?;
+    }
     let format = parse_format(p)?;
     Ok(EddyStatement::CreateSink(CreateSink {
         name,
@@ -842,6 +848,32 @@ fn parse_create_sink(p: &mut Parser<'_>) -> Result<EddyStatement, ParserError> {
         with_options,
         format,
     }))
+}
+
+/// Removes `WITH (k = v, ...)` table hints from the last table of a query and returns them
+/// as options.
+fn take_trailing_hints(q: &mut Query) -> Result<Vec<(String, String)>, ParserError> {
+    let sqlparser::ast::SetExpr::Select(select) = q.body.as_mut() else { return Ok(Vec::new()) };
+    let Some(last) = select.from.last_mut() else { return Ok(Vec::new()) };
+    let relation = match last.joins.last_mut() {
+        Some(j) => &mut j.relation,
+        None => &mut last.relation,
+    };
+    let sqlparser::ast::TableFactor::Table { with_hints, .. } = relation else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for hint in std::mem::take(with_hints) {
+        let Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::Eq, right } = hint else {
+            return Err(ParserError::ParserError(format!("expected key = value in WITH (...), found {hint}")));
+        };
+        let key = match *left {
+            Expr::Identifier(i) => i.value,
+            Expr::CompoundIdentifier(parts) => parts.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join("."),
+            other => return Err(ParserError::ParserError(format!("expected an option name, found {other}"))),
+        };
+        let value = literal_to_string(&right).unwrap_or_else(|| right.to_string());
+        out.push((key.to_lowercase(), value));
+    }
+    Ok(out)
 }
 
 /// The last identifier of a possibly qualified name, which is what Eddy's single schema uses.
