@@ -83,6 +83,8 @@ pub struct Actor {
     pub relation_output: Option<(ObjectId, usize)>,
     pub reports: mpsc::UnboundedSender<ActorReport>,
     pub metrics: Arc<Metrics>,
+    /// The last watermark sent downstream per output column.
+    pub sent_watermarks: HashMap<usize, i64>,
 }
 
 struct InputState {
@@ -285,6 +287,7 @@ impl Actor {
             match item {
                 Emitted::Data(b) => self.dispatcher.send_data(b).await?,
                 Emitted::Watermark { column, value } => {
+                    self.sent_watermarks.insert(column, value);
                     self.dispatcher.broadcast(Message::Watermark { column, value }).await;
                 }
             }
@@ -316,6 +319,11 @@ impl Actor {
             && let Some(mine) = per_actor.get(index)
         {
             for o in mine {
+                // A new reader gets the event time reached so far: its backfill holds exactly
+                // the rows that watermark was computed from.
+                for (column, value) in &self.sent_watermarks {
+                    let _ = o.sender.send(Message::Watermark { column: *column, value: *value }).await;
+                }
                 self.dispatcher.add(Edge::Forward { actor: o.downstream, sender: o.sender.clone() });
             }
         }

@@ -14,7 +14,7 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
 use eddy_common::ids::ObjectId;
 use eddy_connectors::{SourceSpec, create_reader};
-use eddy_planner::catalog::{Distribution, RelationDef, RelationResolver};
+use eddy_planner::catalog::{Distribution, RelationDef, RelationResolver, StorageLayout};
 use eddy_planner::stream::{Exchange, FragmentInput, OperatorGraph, OperatorSpec};
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,6 +55,7 @@ pub struct BuiltJob {
 /// When the table's columns have no storage encoding.
 /// What building actors needs from the runtime.
 pub struct BuildContext<'a> {
+    pub store: &'a Arc<crate::store::Store>,
     pub ids: &'a AtomicU32,
     pub reports: &'a mpsc::UnboundedSender<ActorReport>,
     pub metrics: &'a Arc<Metrics>,
@@ -97,7 +98,17 @@ pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob
                 chain.push(generated_columns(def)?);
             }
             chain.push(Box::new(MaterializeOperator::new(def.id, codec)));
-            chain.extend(watermark_filter(def, def.id, ctx)?);
+            if let Some(wm) = &def.watermark {
+                // Event time resumes where the stored rows left it.
+                let schema = DFSchema::try_from(def.schema.as_ref().clone())?;
+                let late = ctx.metrics.late_counter(def.id, def.id);
+                let mut filter = WatermarkFilterOperator::new(wm.column, &wm.expr, &schema, late)?;
+                let codec = RowCodec::new(def.schema.clone(), def.storage.clone().unwrap_or(StorageLayout::Counted))?;
+                for batch in ctx.store.snapshot()?.scan(def.id, &codec, &[], 8192, None)? {
+                    filter.observe(&batch)?;
+                }
+                chain.push(Box::new(filter));
+            }
             chain
         },
         dispatcher: Dispatcher::default(),
@@ -105,6 +116,7 @@ pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob
         relation_output: Some((def.id, 0)),
         reports: reports.clone(),
         metrics: ctx.metrics.clone(),
+        sent_watermarks: HashMap::new(),
     };
     Ok(BuiltJob {
         actors: vec![actor],
@@ -288,6 +300,7 @@ pub fn build_graph(
                 relation_output: (f == last).then_some((def.id, i)),
                 reports: reports.clone(),
                 metrics: ctx.metrics.clone(),
+                sent_watermarks: HashMap::new(),
             });
         }
     }

@@ -101,7 +101,7 @@ impl Runtime {
     }
 
     fn build_context(&self) -> BuildContext<'_> {
-        BuildContext { ids: &self.actor_ids, reports: &self.reports, metrics: &self.metrics }
+        BuildContext { store: &self.store, ids: &self.actor_ids, reports: &self.reports, metrics: &self.metrics }
     }
 
     pub fn parallelism(&self) -> usize {

@@ -114,6 +114,32 @@ const VIEWS: &[ViewCase] = &[
         created_at_round_fraction: 2,
     },
     ViewCase {
+        name: "v_tumble",
+        definition: "SELECT window_start, k, count(*) AS n, sum(v) AS s, max(v) AS m FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start, k",
+        batch: "SELECT window_start, k, count(*) AS n, sum(v) AS s, max(v) AS m FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start, k",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_hop",
+        definition: "SELECT window_start, window_end, count(*) AS n, min(v) AS lo FROM HOP(t3, ts, INTERVAL '2' SECOND, INTERVAL '6' SECOND) GROUP BY window_start, window_end",
+        batch: "SELECT window_start, window_end, count(*) AS n, min(v) AS lo FROM HOP(t3, ts, INTERVAL '2' SECOND, INTERVAL '6' SECOND) GROUP BY window_start, window_end",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_tumble_close",
+        definition: "SELECT window_start, count(*) AS n, sum(v) AS s FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start EMIT ON WINDOW CLOSE",
+        batch: "SELECT window_start, count(*) AS n, sum(v) AS s FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start \
+                HAVING window_start + INTERVAL '5' SECOND <= (SELECT max(ts) - INTERVAL '10' SECOND FROM t3)",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_hop_close_late_created",
+        definition: "SELECT window_start, k, count(*) AS n FROM HOP(t3, ts, INTERVAL '3' SECOND, INTERVAL '9' SECOND) GROUP BY window_start, k EMIT ON WINDOW CLOSE",
+        batch: "SELECT window_start, k, count(*) AS n FROM HOP(t3, ts, INTERVAL '3' SECOND, INTERVAL '9' SECOND) GROUP BY window_start, k \
+                HAVING window_start + INTERVAL '9' SECOND <= (SELECT max(ts) - INTERVAL '10' SECOND FROM t3)",
+        created_at_round_fraction: 2,
+    },
+    ViewCase {
         name: "v_expr_group",
         definition: "SELECT v % 3 AS m, s IS NULL AS no_s, count(*) AS n FROM t1 GROUP BY v % 3, s IS NULL",
         batch: "SELECT v % 3 AS m, s IS NULL AS no_s, count(*) AS n FROM t1 GROUP BY v % 3, s IS NULL",
@@ -168,6 +194,8 @@ fn rows_match(a: &[Row], b: &[Row]) -> bool {
 struct Model {
     next_id: i64,
     rng: StdRng,
+    /// Event-time clock of `t3`, in milliseconds; rows stay within the watermark delay.
+    clock_ms: i64,
 }
 
 fn val_or_null(rng: &mut StdRng, value: String, null_pct: u32) -> String {
@@ -201,7 +229,32 @@ impl Model {
         val_or_null(&mut self.rng, d, 10)
     }
 
+    /// Rows for the event-time table: timestamps move forward, each row at most 9 s behind the
+    /// newest, so none is late for the 10-second watermark delay.
+    fn event_rows(&mut self) -> String {
+        let n = self.rng.random_range(1..6);
+        let rows: Vec<String> = (0..n)
+            .map(|_| {
+                self.clock_ms += self.rng.random_range(0..1500);
+                let ts = self.clock_ms - self.rng.random_range(0..9000);
+                let secs = ts.div_euclid(1000);
+                let millis = ts.rem_euclid(1000);
+                let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+                format!(
+                    "({}, '2024-01-01 {h:02}:{m:02}:{s:02}.{millis:03}', {}, {})",
+                    self.rng.random_range(0..1000),
+                    self.rng.random_range(0..3),
+                    self.rng.random_range(-50..50)
+                )
+            })
+            .collect();
+        format!("INSERT INTO t3 VALUES {}", rows.join(", "))
+    }
+
     fn statement(&mut self) -> String {
+        if self.rng.random_range(0..100) < 20 {
+            return self.event_rows();
+        }
         match self.rng.random_range(0..100) {
             0..=29 => {
                 let n = self.rng.random_range(1..6);
@@ -268,7 +321,8 @@ async fn setup(client: &Client) -> Result<()> {
     client
         .batch_execute(
             "CREATE TABLE t1 (id BIGINT PRIMARY KEY, g INT, v INT, s VARCHAR, b BOOLEAN, d DOUBLE);
-             CREATE TABLE t2 (g INT, w INT, s VARCHAR);",
+             CREATE TABLE t2 (g INT, w INT, s VARCHAR);
+             CREATE TABLE t3 (id BIGINT, ts TIMESTAMP, k INT, v INT, WATERMARK FOR ts AS ts - INTERVAL '10' SECOND) APPEND ONLY;",
         )
         .await?;
     Ok(())
@@ -304,7 +358,7 @@ async fn run_seed(seed: u64, rounds: u32, restart: bool) -> Result<()> {
     let mut client = server.connect().await?;
     setup(&client).await?;
     create_views(&client, 0).await?;
-    let mut model = Model { next_id: 0, rng: StdRng::seed_from_u64(seed) };
+    let mut model = Model { next_id: 0, rng: StdRng::seed_from_u64(seed), clock_ms: 20_000 };
     let mut created = 0;
     let mut log: Vec<String> = Vec::new();
     for round in 1..=rounds {

@@ -23,13 +23,31 @@ pub struct WatermarkFilterOperator {
     expr: CompiledExpr,
     current: i64,
     late: Arc<AtomicU64>,
+    /// A watermark restored at start that downstream has not been told yet.
+    unannounced: bool,
 }
 
 impl WatermarkFilterOperator {
     /// # Errors
     /// When the watermark expression cannot be planned.
     pub fn new(column: usize, expr: &Expr, schema: &DFSchema, late: Arc<AtomicU64>) -> Result<Self> {
-        Ok(Self { column, expr: CompiledExpr::new(expr, schema)?, current: i64::MIN, late })
+        Ok(Self { column, expr: CompiledExpr::new(expr, schema)?, current: i64::MIN, late, unannounced: false })
+    }
+
+    /// The watermark the rows of `batch` (already stored) imply; used to resume a table's
+    /// event time after a restart.
+    ///
+    /// # Errors
+    /// When the watermark expression fails on the rows.
+    pub fn observe(&mut self, batch: &datafusion::arrow::array::RecordBatch) -> Result<()> {
+        let candidates = as_i64(&self.expr.evaluate(batch)?)?;
+        if let Some(max) = candidates.as_primitive::<Int64Type>().iter().flatten().max()
+            && max > self.current
+        {
+            self.current = max;
+            self.unannounced = true;
+        }
+        Ok(())
     }
 }
 
@@ -43,6 +61,14 @@ fn as_i64(array: &datafusion::arrow::array::ArrayRef) -> Result<datafusion::arro
 impl Operator for WatermarkFilterOperator {
     fn name(&self) -> &'static str {
         "WatermarkFilter"
+    }
+
+    fn on_barrier(&mut self, _barrier: &crate::message::Barrier, out: &mut Output) -> Result<()> {
+        if self.unannounced {
+            self.unannounced = false;
+            out.push_watermark(self.column, self.current);
+        }
+        Ok(())
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
