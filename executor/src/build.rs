@@ -385,6 +385,17 @@ fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>
             *emit_on_close,
         )?),
         OperatorSpec::Union { schema, .. } => Box::new(UnionOperator::new(schema)),
+        OperatorSpec::SessionAgg { group_keys, sessions, gap_ns, calls, input_schema, schema, emit_on_close } => {
+            Box::new(crate::ops::session::SessionAggOperator::new(
+                group_keys,
+                sessions,
+                *gap_ns,
+                calls,
+                input_schema,
+                schema,
+                *emit_on_close,
+            )?)
+        }
         OperatorSpec::Unnest { list_column, dependency, null_handling, schema, .. } => {
             Box::new(UnnestOperator::new(*list_column, dependency.clone(), *null_handling, schema))
         }

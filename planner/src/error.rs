@@ -84,7 +84,9 @@ pub fn datafusion_sqlstate(e: &DataFusionError) -> SqlState {
             }
         }
         DataFusionError::Execution(msg) => {
-            if msg.contains("Divide by zero") || msg.contains("division by zero") {
+            if msg.contains("not supported:") {
+                SqlState::FeatureNotSupported
+            } else if msg.contains("Divide by zero") || msg.contains("division by zero") {
                 SqlState::DivisionByZero
             } else {
                 SqlState::DataException

@@ -30,6 +30,8 @@ use crate::error::{PlanError, Result};
 
 pub const TUMBLE_START: &str = "tumble_start";
 pub const HOP_STARTS: &str = "hop_starts";
+pub const SESSION_START: &str = "session_start";
+pub const SESSION_END: &str = "session_end";
 
 /// Nanoseconds in a fixed-length interval; months have no fixed length.
 fn interval_nanos(v: &ScalarValue) -> std::result::Result<i64, String> {
@@ -230,9 +232,74 @@ impl ScalarUDFImpl for HopStarts {
     }
 }
 
+/// `session_start(ts, gap)` / `session_end(ts, gap)`: markers for the columns of a `SESSION`
+/// window. A session depends on every other row of its key, so no row-wise function can
+/// compute it: the streaming planner replaces the aggregate over these markers with a session
+/// aggregation, and a batch query that reaches them fails with a clear error.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SessionMarker {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl SessionMarker {
+    fn new(name: &'static str) -> Self {
+        Self { name, signature: Signature::any(2, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for SessionMarker {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        let t = check_time_column(&args)?;
+        if constant_interval(&args, 1, "session gap")?.is_none() {
+            return plan_err!("invalid window: the session gap must be a constant interval");
+        }
+        Ok(Arc::new(Field::new(self.name, t, true)))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        exec_err!(
+            "not supported: SESSION windows in a one-off query; they are maintained by materialized views and sinks"
+        )
+    }
+}
+
+/// The gap (in nanoseconds) of a session marker call, and its time argument.
+pub fn session_marker(expr: &datafusion::logical_expr::Expr) -> Option<(bool, datafusion::logical_expr::Expr, i64)> {
+    use datafusion::logical_expr::Expr as E;
+    let E::ScalarFunction(f) = expr else { return None };
+    let is_start = match f.func.name() {
+        SESSION_START => true,
+        SESSION_END => false,
+        _ => return None,
+    };
+    let gap = match f.args.get(1) {
+        Some(E::Literal(v, _)) => interval_nanos(v).ok()?,
+        _ => return None,
+    };
+    Some((is_start, f.args.first()?.clone(), gap))
+}
+
 /// The window functions, for registration in a DataFusion context.
 pub fn window_udfs() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(TumbleStart::default()), ScalarUDF::from(HopStarts::default())]
+    vec![
+        ScalarUDF::from(TumbleStart::default()),
+        ScalarUDF::from(HopStarts::default()),
+        ScalarUDF::from(SessionMarker::new(SESSION_START)),
+        ScalarUDF::from(SessionMarker::new(SESSION_END)),
+    ]
 }
 
 /// Rewrites window table functions in `query` (see the module docs).
@@ -306,6 +373,7 @@ fn window_subquery(kind: &str, args: &[FunctionArg], alias: Option<TableAlias>) 
     let arity_ok = match kind {
         "tumble" => (3..=4).contains(&exprs.len()),
         "hop" => (4..=5).contains(&exprs.len()),
+        "session" => exprs.len() == 3,
         _ => exprs.len() == 3 || exprs.len() == 4,
     };
     if !arity_ok {
@@ -344,10 +412,16 @@ fn window_subquery(kind: &str, args: &[FunctionArg], alias: Option<TableAlias>) 
                  FROM (SELECT *, unnest({starts}) AS window_start FROM {rel_text}) AS __eddy_hop"
             )
         }
+        "session" => {
+            let gap = exprs[2].to_string();
+            format!(
+                "SELECT *, {SESSION_START}({ts}, {gap}) AS window_start, {SESSION_END}({ts}, {gap}) AS window_end FROM {rel_text}"
+            )
+        }
         other => {
             return Err(PlanError::unsupported_with_hint(
                 format!("{} windows", other.to_uppercase()),
-                "use TUMBLE or HOP windows",
+                "use TUMBLE, HOP or SESSION windows",
             ));
         }
     };

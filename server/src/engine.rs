@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -104,14 +103,14 @@ impl Engine {
 
     /// A DataFusion session state reading `snapshot` (or the latest commit per scan).
     pub fn state(&self, snapshot: Option<Snapshot>) -> SessionState {
-        let state = self.context.state();
-        match snapshot {
-            Some(snapshot) => {
-                let config = state.config().clone().with_extension(Arc::new(QuerySnapshot(snapshot)));
-                SessionStateBuilder::new_from_existing(state).with_config(config).build()
-            }
-            None => state,
+        let mut state = self.context.state();
+        if let Some(snapshot) = snapshot {
+            // Set in place: rebuilding the state would bring back DataFusion's default
+            // functions over Eddy's (to_char).
+            let config = state.config().clone().with_extension(Arc::new(QuerySnapshot(snapshot)));
+            *state.config_mut() = config;
         }
+        state
     }
 
     /// A state reading the latest committed epoch, consistently across relations.
@@ -162,7 +161,19 @@ fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
     options.sql_parser.enable_ident_normalization = true;
     options.execution.time_zone = Some("+00:00".to_string());
     options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
-    let context = SessionContext::new_with_config(config);
+    // DISTINCT aggregates are maintained directly; rewriting them into two aggregations would
+    // regroup session windows by the distinct column.
+    let rules: Vec<_> = datafusion::optimizer::Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_optimizer_rules(rules)
+        .build();
+    let context = SessionContext::new_with_state(state);
     let dev = Arc::new(MemoryCatalogProvider::new());
     dev.register_schema(SCHEMA, Arc::new(PublicSchema { catalog }))?;
     context.register_catalog(DATABASE, dev);

@@ -68,7 +68,8 @@ async fn nexmark_queries_match_batch_oracle() -> Result<()> {
         "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, date_time TIMESTAMP, extra VARCHAR";
     client
         .batch_execute(&format!(
-            "CREATE SOURCE bid ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+            "CREATE SOURCE bid ({columns}, p_time TIMESTAMPTZ AS PROCTIME(),
+                              WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
                WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.split.num = '2',
                      nexmark.min.event.gap.in.ns = '0', nexmark.event.num = '{EVENTS}');
              CREATE TABLE bid_t ({columns})
@@ -83,7 +84,7 @@ async fn nexmark_queries_match_batch_oracle() -> Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql") && !p.to_string_lossy().ends_with(".oracle.sql"))
         .collect();
     names.sort();
     let mut failures = Vec::new();
@@ -94,8 +95,23 @@ async fn nexmark_queries_match_batch_oracle() -> Result<()> {
         let eowc = body.contains("EMIT ON WINDOW CLOSE");
         client.batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {}", body.replace("${BID}", "bid"))).await?;
         wait_finished(&client, &name).await?;
+        if body.contains("p_time") {
+            // Processing time differs run to run; every bid must still be counted once.
+            let counted: i64 =
+                client.query_one(&format!("SELECT sum(bid_count)::BIGINT FROM {name}"), &[]).await?.get(0);
+            assert_eq!(counted, total, "{name} counted {counted} of {total} bids");
+            eprintln!("{name}: counts all {total} bids");
+            client.batch_execute(&format!("DROP MATERIALIZED VIEW {name}")).await?;
+            continue;
+        }
         let incremental = rows(client.simple_query(&format!("SELECT * FROM {name}")).await?);
-        let mut batch_sql = body.replace("${BID}", "bid_t").replace("EMIT ON WINDOW CLOSE", "");
+        // A query whose windows a batch query cannot express brings its own oracle.
+        let oracle = path.with_extension("oracle.sql");
+        let batch_body = match std::fs::read_to_string(&oracle) {
+            Ok(t) => t.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n"),
+            Err(_) => body.clone(),
+        };
+        let mut batch_sql = batch_body.replace("${BID}", "bid_t").replace("EMIT ON WINDOW CLOSE", "");
         if eowc {
             batch_sql = format!(
                 "SELECT * FROM ({batch_sql}) q WHERE window_end <= (SELECT max(date_time) - INTERVAL '4' SECOND FROM bid_t)"

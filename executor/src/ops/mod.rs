@@ -3,6 +3,7 @@
 
 pub mod agg;
 pub mod materialize;
+pub mod session;
 pub mod sink;
 pub mod stateless;
 pub mod unnest;

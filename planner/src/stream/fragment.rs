@@ -72,6 +72,15 @@ pub enum OperatorSpec {
         /// Emit each window once, when it closes.
         emit_on_close: bool,
     },
+    SessionAgg {
+        group_keys: Vec<usize>,
+        sessions: Vec<(usize, bool)>,
+        gap_ns: i64,
+        calls: Vec<AggCall>,
+        input_schema: DFSchemaRef,
+        schema: DFSchemaRef,
+        emit_on_close: bool,
+    },
     Unnest {
         list_column: usize,
         dependency: Vec<usize>,
@@ -112,6 +121,7 @@ impl OperatorSpec {
             OperatorSpec::Project { .. } => "Project",
             OperatorSpec::HashAgg { .. } => "HashAgg",
             OperatorSpec::Unnest { .. } => "Unnest",
+            OperatorSpec::SessionAgg { .. } => "SessionAgg",
             OperatorSpec::Union { .. } => "Union",
             OperatorSpec::Values { .. } => "Values",
             OperatorSpec::Materialize { .. } => "Materialize",
@@ -226,6 +236,22 @@ fn describe(op: &OperatorSpec) -> String {
             )
         }
         OperatorSpec::Unnest { list_column, .. } => format!("Unnest ${list_column}"),
+        OperatorSpec::SessionAgg { group_keys, sessions, gap_ns, calls, emit_on_close, .. } => {
+            let parts: Vec<String> = calls.iter().map(|c| c.to_string()).collect();
+            let keys: Vec<usize> = group_keys
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| !sessions.iter().any(|(s, _)| s == p))
+                .map(|(_, k)| *k)
+                .collect();
+            format!(
+                "SessionAgg keys {} gap {}ms aggs [{}]{} state: open sessions per key",
+                cols_text(&keys),
+                gap_ns / 1_000_000,
+                parts.join(", "),
+                if *emit_on_close { " emit on close" } else { "" }
+            )
+        }
         OperatorSpec::Union { inputs, .. } => format!("Union {inputs} inputs"),
         OperatorSpec::Values { rows, .. } => format!("Values {} rows", rows.len()),
         OperatorSpec::Sink { connector, .. } => format!("Sink {connector}"),
@@ -333,6 +359,42 @@ impl Builder {
                     exprs: exprs.clone(),
                     input_schema: input.schema.clone(),
                     schema: node.schema.clone(),
+                });
+                Ok(f)
+            }
+            StreamNodeKind::SessionAggregate { group_keys, sessions, gap_ns, calls, emit_on_close } => {
+                let input = single_input(node)?;
+                let child = self.place(input)?;
+                let partition: Vec<usize> = group_keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(p, _)| !sessions.iter().any(|(s, _)| s == p))
+                    .map(|(_, k)| *k)
+                    .collect();
+                let f = if partition.is_empty() {
+                    if self.fragments[child].parallelism == 1 {
+                        child
+                    } else {
+                        self.new_fragment(
+                            1,
+                            vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }],
+                        )
+                    }
+                } else {
+                    let p = self.parallelism;
+                    self.new_fragment(
+                        p,
+                        vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Hash(partition) }],
+                    )
+                };
+                self.fragments[f].chain.push(OperatorSpec::SessionAgg {
+                    group_keys: group_keys.clone(),
+                    sessions: sessions.clone(),
+                    gap_ns: *gap_ns,
+                    calls: calls.clone(),
+                    input_schema: input.schema.clone(),
+                    schema: node.schema.clone(),
+                    emit_on_close: *emit_on_close,
                 });
                 Ok(f)
             }

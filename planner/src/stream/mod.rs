@@ -32,6 +32,9 @@ pub struct StreamProps {
     pub distribution: Distribution,
     /// Columns that carry event time with a watermark.
     pub watermark_columns: Vec<usize>,
+    /// Columns marking a `SESSION` window: `(column, is window_start, gap in ns)`. They hold
+    /// each row's time until a session aggregation turns them into session bounds.
+    pub session_columns: Vec<(usize, bool, i64)>,
 }
 
 /// A node of a streaming plan.
@@ -67,6 +70,16 @@ pub enum StreamNodeKind {
         group_keys: Vec<usize>,
         calls: Vec<AggCall>,
         window_key: Option<usize>,
+        emit_on_close: bool,
+    },
+    /// Aggregation over session windows: groups by the `group_keys` at the positions not in
+    /// `sessions`, assigns rows to sessions by the time in the session columns.
+    SessionAggregate {
+        group_keys: Vec<usize>,
+        /// `(position in group_keys, is window_start)` of the session bound columns.
+        sessions: Vec<(usize, bool)>,
+        gap_ns: i64,
+        calls: Vec<AggCall>,
         emit_on_close: bool,
     },
     /// One output row per element of list column `list_column`; output column `i` comes

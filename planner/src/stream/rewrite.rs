@@ -8,7 +8,7 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::expr::Alias;
 use datafusion::logical_expr::{Aggregate, Expr, ExprSchemable, LogicalPlan, Projection};
 
-use super::agg::{AggCall, analyze_agg};
+use super::agg::{AggCall, AggKind, analyze_agg};
 use super::{StreamNode, StreamNodeKind, StreamProps};
 use crate::catalog::{Distribution, RelationKind, RelationResolver};
 use crate::error::{PlanError, Result};
@@ -96,6 +96,7 @@ impl Ctx<'_> {
                         unique_key,
                         distribution,
                         watermark_columns,
+                        session_columns: vec![],
                     },
                     inputs: vec![],
                 })
@@ -148,6 +149,7 @@ impl Ctx<'_> {
                         unique_key: None,
                         distribution: Distribution::Arbitrary,
                         watermark_columns,
+                        session_columns: vec![],
                     },
                     inputs,
                 })
@@ -198,7 +200,13 @@ impl Ctx<'_> {
 }
 
 fn constant_props() -> StreamProps {
-    StreamProps { append_only: true, unique_key: None, distribution: Distribution::Single, watermark_columns: vec![] }
+    StreamProps {
+        append_only: true,
+        unique_key: None,
+        distribution: Distribution::Single,
+        watermark_columns: vec![],
+        session_columns: vec![],
+    }
 }
 
 /// Volatile functions (`random()`, `now()`) would make retractions disagree with insertions.
@@ -223,6 +231,29 @@ fn passthrough_column(expr: &Expr, input_schema: &DFSchema) -> Option<usize> {
 }
 
 fn project_node(input: StreamNode, exprs: Vec<Expr>, schema: datafusion::common::DFSchemaRef) -> Result<StreamNode> {
+    // Session markers become the row's time; the columns are remembered as session bounds.
+    let mut session_columns = Vec::new();
+    let exprs: Vec<Expr> = exprs
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (inner, name) = match &e {
+                Expr::Alias(a) => (a.expr.as_ref(), Some(a.name.clone())),
+                other => (other, None),
+            };
+            if let Some((is_start, ts, gap)) = crate::windows::session_marker(inner) {
+                session_columns.push((i, is_start, gap));
+                let name = name.unwrap_or_else(|| e.schema_name().to_string());
+                return ts.alias(name);
+            }
+            if let Some(c) = passthrough_column(&e, input.schema.as_ref())
+                && let Some((_, is_start, gap)) = input.props.session_columns.iter().find(|(col, _, _)| *col == c)
+            {
+                session_columns.push((i, *is_start, *gap));
+            }
+            e
+        })
+        .collect();
     let sources: Vec<Option<usize>> = exprs.iter().map(|e| passthrough_column(e, input.schema.as_ref())).collect();
     let map = |col: usize| sources.iter().position(|s| *s == Some(col));
     let map_all = |cols: &[usize]| -> Option<Vec<usize>> { cols.iter().map(|c| map(*c)).collect() };
@@ -243,7 +274,13 @@ fn project_node(input: StreamNode, exprs: Vec<Expr>, schema: datafusion::common:
     Ok(StreamNode {
         kind: StreamNodeKind::Project { exprs },
         schema,
-        props: StreamProps { append_only: input.props.append_only, unique_key, distribution, watermark_columns },
+        props: StreamProps {
+            append_only: input.props.append_only,
+            unique_key,
+            distribution,
+            watermark_columns,
+            session_columns,
+        },
         inputs: vec![input],
     })
 }
@@ -304,6 +341,20 @@ impl Ctx<'_> {
         let input = self.rewrite(&aggregate.input)?;
         let pre = project_node(input, projection.expr, pre_schema)?;
         let group_cols: Vec<usize> = (0..group_keys.len()).collect();
+        let sessions: Vec<(usize, bool, i64)> = group_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(pos, k)| {
+                pre.props
+                    .session_columns
+                    .iter()
+                    .find(|(c, _, _)| c == k)
+                    .map(|(_, is_start, gap)| (pos, *is_start, *gap))
+            })
+            .collect();
+        if !sessions.is_empty() {
+            return self.session_aggregate(aggregate, pre, group_keys, calls, sessions);
+        }
         let window_key = group_keys.iter().position(|k| pre.props.watermark_columns.contains(k));
         if window_key.is_some() {
             self.windowed_aggregates += 1;
@@ -319,6 +370,73 @@ impl Ctx<'_> {
                 unique_key: Some(group_cols),
                 distribution,
                 watermark_columns: window_key.into_iter().collect(),
+                session_columns: vec![],
+            },
+            inputs: vec![pre],
+        })
+    }
+
+    /// `GROUP BY keys, window_start[, window_end]` over `SESSION(...)`: sessions per key.
+    fn session_aggregate(
+        &mut self,
+        aggregate: &Aggregate,
+        pre: StreamNode,
+        group_keys: Vec<usize>,
+        calls: Vec<AggCall>,
+        sessions: Vec<(usize, bool, i64)>,
+    ) -> Result<StreamNode> {
+        if !pre.props.append_only {
+            return Err(PlanError::unsupported_with_hint(
+                "SESSION windows over a stream with updates or deletes",
+                "use SESSION windows over a source or an APPEND ONLY table",
+            ));
+        }
+        let gap_ns = sessions[0].2;
+        if sessions.iter().any(|(_, _, g)| *g != gap_ns) {
+            return Err(PlanError::unsupported("SESSION windows with different gaps in one GROUP BY"));
+        }
+        for c in &calls {
+            let mergeable = matches!(
+                c.kind,
+                AggKind::CountRows
+                    | AggKind::Count
+                    | AggKind::Sum
+                    | AggKind::Avg
+                    | AggKind::Min
+                    | AggKind::Max
+                    | AggKind::BoolAnd
+                    | AggKind::BoolOr
+            );
+            if !mergeable || c.distinct || !c.order_by.is_empty() {
+                return Err(PlanError::unsupported_with_hint(
+                    format!("{} over SESSION windows", c),
+                    "session windows support count, sum, avg, min, max, bool_and and bool_or",
+                ));
+            }
+        }
+        let watermarked = sessions.iter().any(|(pos, _, _)| pre.props.watermark_columns.contains(&group_keys[*pos]));
+        if watermarked {
+            self.windowed_aggregates += 1;
+        }
+        let emit_on_close = self.emit_on_close && watermarked;
+        let partition: Vec<usize> =
+            (0..group_keys.len()).filter(|p| !sessions.iter().any(|(s, _, _)| s == p)).collect();
+        let distribution = if partition.is_empty() { Distribution::Single } else { Distribution::HashBy(partition) };
+        Ok(StreamNode {
+            kind: StreamNodeKind::SessionAggregate {
+                group_keys: group_keys.clone(),
+                sessions: sessions.iter().map(|(p, is_start, _)| (*p, *is_start)).collect(),
+                gap_ns,
+                calls,
+                emit_on_close,
+            },
+            schema: aggregate.schema.clone(),
+            props: StreamProps {
+                append_only: emit_on_close,
+                unique_key: Some((0..group_keys.len()).collect()),
+                distribution,
+                watermark_columns: vec![],
+                session_columns: vec![],
             },
             inputs: vec![pre],
         })
@@ -363,6 +481,7 @@ impl Ctx<'_> {
                 unique_key: None,
                 distribution,
                 watermark_columns,
+                session_columns: vec![],
             },
             inputs: vec![input],
         })
