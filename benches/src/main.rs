@@ -277,8 +277,8 @@ async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_
         "Nexmark, {events} events per query, {splits} generator splits, {cores} cores, barrier every {barrier_ms} ms, blackhole sink"
     );
     println!(
-        "{:<12} {:>12} {:>14} {:>10} {:>10} {:>12} {:>12}",
-        "query", "events/s", "events/s/core", "cpu s", "wall s", "peak RSS MiB", "fresh p50/p99 ms"
+        "{:<12} {:>12} {:>14} {:>10} {:>10} {:>12} {:>17} {:>10}",
+        "query", "events/s", "events/s/core", "cpu s", "wall s", "peak RSS MiB", "fresh p50/p99 ms", "sink rows"
     );
     for (name, body) in nexmark_queries()? {
         if !only.is_empty() && !only.contains(&name) {
@@ -316,10 +316,15 @@ async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_
         let wall = started.elapsed().as_secs_f64();
         let cpu = server.cpu_seconds().unwrap_or(0.0) - cpu_before;
         let fresh = client.query_one("SELECT p50_ms, p99_ms FROM eddy_catalog.freshness", &[]).await?;
+        let sink_rows: i64 = client
+            .query_opt("SELECT rows FROM eddy_catalog.sink_rows WHERE sink = $1", &[&name])
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
         let (p50, p99): (f64, f64) = (fresh.get(0), fresh.get(1));
         // Bids are 46 of every 50 events; the generator produces (and pays for) all events.
         println!(
-            "{:<12} {:>12.0} {:>14.0} {:>10.2} {:>10.2} {:>12.0} {:>8.0}/{:.0}",
+            "{:<12} {:>12.0} {:>14.0} {:>10.2} {:>10.2} {:>12.0} {:>8.0}/{:<6.0} {:>10}",
             name,
             events as f64 / wall,
             events as f64 / cpu.max(0.001),
@@ -327,7 +332,8 @@ async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_
             wall,
             server.peak_rss_mib().unwrap_or(0.0),
             p50,
-            p99
+            p99,
+            sink_rows
         );
     }
     Ok(())
