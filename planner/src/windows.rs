@@ -30,6 +30,7 @@ use crate::error::{PlanError, Result};
 
 pub const TUMBLE_START: &str = "tumble_start";
 pub const HOP_STARTS: &str = "hop_starts";
+pub const HOP_PANES: &str = "hop_panes";
 pub const SESSION_START: &str = "session_start";
 pub const SESSION_END: &str = "session_end";
 
@@ -232,6 +233,77 @@ impl ScalarUDFImpl for HopStarts {
     }
 }
 
+/// `hop_panes(ts, slide, size [, offset])`: a one-element list holding the start of the pane of
+/// `ts`, the largest span that no hopping window boundary cuts (`gcd(slide, size)` long). A
+/// streaming `HOP` aggregate groups rows by pane first, then adds each pane's partial result to
+/// its `size / slide` windows (see `stream::panes`). It keeps the list shape of `hop_starts` so
+/// that swapping one for the other leaves the plan around it unchanged.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct HopPanes {
+    signature: Signature,
+}
+
+impl Default for HopPanes {
+    fn default() -> Self {
+        Self { signature: Signature::one_of(vec![TypeSignature::Any(3), TypeSignature::Any(4)], Volatility::Immutable) }
+    }
+}
+
+/// The pane length of hopping windows: the greatest common divisor of slide and size.
+pub fn pane_length(slide: i64, size: i64) -> i64 {
+    let (mut a, mut b) = (slide.abs(), size.abs());
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl ScalarUDFImpl for HopPanes {
+    fn name(&self) -> &str {
+        HOP_PANES
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::List(Arc::new(Field::new("item", arg_types[0].clone(), true))))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        let t = check_time_column(&args)?;
+        Ok(Arc::new(Field::new(HOP_PANES, DataType::List(Arc::new(Field::new("item", t, true))), true)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let t = args.arg_fields[0].data_type().clone();
+        let unit = units_per_nano(&t);
+        let slide = scalar_interval(&args.args[1])? / unit;
+        let size = scalar_interval(&args.args[2])? / unit;
+        let offset = match args.args.get(3) {
+            Some(v) => scalar_interval(v)? / unit,
+            None => 0,
+        };
+        if slide <= 0 || size <= 0 || slide > size {
+            return exec_err!("invalid window: need 0 < slide <= size");
+        }
+        let pane = pane_length(slide, size);
+        let ts = args.args[0].clone().into_array(args.number_rows)?;
+        let as_i64 = cast(&ts, &DataType::Int64)?;
+        let starts: Int64Array =
+            as_i64.as_primitive::<datafusion::arrow::datatypes::Int64Type>().unary(|v| window_start(v, pane, offset));
+        let values: ArrayRef = cast(&(Arc::new(starts) as ArrayRef), &t)?;
+        let list = ListArray::try_new(
+            Arc::new(Field::new("item", t, true)),
+            OffsetBuffer::from_lengths(std::iter::repeat_n(1, values.len())),
+            values.clone(),
+            values.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
+
 /// `session_start(ts, gap)` / `session_end(ts, gap)`: markers for the columns of a `SESSION`
 /// window. A session depends on every other row of its key, so no row-wise function can
 /// compute it: the streaming planner replaces the aggregate over these markers with a session
@@ -297,6 +369,7 @@ pub fn window_udfs() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(TumbleStart::default()),
         ScalarUDF::from(HopStarts::default()),
+        ScalarUDF::from(HopPanes::default()),
         ScalarUDF::from(SessionMarker::new(SESSION_START)),
         ScalarUDF::from(SessionMarker::new(SESSION_END)),
     ]

@@ -140,6 +140,17 @@ const VIEWS: &[ViewCase] = &[
         created_at_round_fraction: 2,
     },
     ViewCase {
+        // Slide 4 s, size 10 s: panes of 2 s, partial aggregates combined per window.
+        name: "v_hop_panes",
+        definition: "SELECT k, window_end, sum(v) AS s, max(v) AS hi, count(v) FILTER (WHERE v > 0) AS pos, \
+                     bool_or(v > 5) AS big FROM HOP(t3, ts, INTERVAL '4' SECOND, INTERVAL '10' SECOND) \
+                     GROUP BY k, window_start, window_end",
+        batch: "SELECT k, window_end, sum(v) AS s, max(v) AS hi, count(v) FILTER (WHERE v > 0) AS pos, \
+                bool_or(v > 5) AS big FROM HOP(t3, ts, INTERVAL '4' SECOND, INTERVAL '10' SECOND) \
+                GROUP BY k, window_start, window_end",
+        created_at_round_fraction: 1,
+    },
+    ViewCase {
         name: "v_expr_group",
         definition: "SELECT v % 3 AS m, s IS NULL AS no_s, count(*) AS n FROM t1 GROUP BY v % 3, s IS NULL",
         batch: "SELECT v % 3 AS m, s IS NULL AS no_s, count(*) AS n FROM t1 GROUP BY v % 3, s IS NULL",

@@ -136,3 +136,43 @@ async fn nexmark_queries_match_batch_oracle() -> Result<()> {
     }
     Ok(())
 }
+
+/// HOP aggregates with combinable calls aggregate per pane, then per window; others keep one
+/// row copy per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_aggregates_use_panes_when_partials_combine() -> Result<()> {
+    let server = TestServer::start()?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE ev (k INT, v INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) APPEND ONLY",
+        )
+        .await?;
+    let explain = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let lines = client.simple_query(&format!("EXPLAIN CREATE MATERIALIZED VIEW x AS {sql}")).await?;
+            let text: Vec<String> = lines
+                .into_iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .collect();
+            Ok::<String, anyhow::Error>(text.join("\n"))
+        }
+    };
+    let combinable = explain(
+        "SELECT k, window_start, count(*), sum(v), max(v) FROM HOP(ev, ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+         GROUP BY k, window_start",
+    )
+    .await?;
+    assert!(combinable.contains("hop_panes"), "{combinable}");
+    assert_eq!(combinable.matches("HashAgg").count(), 2, "{combinable}");
+    let holistic =
+        explain("SELECT k, window_start, avg(v) FROM HOP(ev, ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY k, window_start")
+            .await?;
+    assert!(!holistic.contains("hop_panes"), "{holistic}");
+    assert_eq!(holistic.matches("HashAgg").count(), 1, "{holistic}");
+    Ok(())
+}

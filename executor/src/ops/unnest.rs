@@ -35,6 +35,22 @@ impl Operator for UnnestOperator {
             other => return Err(ExecError::Internal(format!("unnest of a {other} column"))),
         };
         let offsets = list.value_offsets();
+        if list.null_count() == 0 && offsets.iter().enumerate().all(|(i, o)| *o as usize == i) {
+            // One element per row (a HOP pane): the rows stay, the list becomes its element.
+            let columns =
+                self.dependency
+                    .iter()
+                    .map(|d| {
+                        if *d == self.list_column {
+                            list.values().slice(0, list.len())
+                        } else {
+                            batch.column(*d).clone()
+                        }
+                    })
+                    .collect();
+            out.push(batch.with_columns(self.schema.clone(), columns)?);
+            return Ok(());
+        }
         // For each output row: the input row it repeats and the list element it carries.
         let mut rows: Vec<u32> = Vec::with_capacity(list.values().len());
         let mut elements: Vec<Option<u32>> = Vec::with_capacity(list.values().len());

@@ -8,6 +8,7 @@
 
 pub mod agg;
 pub mod fragment;
+pub mod panes;
 pub mod rewrite;
 pub mod watermark;
 

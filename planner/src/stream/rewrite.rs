@@ -289,6 +289,13 @@ fn project_node(input: StreamNode, exprs: Vec<Expr>, schema: datafusion::common:
 /// argument, filter and ordering key, then an aggregation over column positions.
 impl Ctx<'_> {
     fn rewrite_aggregate(&mut self, aggregate: &Aggregate) -> Result<StreamNode> {
+        match super::panes::split(aggregate)? {
+            Some(per_window) => self.rewrite_aggregate_unsplit(&per_window),
+            None => self.rewrite_aggregate_unsplit(aggregate),
+        }
+    }
+
+    fn rewrite_aggregate_unsplit(&mut self, aggregate: &Aggregate) -> Result<StreamNode> {
         for g in &aggregate.group_expr {
             if matches!(g, Expr::GroupingSet(_)) {
                 return Err(PlanError::unsupported("GROUPING SETS / ROLLUP / CUBE in a materialized view"));

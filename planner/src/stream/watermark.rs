@@ -9,7 +9,7 @@
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 
-use crate::windows::{HOP_STARTS, TUMBLE_START};
+use crate::windows::{HOP_PANES, HOP_STARTS, TUMBLE_START};
 
 /// The input column `expr` is non-decreasing in, if any.
 pub fn monotone_input(expr: &Expr, schema: &DFSchema) -> Option<usize> {
@@ -35,7 +35,7 @@ pub fn monotone_input(expr: &Expr, schema: &DFSchema) -> Option<usize> {
             let literal_rest =
                 |skip: usize| f.args.iter().enumerate().all(|(i, a)| i == skip || matches!(a, Expr::Literal(..)));
             match name {
-                n if n == TUMBLE_START || n == HOP_STARTS => {
+                n if n == TUMBLE_START || n == HOP_STARTS || n == HOP_PANES => {
                     if literal_rest(0) {
                         f.args.first().and_then(|a| monotone_input(a, schema))
                     } else {
