@@ -255,7 +255,11 @@ fn nexmark_queries() -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "sql") && !path.to_string_lossy().ends_with(".oracle.sql") {
+        let file = path.to_string_lossy();
+        if path.extension().is_some_and(|e| e == "sql")
+            && !file.ends_with(".oracle.sql")
+            && !file.ends_with(".check.sql")
+        {
             let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("q").to_string();
             let text = std::fs::read_to_string(&path)?;
             let body: String =
@@ -286,16 +290,32 @@ async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_
         }
         let server = Server::start_with(barrier_ms)?;
         let client = server.connect().await?;
+        let options = |kind: &str| {
+            format!(
+                "connector = 'nexmark', nexmark.table.type = '{kind}', nexmark.split.num = '{splits}', \
+                 nexmark.min.event.gap.in.ns = '0', nexmark.event.num = '{events}'"
+            )
+        };
         client
             .batch_execute(&format!(
                 "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
                                     date_time TIMESTAMP, extra VARCHAR, p_time TIMESTAMPTZ AS PROCTIME(),
-                                    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
-                   WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.split.num = '{splits}',
-                         nexmark.min.event.gap.in.ns = '0', nexmark.event.num = '{events}')"
+                                    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH ({});
+                 CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR,
+                                       city VARCHAR, state VARCHAR, date_time TIMESTAMP, extra VARCHAR,
+                                       WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH ({});
+                 CREATE SOURCE auction (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT,
+                                        reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT,
+                                        category BIGINT, extra VARCHAR,
+                                        WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH ({});
+                 CREATE TABLE side_input (key BIGINT PRIMARY KEY, value VARCHAR);
+                 INSERT INTO side_input SELECT v, 'value-' || v FROM generate_series(0, 9999) AS s(v);",
+                options("Bid"),
+                options("Person"),
+                options("Auction"),
             ))
             .await?;
-        let sql = body.replace("${BID}", "bid");
+        let sql = body.replace("${BID}", "bid").replace("${PERSON}", "person").replace("${AUCTION}", "auction");
         let cpu_before = server.cpu_seconds().unwrap_or(0.0);
         let started = Instant::now();
         client.batch_execute(&format!("CREATE SINK {name} AS {sql} WITH (connector = 'blackhole')")).await?;

@@ -137,6 +137,7 @@ impl Actor {
         let mut chunk_times: Vec<std::time::Instant> = Vec::new();
         let mut pending_barrier: Option<Barrier> = None;
         let mut emitted_watermarks: HashMap<usize, i64> = HashMap::new();
+        let mut per_input_watermarks: HashMap<(usize, usize), i64> = HashMap::new();
         let mut rotate = 0usize;
         loop {
             let poll_inputs = poll_fn(|cx| {
@@ -213,6 +214,25 @@ impl Actor {
                         continue;
                     }
                     *slot = value;
+                    let index = inputs[i].index;
+                    if self.chain.first().is_some_and(|op| op.watermarks_per_input()) {
+                        let aligned = inputs
+                            .iter()
+                            .filter(|x| x.index == index)
+                            .map(|x| x.watermarks.get(&column).copied().unwrap_or(i64::MIN))
+                            .min()
+                            .unwrap_or(i64::MIN);
+                        let sent = per_input_watermarks.entry((index, column)).or_insert(i64::MIN);
+                        if aligned > *sent {
+                            *sent = aligned;
+                            let mut out = Output::default();
+                            if let Some(op) = self.chain.first_mut() {
+                                op.on_input_watermark(index, column, aligned, &mut out)?;
+                            }
+                            self.push(1, 0, out.take()).await?;
+                        }
+                        continue;
+                    }
                     let aligned = inputs.iter().map(|x| x.watermarks.get(&column).copied().unwrap_or(i64::MIN)).min();
                     if let Some(aligned) = aligned
                         && aligned > emitted_watermarks.get(&column).copied().unwrap_or(i64::MIN)
@@ -306,6 +326,24 @@ impl Actor {
             }
         }
         let deltas: Vec<_> = self.chain.iter_mut().filter_map(|op| op.take_delta()).collect();
+        let states: Vec<crate::metrics::OperatorState> = self
+            .chain
+            .iter()
+            .enumerate()
+            .filter_map(|(position, op)| {
+                op.state_size().map(|size| crate::metrics::OperatorState {
+                    job: self.job,
+                    actor: self.id,
+                    position,
+                    operator: op.name(),
+                    rows: size.rows,
+                    bytes: size.bytes,
+                })
+            })
+            .collect();
+        if !states.is_empty() {
+            self.metrics.record_operator_state(self.id, states);
+        }
         if let Some(Mutation::Stop(actors)) = barrier.mutation.as_deref() {
             self.dispatcher.remove_actors(actors);
         }

@@ -48,11 +48,24 @@ pub struct SourceSplitStatus {
 /// A split's job, source and progress.
 type SplitEntry = (ObjectId, ObjectId, Arc<SourceProgress>);
 
+/// The in-memory state one operator of one actor reported at its last barrier.
+#[derive(Debug, Clone)]
+pub struct OperatorState {
+    pub job: ObjectId,
+    pub actor: ActorId,
+    /// Position of the operator in its actor's chain.
+    pub position: usize,
+    pub operator: &'static str,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     sources: Mutex<HashMap<ActorId, SplitEntry>>,
     late_rows: Mutex<HashMap<(ObjectId, ObjectId), Arc<AtomicU64>>>,
     sink_rows: Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
+    operator_state: Mutex<HashMap<ActorId, Vec<OperatorState>>>,
     /// Recent source-chunk-to-commit latencies, in microseconds.
     freshness: Mutex<std::collections::VecDeque<u64>>,
 }
@@ -81,7 +94,20 @@ impl Metrics {
         self.sink_rows.lock().entry(sink).or_default().clone()
     }
 
+    /// Replaces what `actor` last reported about its operators' state.
+    pub fn record_operator_state(&self, actor: ActorId, states: Vec<OperatorState>) {
+        self.operator_state.lock().insert(actor, states);
+    }
+
+    /// The last reported state of every stateful operator instance.
+    pub fn operator_state(&self) -> Vec<OperatorState> {
+        let mut all: Vec<OperatorState> = self.operator_state.lock().values().flatten().cloned().collect();
+        all.sort_by_key(|s| (s.job, s.actor, s.position));
+        all
+    }
+
     pub fn forget_actor(&self, actor: ActorId) {
+        self.operator_state.lock().remove(&actor);
         self.sources.lock().remove(&actor);
     }
 

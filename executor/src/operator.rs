@@ -66,6 +66,13 @@ impl Output {
     }
 }
 
+/// The in-memory state of one operator instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSize {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
 pub trait Operator: Send {
     /// A short name for logs and `EXPLAIN ANALYZE`.
     fn name(&self) -> &'static str;
@@ -85,6 +92,23 @@ pub trait Operator: Send {
     fn on_watermark(&mut self, column: usize, value: i64, out: &mut Output) -> Result<()> {
         out.push_watermark(column, value);
         Ok(())
+    }
+
+    /// Rows and bytes the operator holds in memory, for operators whose state grows with
+    /// their input (joins, top-N, aggregations). Reported at every barrier.
+    fn state_size(&self) -> Option<StateSize> {
+        None
+    }
+
+    /// True for operators whose inputs carry different columns (joins): the actor then aligns
+    /// watermarks per input, not across inputs, and calls [`Operator::on_input_watermark`].
+    fn watermarks_per_input(&self) -> bool {
+        false
+    }
+
+    /// A watermark on column `column` of input `input`, aligned over that input's channels.
+    fn on_input_watermark(&mut self, _input: usize, column: usize, value: i64, out: &mut Output) -> Result<()> {
+        self.on_watermark(column, value, out)
     }
 
     /// State changes of the epoch that just ended, to be committed with it.

@@ -160,6 +160,7 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>, PlanError> {
         .map_err(|e| parse_error(sql, &ParserError::TokenizerError(e.to_string())))?;
     let (tokens, emit_markers) = extract_emit_clauses(tokens);
     let tokens = rewrite_flink_window_calls(tokens);
+    let tokens = rewrite_temporal_joins(tokens);
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let line_starts = line_starts(sql);
     let mut out = Vec::new();
@@ -351,6 +352,83 @@ fn rewrite_flink_window_calls(
     for (t, keep) in tokens.into_iter().zip(keep) {
         if keep {
             out.push(t);
+        }
+    }
+    out
+}
+
+/// Prefix marking a table read as of processing time: `t FOR SYSTEM_TIME AS OF PROCTIME()`
+/// is planned as a scan of `__eddy_lookup__t AS t`, which the catalog resolves to `t` and the
+/// streaming planner turns into the lookup side of a temporal join.
+pub const LOOKUP_PREFIX: &str = "__eddy_lookup__";
+
+/// Rewrites `name FOR SYSTEM_TIME AS OF PROCTIME() [[AS] alias]` into `__eddy_lookup__name AS
+/// alias` (the alias defaulting to the name). `sqlparser` reads `FOR SYSTEM_TIME` only in other
+/// dialects, and DataFusion would drop it; the prefix carries the meaning to the planner.
+fn rewrite_temporal_joins(
+    tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
+    use sqlparser::tokenizer::{TokenWithSpan, Whitespace, Word};
+    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
+    let significant: Vec<usize> =
+        tokens.iter().enumerate().filter(|(_, t)| !matches!(t.token, Token::Whitespace(_))).map(|(i, _)| i).collect();
+    let tok = |k: usize| significant.get(k).map(|i| &tokens[*i].token);
+    let mut keep = vec![true; tokens.len()];
+    let mut renamed: Vec<(usize, Option<usize>)> = Vec::new();
+    for k in 1..significant.len() {
+        let head = tok(k).is_some_and(|t| is_word(t, "for"))
+            && tok(k + 1).is_some_and(|t| is_word(t, "system_time"))
+            && tok(k + 2).is_some_and(|t| is_word(t, "as"))
+            && tok(k + 3).is_some_and(|t| is_word(t, "of"))
+            && tok(k + 4).is_some_and(|t| is_word(t, "proctime"))
+            && tok(k + 5) == Some(&Token::LParen)
+            && tok(k + 6) == Some(&Token::RParen);
+        if !head || !matches!(tok(k - 1), Some(Token::Word(_))) {
+            continue;
+        }
+        for j in k..k + 7 {
+            keep[significant[j]] = false;
+        }
+        let has_alias = match tok(k + 7) {
+            Some(Token::Word(w)) => {
+                w.keyword == Keyword::AS || w.keyword == Keyword::NoKeyword || w.quote_style.is_some()
+            }
+            _ => false,
+        };
+        // Insert the alias after the last removed token.
+        renamed.push((significant[k - 1], if has_alias { None } else { Some(significant[k + 6]) }));
+    }
+    if renamed.is_empty() {
+        return tokens;
+    }
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len() + 4 * renamed.len());
+    let mut alias_after: Vec<(usize, Word)> = Vec::new();
+    for (i, (t, keep)) in tokens.into_iter().zip(keep).enumerate() {
+        let span = t.span;
+        if let Some((_, alias_at)) = renamed.iter().find(|(name_at, _)| *name_at == i)
+            && let Token::Word(w) = &t.token
+        {
+            if let Some(at) = alias_at {
+                alias_after.push((*at, w.clone()));
+            }
+            let mut marked = w.clone();
+            marked.value = format!("{LOOKUP_PREFIX}{}", w.value);
+            marked.keyword = Keyword::NoKeyword;
+            out.push(TokenWithSpan { token: Token::Word(marked), span });
+            continue;
+        }
+        if keep {
+            out.push(t);
+        }
+        if let Some((_, name)) = alias_after.iter().find(|(at, _)| *at == i) {
+            let space = || TokenWithSpan { token: Token::Whitespace(Whitespace::Space), span };
+            out.push(space());
+            out.push(TokenWithSpan { token: Token::make_keyword("AS"), span });
+            out.push(space());
+            let mut alias = name.clone();
+            alias.keyword = Keyword::NoKeyword;
+            out.push(TokenWithSpan { token: Token::Word(alias), span });
+            out.push(space());
         }
     }
     out
@@ -990,6 +1068,18 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let EddyStatement::Sql(s) = stmt.statement else { panic!("not sql") };
         assert_eq!(s.to_string(), "SELECT * FROM SESSION(bid, date_time, INTERVAL '10' SECOND)");
+    }
+
+    #[test]
+    fn proctime_lookups_become_marked_scans() {
+        let stmt = parse_one("SELECT * FROM c JOIN users FOR SYSTEM_TIME AS OF PROCTIME() u ON c.k = u.id")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let EddyStatement::Sql(s) = stmt.statement else { panic!("not sql") };
+        assert_eq!(s.to_string(), "SELECT * FROM c JOIN __eddy_lookup__users u ON c.k = u.id");
+        let stmt = parse_one("SELECT * FROM c LEFT JOIN users FOR SYSTEM_TIME AS OF PROCTIME() ON c.k = users.id")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let EddyStatement::Sql(s) = stmt.statement else { panic!("not sql") };
+        assert_eq!(s.to_string(), "SELECT * FROM c LEFT JOIN __eddy_lookup__users AS users ON c.k = users.id");
     }
 
     #[test]

@@ -119,5 +119,28 @@ async fn count_distinct() {
 
 #[tokio::test]
 async fn refuses_what_it_cannot_maintain() {
+    insta::assert_snapshot!(explain("SELECT * FROM orders, events").await);
+}
+
+#[tokio::test]
+async fn order_by_limit_is_a_single_partition_top_n() {
     insta::assert_snapshot!(explain("SELECT k FROM events ORDER BY k LIMIT 3").await);
+}
+
+#[tokio::test]
+async fn ranking_bounded_by_a_filter_is_a_top_n() {
+    insta::assert_snapshot!(
+        explain(
+            "SELECT * FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC) AS rn FROM events) \
+             WHERE rn <= 2"
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn join_exchanges_both_sides_by_key_and_casts_mixed_key_types() {
+    insta::assert_snapshot!(
+        explain("SELECT o.id, e.v FROM orders o LEFT JOIN events e ON o.customer = e.k AND e.v > o.amount").await
+    );
 }

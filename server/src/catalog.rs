@@ -228,9 +228,17 @@ impl SchemaProvider for PublicSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let Some(def) = self.catalog.get(name) else {
+        let lookup = name.strip_prefix(eddy_planner::parser::LOOKUP_PREFIX);
+        let Some(def) = self.catalog.get(lookup.unwrap_or(name)) else {
             return Ok(None);
         };
+        if lookup.is_some() && !def.kind.is_stored() {
+            return Err(DataFusionError::Plan(format!(
+                "FOR SYSTEM_TIME AS OF PROCTIME() reads a table or materialized view; {} is a {}",
+                def.name,
+                def.kind.sql_name()
+            )));
+        }
         match def.kind {
             RelationKind::Table | RelationKind::MaterializedView => {
                 let t = StoredTable::new(def, self.catalog.store().clone())
@@ -247,10 +255,12 @@ impl SchemaProvider for PublicSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
+        let name = name.strip_prefix(eddy_planner::parser::LOOKUP_PREFIX).unwrap_or(name);
         self.catalog.get(name).is_some_and(|d| d.kind != RelationKind::Sink)
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
+        let name = name.strip_prefix(eddy_planner::parser::LOOKUP_PREFIX).unwrap_or(name);
         Ok(self.catalog.get(name).and_then(|d| match d.kind {
             RelationKind::Table | RelationKind::Source => Some(TableType::Base),
             RelationKind::MaterializedView | RelationKind::View => Some(TableType::View),

@@ -210,13 +210,72 @@ impl datafusion::logical_expr::ScalarUDFImpl for ProcTime {
     }
 }
 
-/// Registers the Postgres-compatible `to_char` and `proctime`.
+/// Postgres's `mod(a, b)`: DataFusion only has the `%` operator, which this simplifies to, so
+/// plans (and streaming operators) see the operator.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Mod {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl Mod {
+    fn result_type(arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
+        let [l, r] = arg_types else {
+            return Err(datafusion::error::DataFusionError::Plan("mod(a, b) takes two arguments".into()));
+        };
+        BinaryTypeCoercer::new(l, &datafusion::logical_expr::Operator::Modulo, r).get_result_type()
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for Mod {
+    fn name(&self) -> &str {
+        "mod"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Self::result_type(arg_types)
+    }
+
+    fn simplify(
+        &self,
+        args: Vec<datafusion::logical_expr::Expr>,
+        _info: &datafusion::logical_expr::simplify::SimplifyContext,
+    ) -> datafusion::common::Result<datafusion::logical_expr::simplify::ExprSimplifyResult> {
+        use datafusion::logical_expr::simplify::ExprSimplifyResult;
+        match <[datafusion::logical_expr::Expr; 2]>::try_from(args) {
+            Ok([a, b]) => Ok(ExprSimplifyResult::Simplified(a % b)),
+            Err(args) => Ok(ExprSimplifyResult::Original(args)),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let types: Vec<DataType> = args.args.iter().map(|a| a.data_type()).collect();
+        let result_type = Self::result_type(&types)?;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [l, r] = arrays.as_slice() else {
+            return Err(datafusion::error::DataFusionError::Plan("mod(a, b) takes two arguments".into()));
+        };
+        let l = datafusion::arrow::compute::cast(l, &result_type)?;
+        let r = datafusion::arrow::compute::cast(r, &result_type)?;
+        Ok(ColumnarValue::Array(datafusion::arrow::compute::kernels::numeric::rem(&l, &r)?))
+    }
+}
+
+/// Registers the Postgres-compatible `to_char`, `mod` and `proctime`.
 pub fn register_time_functions(ctx: &SessionContext) {
     use datafusion::logical_expr::{ScalarUDF, Signature, TypeSignature};
     ctx.register_udf(ScalarUDF::from(ToChar {
         signature: Signature::new(TypeSignature::Any(2), Volatility::Immutable),
     }));
     ctx.register_udf(ScalarUDF::from(ProcTime { signature: Signature::nullary(Volatility::Volatile) }));
+    ctx.register_udf(ScalarUDF::from(Mod { signature: Signature::new(TypeSignature::Any(2), Volatility::Immutable) }));
 }
 
 #[cfg(test)]

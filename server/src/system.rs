@@ -6,6 +6,8 @@
 //!   has produced;
 //! - `eddy_catalog.sink_rows(sink, rows)`: rows each sink received;
 //! - `eddy_catalog.jobs(name, kind, status, error)`: every running graph and whether it failed;
+//! - `eddy_catalog.operator_state(job, actor, position, operator, rows, bytes)`: the in-memory
+//!   state of each stateful operator instance (joins, top-N), as of its last barrier;
 //! - `eddy_catalog.freshness(p50_ms, p99_ms, samples)`: how long rows read from sources waited
 //!   until the epoch holding them was committed (visible), over recent epochs.
 
@@ -24,7 +26,7 @@ use crate::engine::Engine;
 
 pub const SCHEMA_NAME: &str = "eddy_catalog";
 
-const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs", "freshness"];
+const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs", "freshness", "operator_state"];
 
 pub struct SystemSchema {
     engine: std::sync::Weak<Engine>,
@@ -146,6 +148,32 @@ impl SchemaProvider for SystemSchema {
                             errors.iter().map(|e| if e.is_some() { "failed" } else { "running" }.to_string()).collect(),
                         ),
                         Arc::new(StringArray::from(errors)),
+                    ],
+                )
+                .map(Some)
+            }
+            "operator_state" => {
+                let rows = metrics.operator_state();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("job", DataType::Utf8, false),
+                    Field::new("actor", DataType::Int64, false),
+                    Field::new("position", DataType::Int64, false),
+                    Field::new("operator", DataType::Utf8, false),
+                    Field::new("rows", DataType::Int64, false),
+                    Field::new("bytes", DataType::Int64, false),
+                ]));
+                let int = |f: &dyn Fn(&eddy_executor::metrics::OperatorState) -> i64| -> ArrayRef {
+                    Arc::new(Int64Array::from(rows.iter().map(f).collect::<Vec<_>>()))
+                };
+                table(
+                    schema,
+                    vec![
+                        text(rows.iter().map(|r| name_of(r.job)).collect()),
+                        int(&|r| i64::from(r.actor)),
+                        int(&|r| r.position as i64),
+                        text(rows.iter().map(|r| r.operator.to_string()).collect()),
+                        int(&|r| r.rows as i64),
+                        int(&|r| r.bytes as i64),
                     ],
                 )
                 .map(Some)

@@ -156,6 +156,108 @@ const VIEWS: &[ViewCase] = &[
         batch: "SELECT v % 3 AS m, s IS NULL AS no_s, count(*) AS n FROM t1 GROUP BY v % 3, s IS NULL",
         created_at_round_fraction: 4,
     },
+    ViewCase {
+        name: "v_join_agg",
+        definition: "SELECT t1.s, count(*) AS n, sum(t2.w) AS sw FROM t1 JOIN t2 ON t1.g = t2.g GROUP BY t1.s",
+        batch: "SELECT t1.s, count(*) AS n, sum(t2.w) AS sw FROM t1 JOIN t2 ON t1.g = t2.g GROUP BY t1.s",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_left_join",
+        definition: "SELECT t1.id, t1.g, x.n FROM t1 LEFT JOIN (SELECT g, count(*) AS n FROM t2 GROUP BY g) x ON t1.g = x.g",
+        batch: "SELECT t1.id, t1.g, x.n FROM t1 LEFT JOIN (SELECT g, count(*) AS n FROM t2 GROUP BY g) x ON t1.g = x.g",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_full_join",
+        definition: "SELECT a.g AS ag, a.n, b.g AS bg, b.m FROM (SELECT g, count(*) AS n FROM t1 GROUP BY g) a FULL JOIN (SELECT g, sum(w) AS m FROM t2 GROUP BY g) b ON a.g = b.g",
+        batch: "SELECT a.g AS ag, a.n, b.g AS bg, b.m FROM (SELECT g, count(*) AS n FROM t1 GROUP BY g) a FULL JOIN (SELECT g, sum(w) AS m FROM t2 GROUP BY g) b ON a.g = b.g",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_left_join_residual",
+        definition: "SELECT t1.g, count(*) AS n, count(t2.w) AS nw FROM t1 LEFT JOIN t2 ON t1.g = t2.g AND t2.w > t1.v GROUP BY t1.g",
+        batch: "SELECT t1.g, count(*) AS n, count(t2.w) AS nw FROM t1 LEFT JOIN t2 ON t1.g = t2.g AND t2.w > t1.v GROUP BY t1.g",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_right_join_residual",
+        definition: "SELECT t2.s, t2.w, count(t1.id) AS n FROM t1 RIGHT JOIN t2 ON t1.s = t2.s AND t1.v < t2.w GROUP BY t2.s, t2.w",
+        batch: "SELECT t2.s, t2.w, count(t1.id) AS n FROM t1 RIGHT JOIN t2 ON t1.s = t2.s AND t1.v < t2.w GROUP BY t2.s, t2.w",
+        created_at_round_fraction: 1,
+    },
+    ViewCase {
+        name: "v_semi",
+        definition: "SELECT id, v FROM t1 WHERE g IN (SELECT g FROM t2 WHERE w > 2)",
+        batch: "SELECT id, v FROM t1 WHERE g IN (SELECT g FROM t2 WHERE w > 2)",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_anti",
+        definition: "SELECT id, s FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t2 WHERE t2.g = t1.g AND t2.s = t1.s)",
+        batch: "SELECT id, s FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t2 WHERE t2.g = t1.g AND t2.s = t1.s)",
+        created_at_round_fraction: 2,
+    },
+    ViewCase {
+        name: "v_join_cast_key",
+        definition: "SELECT t2.g, count(*) AS n FROM t1 JOIN t2 ON t1.id = t2.w GROUP BY t2.g",
+        batch: "SELECT t2.g, count(*) AS n FROM t1 JOIN t2 ON t1.id = t2.w GROUP BY t2.g",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_multiway",
+        definition: "SELECT a.g, a.n, b.m, c.cnt FROM (SELECT g, count(*) AS n FROM t1 GROUP BY g) a JOIN (SELECT g, max(w) AS m FROM t2 GROUP BY g) b ON a.g = b.g LEFT JOIN (SELECT k, count(*) AS cnt FROM t3 GROUP BY k) c ON c.k = a.g",
+        batch: "SELECT a.g, a.n, b.m, c.cnt FROM (SELECT g, count(*) AS n FROM t1 GROUP BY g) a JOIN (SELECT g, max(w) AS m FROM t2 GROUP BY g) b ON a.g = b.g LEFT JOIN (SELECT k, count(*) AS cnt FROM t3 GROUP BY k) c ON c.k = a.g",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_self_join",
+        definition: "SELECT a.id, b.id AS other, a.v FROM t1 a JOIN t1 b ON a.v = b.v AND a.g = b.g AND a.id < b.id",
+        batch: "SELECT a.id, b.id AS other, a.v FROM t1 a JOIN t1 b ON a.v = b.v AND a.g = b.g AND a.id < b.id",
+        created_at_round_fraction: 3,
+    },
+    ViewCase {
+        name: "v_topn",
+        definition: "SELECT * FROM (SELECT id, g, v, ROW_NUMBER() OVER (PARTITION BY g ORDER BY v DESC, id) AS rn FROM t1) WHERE rn <= 2",
+        batch: "SELECT * FROM (SELECT id, g, v, ROW_NUMBER() OVER (PARTITION BY g ORDER BY v DESC, id) AS rn FROM t1) WHERE rn <= 2",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_rank",
+        definition: "SELECT * FROM (SELECT g, w, s, RANK() OVER (PARTITION BY g ORDER BY w) AS r FROM t2) WHERE r <= 2",
+        batch: "SELECT * FROM (SELECT g, w, s, RANK() OVER (PARTITION BY g ORDER BY w) AS r FROM t2) WHERE r <= 2",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_dense_rank",
+        definition: "SELECT * FROM (SELECT s, w, DENSE_RANK() OVER (PARTITION BY s ORDER BY w DESC) AS dr FROM t2) WHERE dr = 2",
+        batch: "SELECT * FROM (SELECT s, w, DENSE_RANK() OVER (PARTITION BY s ORDER BY w DESC) AS dr FROM t2) WHERE dr = 2",
+        created_at_round_fraction: 1,
+    },
+    ViewCase {
+        name: "v_order_limit",
+        definition: "SELECT id, v FROM t1 ORDER BY v DESC, id LIMIT 5",
+        batch: "SELECT id, v FROM t1 ORDER BY v DESC, id LIMIT 5",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_order_limit_offset",
+        definition: "SELECT g, w FROM t2 ORDER BY w, g LIMIT 3 OFFSET 2",
+        batch: "SELECT g, w FROM t2 ORDER BY w, g LIMIT 3 OFFSET 2",
+        created_at_round_fraction: 2,
+    },
+    ViewCase {
+        name: "v_dedup",
+        definition: "SELECT g, s FROM (SELECT g, s, ROW_NUMBER() OVER (PARTITION BY g ORDER BY id) AS rn FROM t1) WHERE rn = 1",
+        batch: "SELECT g, s FROM (SELECT g, s, ROW_NUMBER() OVER (PARTITION BY g ORDER BY id) AS rn FROM t1) WHERE rn = 1",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_topn_agg",
+        definition: "SELECT * FROM (SELECT g, s, n, ROW_NUMBER() OVER (PARTITION BY g ORDER BY n DESC, s) AS rn FROM (SELECT g, s, count(*) AS n FROM t1 GROUP BY g, s)) WHERE rn <= 2",
+        batch: "SELECT * FROM (SELECT g, s, n, ROW_NUMBER() OVER (PARTITION BY g ORDER BY n DESC, s) AS rn FROM (SELECT g, s, count(*) AS n FROM t1 GROUP BY g, s)) WHERE rn <= 2",
+        created_at_round_fraction: 0,
+    },
 ];
 
 /// A row of text cells; floats are recognized for tolerant comparison.

@@ -2,9 +2,11 @@
 //! unit tests on pretty-printed change batches.
 
 pub mod agg;
+pub mod join;
 pub mod materialize;
 pub mod session;
 pub mod sink;
 pub mod stateless;
+pub mod topn;
 pub mod unnest;
 pub mod watermark;

@@ -93,6 +93,32 @@ pub enum OperatorSpec {
         inputs: usize,
         schema: DFSchemaRef,
     },
+    /// Joins input 0 (left) and input 1 (right), both partitioned on their keys.
+    Join {
+        join_type: datafusion::common::JoinType,
+        left_keys: Vec<usize>,
+        right_keys: Vec<usize>,
+        filter: Option<Expr>,
+        null_equals_null: bool,
+        left_schema: DFSchemaRef,
+        right_schema: DFSchemaRef,
+        filter_schema: DFSchemaRef,
+        schema: DFSchemaRef,
+        /// Left rows look up the right side's current rows and are not kept.
+        temporal: bool,
+    },
+    /// The first ranks of each partition, recomputed for changed partitions at barriers.
+    TopN {
+        partition: Vec<usize>,
+        order: Vec<(usize, bool, bool)>,
+        limit: u64,
+        offset: u64,
+        rank: super::RankKind,
+        with_rank: bool,
+        append_only_input: bool,
+        input_schema: DFSchemaRef,
+        schema: DFSchemaRef,
+    },
     /// Emits constant rows once, at the first barrier.
     Values {
         rows: Vec<Vec<Expr>>,
@@ -123,6 +149,8 @@ impl OperatorSpec {
             OperatorSpec::Unnest { .. } => "Unnest",
             OperatorSpec::SessionAgg { .. } => "SessionAgg",
             OperatorSpec::Union { .. } => "Union",
+            OperatorSpec::Join { .. } => "HashJoin",
+            OperatorSpec::TopN { .. } => "TopN",
             OperatorSpec::Values { .. } => "Values",
             OperatorSpec::Materialize { .. } => "Materialize",
             OperatorSpec::Sink { .. } => "Sink",
@@ -253,6 +281,45 @@ fn describe(op: &OperatorSpec) -> String {
             )
         }
         OperatorSpec::Union { inputs, .. } => format!("Union {inputs} inputs"),
+        OperatorSpec::TopN { partition, order, limit, offset, rank, append_only_input, .. } => {
+            let order: Vec<String> = order
+                .iter()
+                .map(|(c, asc, nulls_first)| {
+                    format!(
+                        "${c} {}{}",
+                        if *asc { "asc" } else { "desc" },
+                        if *nulls_first { " nulls first" } else { "" }
+                    )
+                })
+                .collect();
+            format!(
+                "TopN partition {} order [{}] {rank} <= {limit}{} state: {}",
+                cols_text(partition),
+                order.join(", "),
+                if *offset > 0 { format!(" offset {offset}") } else { String::new() },
+                if *append_only_input { "top rows per partition" } else { "all rows per partition, ordered" }
+            )
+        }
+        OperatorSpec::Join { join_type, left_keys, right_keys, filter, temporal, .. } => {
+            let condition = match filter {
+                Some(f) => format!(" filter {f}"),
+                None => String::new(),
+            };
+            if *temporal {
+                format!(
+                    "TemporalJoin {join_type} left {} = right {}{condition} (lookup as of processing time) \
+                     state: right side's rows by join key",
+                    cols_text(left_keys),
+                    cols_text(right_keys)
+                )
+            } else {
+                format!(
+                    "HashJoin {join_type} left {} = right {}{condition} state: both sides' rows by join key",
+                    cols_text(left_keys),
+                    cols_text(right_keys)
+                )
+            }
+        }
         OperatorSpec::Values { rows, .. } => format!("Values {} rows", rows.len()),
         OperatorSpec::Sink { connector, .. } => format!("Sink {connector}"),
         OperatorSpec::Materialize { layout, .. } => match layout {
@@ -328,7 +395,7 @@ impl Builder {
     /// Places `node` and its inputs; returns the fragment whose chain ends with `node`.
     fn place(&mut self, node: &StreamNode) -> Result<usize> {
         match &node.kind {
-            StreamNodeKind::Scan { relation, name, relation_kind, projection, upstream_parallelism } => {
+            StreamNodeKind::Scan { relation, name, relation_kind, projection, upstream_parallelism, .. } => {
                 let input = if *relation_kind == RelationKind::Source {
                     FragmentInput::Source { id: *relation, name: name.clone() }
                 } else {
@@ -466,6 +533,83 @@ impl Builder {
                 self.fragments[f]
                     .chain
                     .push(OperatorSpec::Union { inputs: node.inputs.len(), schema: node.schema.clone() });
+                Ok(f)
+            }
+            StreamNodeKind::Join {
+                join_type,
+                left_keys,
+                right_keys,
+                filter,
+                null_equals_null,
+                filter_schema,
+                temporal,
+            } => {
+                let [left, right] = node.inputs.as_slice() else {
+                    return Err(PlanError::Internal("join without two inputs".into()));
+                };
+                let l = self.place(left)?;
+                let r = self.place(right)?;
+                let p = self.parallelism;
+                let f = self.new_fragment(
+                    p,
+                    vec![
+                        FragmentInput::Fragment { fragment: l, exchange: Exchange::Hash(left_keys.clone()) },
+                        FragmentInput::Fragment { fragment: r, exchange: Exchange::Hash(right_keys.clone()) },
+                    ],
+                );
+                self.fragments[f].chain.push(OperatorSpec::Join {
+                    join_type: *join_type,
+                    left_keys: left_keys.clone(),
+                    right_keys: right_keys.clone(),
+                    filter: filter.clone(),
+                    null_equals_null: *null_equals_null,
+                    left_schema: left.schema.clone(),
+                    right_schema: right.schema.clone(),
+                    filter_schema: filter_schema.clone(),
+                    schema: node.schema.clone(),
+                    temporal: *temporal,
+                });
+                Ok(f)
+            }
+            StreamNodeKind::TopN { partition, order, limit, offset, rank, with_rank } => {
+                let input = single_input(node)?;
+                let child = self.place(input)?;
+                let f = if partition.is_empty() {
+                    if self.fragments[child].parallelism == 1 {
+                        child
+                    } else {
+                        self.new_fragment(
+                            1,
+                            vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }],
+                        )
+                    }
+                } else {
+                    let grouped = matches!(&input.props.distribution, Distribution::HashBy(h)
+                        if !h.is_empty() && h.iter().all(|c| partition.contains(c)));
+                    if grouped {
+                        child
+                    } else {
+                        let p = self.parallelism;
+                        self.new_fragment(
+                            p,
+                            vec![FragmentInput::Fragment {
+                                fragment: child,
+                                exchange: Exchange::Hash(partition.clone()),
+                            }],
+                        )
+                    }
+                };
+                self.fragments[f].chain.push(OperatorSpec::TopN {
+                    partition: partition.clone(),
+                    order: order.clone(),
+                    limit: *limit,
+                    offset: *offset,
+                    rank: *rank,
+                    with_rank: *with_rank,
+                    append_only_input: input.props.append_only,
+                    input_schema: input.schema.clone(),
+                    schema: node.schema.clone(),
+                });
                 Ok(f)
             }
             StreamNodeKind::Values { rows } => {

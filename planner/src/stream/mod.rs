@@ -8,8 +8,10 @@
 
 pub mod agg;
 pub mod fragment;
+pub mod join;
 pub mod panes;
 pub mod rewrite;
+pub mod topn;
 pub mod watermark;
 
 use datafusion::arrow::datatypes::DataType;
@@ -57,6 +59,8 @@ pub enum StreamNodeKind {
         projection: Option<Vec<usize>>,
         /// Actors of the scanned relation; the scan runs with as many, fed one-to-one.
         upstream_parallelism: usize,
+        /// Read `FOR SYSTEM_TIME AS OF PROCTIME()`: the lookup side of a temporal join.
+        lookup: bool,
     },
     Filter {
         predicate: Expr,
@@ -91,10 +95,53 @@ pub enum StreamNodeKind {
         null_handling: datafusion::common::NullHandling,
     },
     UnionAll,
+    /// An equi-join of `inputs[0]` (left) and `inputs[1]` (right) on `left_keys[i] =
+    /// right_keys[i]`, with an optional residual `filter` over `filter_schema` (left columns
+    /// then right columns).
+    Join {
+        join_type: datafusion::common::JoinType,
+        left_keys: Vec<usize>,
+        right_keys: Vec<usize>,
+        filter: Option<Expr>,
+        null_equals_null: bool,
+        filter_schema: DFSchemaRef,
+        /// A temporal join: left rows look up the right side's current rows and are not
+        /// kept; right changes only update the lookup state.
+        temporal: bool,
+    },
+    /// The first `limit` ranks (after `offset`) of each partition, ordered by `order`
+    /// (`(column, ascending, nulls first)`); with `with_rank`, the rank is appended as the last
+    /// column.
+    TopN {
+        partition: Vec<usize>,
+        order: Vec<(usize, bool, bool)>,
+        limit: u64,
+        offset: u64,
+        rank: RankKind,
+        with_rank: bool,
+    },
     /// Constant rows, emitted once.
     Values {
         rows: Vec<Vec<Expr>>,
     },
+}
+
+/// How a top-N numbers its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankKind {
+    RowNumber,
+    Rank,
+    DenseRank,
+}
+
+impl std::fmt::Display for RankKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RankKind::RowNumber => "row_number",
+            RankKind::Rank => "rank",
+            RankKind::DenseRank => "dense_rank",
+        })
+    }
 }
 
 impl StreamNode {

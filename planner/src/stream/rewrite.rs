@@ -27,7 +27,7 @@ pub fn rewrite(plan: &LogicalPlan, resolver: &dyn RelationResolver) -> Result<St
 /// # Errors
 /// As [`rewrite`], and when `emit_on_close` is asked of a plan without a windowed aggregate.
 pub fn rewrite_with(plan: &LogicalPlan, resolver: &dyn RelationResolver, emit_on_close: bool) -> Result<StreamNode> {
-    let mut ctx = Ctx { resolver, emit_on_close, windowed_aggregates: 0 };
+    let mut ctx = Ctx { resolver, emit_on_close, windowed_aggregates: 0, rank_bounds: Vec::new() };
     let node = ctx.rewrite(plan)?;
     if emit_on_close && ctx.windowed_aggregates == 0 {
         return Err(PlanError::unsupported_with_hint(
@@ -42,6 +42,8 @@ struct Ctx<'a> {
     resolver: &'a dyn RelationResolver,
     emit_on_close: bool,
     windowed_aggregates: usize,
+    /// Ranking windows bounded by a filter above them: (window node, offset, limit).
+    rank_bounds: Vec<(*const LogicalPlan, u64, u64)>,
 }
 
 impl Ctx<'_> {
@@ -49,7 +51,10 @@ impl Ctx<'_> {
         let resolver = self.resolver;
         match plan {
             LogicalPlan::TableScan(scan) => {
-                let name = scan.table_name.table().to_string();
+                let (name, lookup) = match scan.table_name.table().strip_prefix(crate::parser::LOOKUP_PREFIX) {
+                    Some(base) => (base.to_string(), true),
+                    None => (scan.table_name.table().to_string(), false),
+                };
                 if let Some(schema) = scan.table_name.schema()
                     && (schema == "pg_catalog" || schema == "information_schema")
                 {
@@ -89,6 +94,7 @@ impl Ctx<'_> {
                         relation_kind: relation.kind,
                         projection,
                         upstream_parallelism: relation.output_parallelism,
+                        lookup,
                     },
                     schema: scan.projected_schema.clone(),
                     props: StreamProps {
@@ -103,6 +109,9 @@ impl Ctx<'_> {
             }
             LogicalPlan::Filter(filter) => {
                 check_deterministic(&filter.predicate)?;
+                if let Some(bound) = super::topn::rank_bound(filter) {
+                    self.rank_bounds.push(bound);
+                }
                 let input = self.rewrite(&filter.input)?;
                 let props = input.props.clone();
                 Ok(StreamNode {
@@ -167,26 +176,66 @@ impl Ctx<'_> {
                 props: constant_props(),
                 inputs: vec![],
             }),
-            LogicalPlan::Sort(sort) => {
-                if sort.fetch.is_some() {
-                    return Err(PlanError::unsupported_with_hint(
-                        "ORDER BY ... LIMIT in a materialized view",
-                        "top-N views arrive with the joins and top-N work; for now select the \
-                     rows in the query that reads the view",
-                    ));
-                }
+            LogicalPlan::Sort(sort) => match sort.fetch {
+                Some(fetch) => self.sort_top_n(sort, 0, fetch as u64),
                 // A view is a set; ORDER BY without LIMIT does not change its contents.
-                self.rewrite(&sort.input)
+                None => self.rewrite(&sort.input),
+            },
+            LogicalPlan::Limit(limit) => {
+                use datafusion::logical_expr::{FetchType, SkipType};
+                let skip = match limit.get_skip_type() {
+                    Ok(SkipType::Literal(s)) => s as u64,
+                    _ => return Err(PlanError::unsupported("a computed OFFSET in a materialized view")),
+                };
+                let fetch = match limit.get_fetch_type() {
+                    Ok(FetchType::Literal(Some(f))) => f as u64,
+                    Ok(FetchType::Literal(None)) => u64::MAX - skip,
+                    _ => return Err(PlanError::unsupported("a computed LIMIT in a materialized view")),
+                };
+                match limit.input.as_ref() {
+                    LogicalPlan::Sort(sort) => self.sort_top_n(sort, skip, fetch),
+                    LogicalPlan::Projection(projection)
+                        if matches!(projection.input.as_ref(), LogicalPlan::Sort(_)) =>
+                    {
+                        let LogicalPlan::Sort(sort) = projection.input.as_ref() else {
+                            return Err(PlanError::Internal("sort vanished".into()));
+                        };
+                        // A projection keeps rows and their order: limit first, project after.
+                        let top = self.sort_top_n(sort, skip, fetch)?;
+                        project_node(top, projection.expr.clone(), projection.schema.clone())
+                    }
+                    _ => Err(PlanError::unsupported_with_hint(
+                        "LIMIT without ORDER BY in a materialized view",
+                        "which rows a bare LIMIT keeps is arbitrary; add ORDER BY to keep the top rows",
+                    )),
+                }
             }
-            LogicalPlan::Limit(_) => Err(PlanError::unsupported_with_hint(
-                "LIMIT in a materialized view",
-                "apply LIMIT in the SELECT that reads the view",
-            )),
-            LogicalPlan::Join(_) => Err(PlanError::unsupported_with_hint(
-                "joins in a materialized view are not supported yet",
-                "join in the SELECT that reads the views",
-            )),
-            LogicalPlan::Window(_) => Err(PlanError::unsupported("window functions (OVER) in a materialized view")),
+            LogicalPlan::Window(window) => {
+                let me = plan as *const LogicalPlan;
+                let Some(&(_, offset, limit)) = self.rank_bounds.iter().find(|(p, _, _)| *p == me) else {
+                    return Err(PlanError::unsupported_with_hint(
+                        "window functions (OVER) in a materialized view without a bound on their rank",
+                        "filter the rank to make a top-N: SELECT * FROM (SELECT ..., ROW_NUMBER() OVER \
+                         (PARTITION BY k ORDER BY v DESC) AS rn FROM t) WHERE rn <= 3",
+                    ));
+                };
+                let ranking = super::topn::rank_window(window)?;
+                let input = self.rewrite(&window.input)?;
+                top_n_node(
+                    input,
+                    ranking.partition,
+                    ranking.order,
+                    (offset, limit),
+                    ranking.rank,
+                    true,
+                    window.schema.clone(),
+                )
+            }
+            LogicalPlan::Join(join) => {
+                let left = self.rewrite(&join.left)?;
+                let right = self.rewrite(&join.right)?;
+                super::join::join_node(join, left, right)
+            }
             LogicalPlan::Distinct(_) => {
                 Err(PlanError::Internal("DISTINCT should have been rewritten into an aggregate".into()))
             }
@@ -197,6 +246,56 @@ impl Ctx<'_> {
             ))),
         }
     }
+}
+
+impl Ctx<'_> {
+    /// `ORDER BY ... LIMIT fetch OFFSET skip`: a top-N over one partition.
+    fn sort_top_n(&mut self, sort: &datafusion::logical_expr::Sort, skip: u64, fetch: u64) -> Result<StreamNode> {
+        let schema = sort.input.schema().clone();
+        let column = |e: &Expr| -> Result<usize> {
+            match e {
+                Expr::Column(c) => schema.index_of_column(c).map_err(|err| PlanError::Internal(err.to_string())),
+                other => Err(PlanError::unsupported_with_hint(
+                    format!("ORDER BY {other} with LIMIT in a materialized view"),
+                    "order by a column: compute the expression in the select list and order by its alias",
+                )),
+            }
+        };
+        let order = super::topn::sort_columns(&sort.expr, &column)?;
+        let input = self.rewrite(&sort.input)?;
+        top_n_node(input, vec![], order, (skip, fetch), super::RankKind::RowNumber, false, schema)
+    }
+}
+
+fn top_n_node(
+    input: StreamNode,
+    partition: Vec<usize>,
+    order: Vec<(usize, bool, bool)>,
+    (offset, limit): (u64, u64),
+    rank: super::RankKind,
+    with_rank: bool,
+    schema: datafusion::common::DFSchemaRef,
+) -> Result<StreamNode> {
+    let width = input.schema.fields().len();
+    let unique_key = match (&input.props.unique_key, rank, with_rank) {
+        (Some(k), _, _) => Some(k.clone()),
+        (None, super::RankKind::RowNumber, true) => Some(partition.iter().copied().chain([width]).collect()),
+        _ => None,
+    };
+    let distribution =
+        if partition.is_empty() { Distribution::Single } else { Distribution::HashBy(partition.clone()) };
+    Ok(StreamNode {
+        kind: StreamNodeKind::TopN { partition, order, limit, offset, rank, with_rank },
+        schema,
+        props: StreamProps {
+            append_only: false,
+            unique_key,
+            distribution,
+            watermark_columns: vec![],
+            session_columns: vec![],
+        },
+        inputs: vec![input],
+    })
 }
 
 fn constant_props() -> StreamProps {
@@ -230,7 +329,11 @@ fn passthrough_column(expr: &Expr, input_schema: &DFSchema) -> Option<usize> {
     }
 }
 
-fn project_node(input: StreamNode, exprs: Vec<Expr>, schema: datafusion::common::DFSchemaRef) -> Result<StreamNode> {
+pub(super) fn project_node(
+    input: StreamNode,
+    exprs: Vec<Expr>,
+    schema: datafusion::common::DFSchemaRef,
+) -> Result<StreamNode> {
     // Session markers become the row's time; the columns are remembered as session bounds.
     let mut session_columns = Vec::new();
     let exprs: Vec<Expr> = exprs

@@ -1,0 +1,611 @@
+//! Streaming equi-join with retractions: inner, left/right/full outer, semi and anti.
+//!
+//! Both inputs are kept in state, grouped by join key; each distinct row is stored once, with
+//! its multiplicity (`count`) and, where the join type needs it, its *degree*: how many rows of
+//! the other side it currently matches (equal key and residual condition true). A change on
+//! one side is joined against the other side's state and updates the degrees of the rows it
+//! matches. Degrees are what make outer, semi and anti joins exact under retraction: a
+//! null-padded row exists exactly while its row's degree is zero, so it is retracted when the
+//! first match arrives and re-emitted when the last match leaves.
+//!
+//! A change is processed in two phases. The first only reads the other side's state: it
+//! collects candidate pairs for every row of the batch, decodes the candidates once, and
+//! evaluates the residual condition over all pairs in one vectorized call. The second walks
+//! the batch in order, updating degrees and this side's state and recording output rows,
+//! which are then assembled with `take`.
+
+use std::hash::BuildHasher;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array, new_null_array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::{DFSchema, JoinType};
+use datafusion::logical_expr::Expr;
+use eddy_common::ChangeBatch;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+
+use crate::error::{ExecError, Result};
+use crate::expr::{CompiledExpr, nullable_schema};
+use crate::operator::{Operator, Output};
+
+/// What one side contributes to the output besides matched pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SideOutput {
+    /// Nothing: its rows appear only in matched pairs.
+    None,
+    /// Its unmatched rows appear padded with NULLs (outer joins).
+    Padded,
+    /// Its rows appear, alone, while they have a match.
+    Semi,
+    /// Its rows appear, alone, while they have no match.
+    Anti,
+}
+
+/// Groups smaller than this are searched linearly; larger ones get a hash index.
+const INDEX_THRESHOLD: usize = 16;
+
+struct StoredRow {
+    row: Box<[u8]>,
+    count: i64,
+    degree: i64,
+}
+
+/// The rows of one side that share a join key.
+#[derive(Default)]
+struct KeyGroup {
+    rows: Vec<StoredRow>,
+    /// Positions in `rows`, hashed by row bytes; built once the group grows large, so that a
+    /// retraction in a hot key does not scan it.
+    index: Option<HashTable<u32>>,
+}
+
+impl KeyGroup {
+    fn find(&self, row: &[u8], hasher: &DefaultHashBuilder) -> Option<usize> {
+        match &self.index {
+            Some(index) => {
+                index.find(hasher.hash_one(row), |p| self.rows[*p as usize].row.as_ref() == row).map(|p| *p as usize)
+            }
+            None => self.rows.iter().position(|r| r.row.as_ref() == row),
+        }
+    }
+
+    fn insert(&mut self, row: StoredRow, hasher: &DefaultHashBuilder) {
+        let position = self.rows.len() as u32;
+        let hash = hasher.hash_one(row.row.as_ref());
+        self.rows.push(row);
+        let rows = &self.rows;
+        match &mut self.index {
+            Some(index) => {
+                index.insert_unique(hash, position, |p| hasher.hash_one(rows[*p as usize].row.as_ref()));
+            }
+            None if rows.len() > INDEX_THRESHOLD => {
+                let mut index = HashTable::with_capacity(rows.len() * 2);
+                for (p, r) in rows.iter().enumerate() {
+                    index.insert_unique(hasher.hash_one(r.row.as_ref()), p as u32, |q: &u32| {
+                        hasher.hash_one(rows[*q as usize].row.as_ref())
+                    });
+                }
+                self.index = Some(index);
+            }
+            None => {}
+        }
+    }
+
+    fn remove(&mut self, position: usize, hasher: &DefaultHashBuilder) {
+        let last = self.rows.len() - 1;
+        if let Some(index) = &mut self.index {
+            let hash = hasher.hash_one(self.rows[position].row.as_ref());
+            if let Ok(entry) = index.find_entry(hash, |p| *p as usize == position) {
+                entry.remove();
+            }
+            if position != last {
+                let moved = hasher.hash_one(self.rows[last].row.as_ref());
+                if let Some(p) = index.find_mut(moved, |p| *p as usize == last) {
+                    *p = position as u32;
+                }
+            }
+        }
+        self.rows.swap_remove(position);
+    }
+}
+
+/// One input's state.
+struct Side {
+    keys: Vec<usize>,
+    output: SideOutput,
+    converter: RowConverter,
+    types: Vec<DataType>,
+    groups: HashMap<Box<[u8]>, KeyGroup>,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Side {
+    fn tracks_degree(&self) -> bool {
+        self.output != SideOutput::None
+    }
+}
+
+pub struct JoinOperator {
+    join_type: JoinType,
+    /// Left rows look up the right side and are not stored (`FOR SYSTEM_TIME AS OF PROCTIME()`).
+    temporal: bool,
+    /// Left batches of a temporal join held until the first barrier: the right side's
+    /// backfill arrives before that barrier, and a stream row must not look up a table that
+    /// is still being loaded.
+    held: Option<Vec<ChangeBatch>>,
+    /// Left watermarks that arrived while rows were held; they follow those rows.
+    held_watermarks: Vec<(usize, i64)>,
+    sides: [Side; 2],
+    /// Left and right output columns as matched pairs (inner and outer joins).
+    pairs: bool,
+    key_converter: RowConverter,
+    null_equals_null: bool,
+    filter: Option<CompiledExpr>,
+    filter_schema: SchemaRef,
+    schema: SchemaRef,
+    hasher: DefaultHashBuilder,
+}
+
+/// A row of output: this batch's row (or NULLs), the other side's candidate (or NULLs).
+struct OutRow {
+    this: Option<u32>,
+    other: Option<u32>,
+    weight: i64,
+}
+
+impl JoinOperator {
+    /// # Errors
+    /// When a key or row type has no row encoding or the condition cannot be planned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        temporal: bool,
+        join_type: JoinType,
+        left_keys: &[usize],
+        right_keys: &[usize],
+        filter: Option<&Expr>,
+        null_equals_null: bool,
+        left_schema: &DFSchema,
+        right_schema: &DFSchema,
+        filter_schema: &DFSchema,
+        schema: &DFSchema,
+    ) -> Result<Self> {
+        let (pairs, left_output, right_output) = match join_type {
+            JoinType::Inner => (true, SideOutput::None, SideOutput::None),
+            JoinType::Left => (true, SideOutput::Padded, SideOutput::None),
+            JoinType::Right => (true, SideOutput::None, SideOutput::Padded),
+            JoinType::Full => (true, SideOutput::Padded, SideOutput::Padded),
+            JoinType::LeftSemi => (false, SideOutput::Semi, SideOutput::None),
+            JoinType::LeftAnti => (false, SideOutput::Anti, SideOutput::None),
+            JoinType::RightSemi => (false, SideOutput::None, SideOutput::Semi),
+            JoinType::RightAnti => (false, SideOutput::None, SideOutput::Anti),
+            other => return Err(ExecError::Internal(format!("{other} join is not a streaming join"))),
+        };
+        if left_keys.len() != right_keys.len() || left_keys.is_empty() {
+            return Err(ExecError::Internal("join keys do not pair up".into()));
+        }
+        let key_types: Vec<SortField> =
+            left_keys.iter().map(|k| SortField::new(left_schema.field(*k).data_type().clone())).collect();
+        let row_converter = |schema: &DFSchema| -> Result<RowConverter> {
+            Ok(RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
+        };
+        let filter = match filter {
+            Some(f) => Some(CompiledExpr::new(f, filter_schema)?),
+            None => None,
+        };
+        Ok(Self {
+            join_type,
+            temporal,
+            held: temporal.then(Vec::new),
+            held_watermarks: Vec::new(),
+            sides: [
+                Side {
+                    keys: left_keys.to_vec(),
+                    output: left_output,
+                    converter: row_converter(left_schema)?,
+                    types: left_schema.fields().iter().map(|f| f.data_type().clone()).collect(),
+                    groups: HashMap::new(),
+                    rows: 0,
+                    bytes: 0,
+                },
+                Side {
+                    keys: right_keys.to_vec(),
+                    output: right_output,
+                    converter: row_converter(right_schema)?,
+                    types: right_schema.fields().iter().map(|f| f.data_type().clone()).collect(),
+                    groups: HashMap::new(),
+                    rows: 0,
+                    bytes: 0,
+                },
+            ],
+            pairs,
+            key_converter: RowConverter::new(key_types)?,
+            null_equals_null,
+            filter,
+            filter_schema: nullable_schema(filter_schema),
+            schema: nullable_schema(schema),
+            hasher: DefaultHashBuilder::default(),
+        })
+    }
+
+    /// Distinct rows and their encoded bytes held for the left and right input.
+    pub fn state_size(&self) -> [(u64, u64); 2] {
+        [(self.sides[0].rows, self.sides[0].bytes), (self.sides[1].rows, self.sides[1].bytes)]
+    }
+
+    fn process_side(&mut self, this: usize, batch: &ChangeBatch, out: &mut Output) -> Result<()> {
+        let other = 1 - this;
+        let n = batch.num_rows();
+        let key_columns: Vec<ArrayRef> = self.sides[this].keys.iter().map(|c| batch.column(*c).clone()).collect();
+        let keys = self.key_converter.convert_columns(&key_columns)?;
+        let has_null_key = |i: usize| key_columns.iter().any(|c| c.is_null(i));
+        let rows = self.sides[this].converter.convert_columns(batch.data().columns())?;
+
+        // Phase 1: candidates from the other side, decoded once, condition evaluated once.
+        let mut candidate_start = Vec::with_capacity(n + 1);
+        let mut candidate_this: Vec<u32> = Vec::new();
+        let mut candidate_position: Vec<u32> = Vec::new();
+        let mut candidate_count: Vec<i64> = Vec::new();
+        let other_side = &self.sides[other];
+        let parser = other_side.converter.parser();
+        let mut candidate_rows = Vec::new();
+        for i in 0..n {
+            candidate_start.push(candidate_this.len());
+            if !self.null_equals_null && has_null_key(i) {
+                continue;
+            }
+            if let Some(group) = other_side.groups.get(keys.row(i).as_ref()) {
+                for (p, r) in group.rows.iter().enumerate() {
+                    candidate_this.push(i as u32);
+                    candidate_position.push(p as u32);
+                    candidate_count.push(r.count);
+                    candidate_rows.push(parser.parse(&r.row));
+                }
+            }
+        }
+        candidate_start.push(candidate_this.len());
+        let other_output_needed = self.pairs || other_side.output != SideOutput::None || self.filter.is_some();
+        let other_columns: Vec<ArrayRef> = if other_output_needed && !candidate_rows.is_empty() {
+            other_side.converter.convert_rows(candidate_rows)?
+        } else {
+            drop(candidate_rows);
+            Vec::new()
+        };
+        let matched = self.evaluate_filter(this, batch, &candidate_this, &other_columns)?;
+
+        // Phase 2: in batch order, degrees, state and output rows.
+        let mut emitted: Vec<OutRow> = Vec::new();
+        let weights = batch.weights();
+        let this_output = self.sides[this].output;
+        let other_output = self.sides[other].output;
+        let track_other = self.sides[other].tracks_degree();
+        for i in 0..n {
+            let weight = weights.value(i);
+            let range = candidate_start[i]..candidate_start[i + 1];
+            let mut degree = 0i64;
+            let mut other_group = if track_other && !range.is_empty() {
+                self.sides[other].groups.get_mut(keys.row(i).as_ref())
+            } else {
+                None
+            };
+            for c in range {
+                if !matched.as_ref().is_none_or(|m| m[c]) {
+                    continue;
+                }
+                let count = candidate_count[c];
+                degree += count;
+                if self.pairs {
+                    emitted.push(OutRow { this: Some(i as u32), other: Some(c as u32), weight: weight * count });
+                }
+                if let Some(group) = other_group.as_mut() {
+                    let stored = &mut group.rows[candidate_position[c] as usize];
+                    let before = stored.degree;
+                    stored.degree += weight;
+                    let sign = match (before > 0, stored.degree > 0) {
+                        (false, true) => 1,
+                        (true, false) => -1,
+                        _ => 0,
+                    };
+                    if sign != 0 {
+                        let w = match other_output {
+                            SideOutput::Semi => sign * count,
+                            SideOutput::Padded | SideOutput::Anti => -sign * count,
+                            SideOutput::None => 0,
+                        };
+                        if w != 0 {
+                            emitted.push(OutRow { this: None, other: Some(c as u32), weight: w });
+                        }
+                    }
+                }
+            }
+            let shows_alone = match this_output {
+                SideOutput::Padded | SideOutput::Anti => degree == 0,
+                SideOutput::Semi => degree > 0,
+                SideOutput::None => false,
+            };
+            if shows_alone {
+                emitted.push(OutRow { this: Some(i as u32), other: None, weight });
+            }
+            let kept = !(self.temporal && this == 0);
+            if kept && (self.null_equals_null || !has_null_key(i)) {
+                self.store(this, keys.row(i).as_ref(), rows.row(i).as_ref(), weight, degree)?;
+            }
+        }
+        if emitted.is_empty() {
+            return Ok(());
+        }
+        out.push(self.assemble(this, batch, &other_columns, &emitted)?);
+        Ok(())
+    }
+
+    /// For each candidate pair, whether the residual condition holds (None: no condition).
+    fn evaluate_filter(
+        &self,
+        this: usize,
+        batch: &ChangeBatch,
+        candidate_this: &[u32],
+        other_columns: &[ArrayRef],
+    ) -> Result<Option<Vec<bool>>> {
+        let Some(filter) = &self.filter else {
+            return Ok(None);
+        };
+        if candidate_this.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let indices = UInt32Array::from(candidate_this.to_vec());
+        let this_columns =
+            batch.data().columns().iter().map(|c| Ok(take(c, &indices, None)?)).collect::<Result<Vec<ArrayRef>>>()?;
+        let columns: Vec<ArrayRef> = if this == 0 {
+            this_columns.into_iter().chain(other_columns.iter().cloned()).collect()
+        } else {
+            other_columns.iter().cloned().chain(this_columns).collect()
+        };
+        let pairs = RecordBatch::try_new(self.filter_schema.clone(), columns)?;
+        let result = filter.evaluate(&pairs)?;
+        let mask = result
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| ExecError::Internal("join condition is not boolean".into()))?;
+        Ok(Some((0..mask.len()).map(|i| mask.is_valid(i) && mask.value(i)).collect()))
+    }
+
+    fn store(&mut self, side: usize, key: &[u8], row: &[u8], weight: i64, degree: i64) -> Result<()> {
+        if weight == 0 {
+            return Ok(());
+        }
+        let hasher = &self.hasher;
+        let state = &mut self.sides[side];
+        let group = match state.groups.get_mut(key) {
+            Some(g) => g,
+            None => state.groups.entry(key.into()).or_default(),
+        };
+        match group.find(row, hasher) {
+            Some(p) => {
+                group.rows[p].count += weight;
+                if group.rows[p].count == 0 {
+                    group.remove(p, hasher);
+                    state.rows -= 1;
+                    state.bytes -= row.len() as u64;
+                    if group.rows.is_empty() {
+                        state.bytes -= key.len() as u64;
+                        state.groups.remove(key);
+                    }
+                }
+            }
+            None if weight > 0 => {
+                let new_group = group.rows.is_empty();
+                group.insert(StoredRow { row: row.into(), count: weight, degree }, hasher);
+                state.rows += 1;
+                state.bytes += row.len() as u64 + if new_group { key.len() as u64 } else { 0 };
+            }
+            None => {
+                if group.rows.is_empty() {
+                    state.groups.remove(key);
+                }
+                return Err(ExecError::InvalidInput(format!(
+                    "{} join input {} retracted a row it never inserted",
+                    self.join_type,
+                    if side == 0 { "left" } else { "right" }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn assemble(
+        &self,
+        this: usize,
+        batch: &ChangeBatch,
+        other_columns: &[ArrayRef],
+        emitted: &[OutRow],
+    ) -> Result<ChangeBatch> {
+        let this_indices: UInt32Array = emitted.iter().map(|r| r.this).collect();
+        let other_indices: UInt32Array = emitted.iter().map(|r| r.other).collect();
+        let weights: Int64Array = emitted.iter().map(|r| Some(r.weight)).collect();
+        let len = emitted.len();
+        let this_part = || -> Result<Vec<ArrayRef>> {
+            batch.data().columns().iter().map(|c| Ok(take(c, &this_indices, None)?)).collect()
+        };
+        let other_part = || -> Result<Vec<ArrayRef>> {
+            let other = 1 - this;
+            if other_columns.is_empty() {
+                return Ok(self.sides[other].types.iter().map(|t| new_null_array(t, len)).collect());
+            }
+            other_columns.iter().map(|c| Ok(take(c, &other_indices, None)?)).collect()
+        };
+        let columns: Vec<ArrayRef> = if self.pairs {
+            let (left, right) = if this == 0 { (this_part()?, other_part()?) } else { (other_part()?, this_part()?) };
+            left.into_iter().chain(right).collect()
+        } else if self.sides[this].output != SideOutput::None {
+            this_part()?
+        } else {
+            other_part()?
+        };
+        let data = RecordBatch::try_new(self.schema.clone(), columns)?;
+        Ok(ChangeBatch::try_new(data, weights)?)
+    }
+}
+
+impl Operator for JoinOperator {
+    fn name(&self) -> &'static str {
+        "HashJoin"
+    }
+
+    fn process(&mut self, input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
+        if input > 1 {
+            return Err(ExecError::Internal(format!("join has no input {input}")));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if input == 0
+            && let Some(held) = &mut self.held
+        {
+            held.push(batch);
+            return Ok(());
+        }
+        self.process_side(input, &batch, out)
+    }
+
+    fn on_barrier(&mut self, _barrier: &crate::message::Barrier, out: &mut Output) -> Result<()> {
+        if let Some(held) = self.held.take() {
+            for batch in held {
+                self.process_side(0, &batch, out)?;
+            }
+            for (column, value) in std::mem::take(&mut self.held_watermarks) {
+                out.push_watermark(column, value);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, _column: usize, _value: i64, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+
+    fn state_size(&self) -> Option<crate::operator::StateSize> {
+        Some(crate::operator::StateSize {
+            rows: self.sides[0].rows + self.sides[1].rows,
+            bytes: self.sides[0].bytes + self.sides[1].bytes,
+        })
+    }
+
+    fn watermarks_per_input(&self) -> bool {
+        true
+    }
+
+    fn on_input_watermark(&mut self, input: usize, column: usize, value: i64, out: &mut Output) -> Result<()> {
+        // A stored row can join a new row at any time, so input watermarks bound no output of
+        // a regular join. A temporal join emits only as left rows arrive, at the left columns'
+        // positions.
+        if self.temporal && input == 0 {
+            if self.held.is_some() {
+                self.held_watermarks.push((column, value));
+            } else {
+                out.push_watermark(column, value);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::common::TableReference;
+    use datafusion::logical_expr::col;
+
+    fn qualified(batch: &ChangeBatch, table: &str) -> DFSchema {
+        DFSchema::try_from_qualified_schema(TableReference::bare(table), batch.schema().as_ref())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A join of `l(c0, c1)` and `r(c0, c1)` on `l.c0 = r.c0`.
+    fn join(join_type: JoinType, filter: Option<Expr>) -> JoinOperator {
+        let l = qualified(&ChangeBatch::from_pretty("I T"), "l");
+        let r = qualified(&ChangeBatch::from_pretty("I I"), "r");
+        let both = l.join(&r).unwrap_or_else(|e| panic!("{e}"));
+        let schema = match join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => l.clone(),
+            JoinType::RightSemi | JoinType::RightAnti => r.clone(),
+            _ => both.clone(),
+        };
+        JoinOperator::new(false, join_type, &[0], &[0], filter.as_ref(), false, &l, &r, &both, &schema)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn feed(op: &mut JoinOperator, input: usize, text: &str) -> String {
+        let mut out = Output::default();
+        op.process(input, ChangeBatch::from_pretty(text), &mut out).unwrap_or_else(|e| panic!("{e}"));
+        out.take_batches().iter().map(|b| b.to_pretty()).collect()
+    }
+
+    #[test]
+    fn inner_join_emits_pairs_both_ways_and_retracts() {
+        let mut op = join(JoinType::Inner, None);
+        assert_eq!(feed(&mut op, 0, "I T\n + 1 a\n + 2 b\n + . n"), "");
+        assert_eq!(feed(&mut op, 1, "I I\n + 1 10\n +2 1 11\n + . 0"), "+ 1 a 1 10\n+2 1 a 1 11\n");
+        assert_eq!(feed(&mut op, 0, "I T\n + 1 c\n - 1 a"), "+ 1 c 1 10\n+2 1 c 1 11\n- 1 a 1 10\n-2 1 a 1 11\n");
+        assert_eq!(feed(&mut op, 1, "I I\n - 1 11"), "- 1 c 1 11\n");
+        assert_eq!(op.state_size()[0].0, 2, "left keeps 1 c, 2 b and nothing for the null key");
+    }
+
+    #[test]
+    fn left_join_pads_until_the_first_match_and_after_the_last() {
+        let mut op = join(JoinType::Left, None);
+        assert_eq!(feed(&mut op, 0, "I T\n +2 1 a\n + . n"), "+2 1 a null null\n+ null n null null\n");
+        assert_eq!(feed(&mut op, 1, "I I\n + 1 10"), "+2 1 a 1 10\n-2 1 a null null\n");
+        assert_eq!(feed(&mut op, 1, "I I\n + 1 11"), "+2 1 a 1 11\n");
+        assert_eq!(feed(&mut op, 1, "I I\n - 1 10\n - 1 11"), "-2 1 a 1 10\n-2 1 a 1 11\n+2 1 a null null\n");
+        assert_eq!(feed(&mut op, 0, "I T\n - 1 a"), "- 1 a null null\n");
+    }
+
+    #[test]
+    fn full_join_with_residual_counts_only_true_pairs() {
+        let filter = col("l.c1").not_eq(datafusion::logical_expr::lit("x"));
+        let mut op = join(JoinType::Full, Some(filter));
+        assert_eq!(feed(&mut op, 1, "I I\n + 1 10"), "+ null null 1 10\n");
+        // The pair fails the condition: both rows stay padded.
+        assert_eq!(feed(&mut op, 0, "I T\n + 1 x"), "+ 1 x null null\n");
+        assert_eq!(feed(&mut op, 0, "I T\n + 1 y"), "+ 1 y 1 10\n- null null 1 10\n");
+        assert_eq!(feed(&mut op, 0, "I T\n - 1 y"), "- 1 y 1 10\n+ null null 1 10\n");
+    }
+
+    #[test]
+    fn semi_and_anti_follow_the_degree() {
+        let mut semi = join(JoinType::LeftSemi, None);
+        let mut anti = join(JoinType::LeftAnti, None);
+        for op in [&mut semi, &mut anti] {
+            feed(op, 0, "I T\n + 1 a\n + 2 b");
+        }
+        assert_eq!(feed(&mut semi, 1, "I I\n + 1 10\n + 1 11"), "+ 1 a\n");
+        assert_eq!(feed(&mut anti, 1, "I I\n + 1 10\n + 1 11"), "- 1 a\n");
+        assert_eq!(feed(&mut semi, 1, "I I\n - 1 10"), "");
+        assert_eq!(feed(&mut semi, 1, "I I\n - 1 11"), "- 1 a\n");
+        assert_eq!(feed(&mut anti, 1, "I I\n - 1 10\n - 1 11"), "+ 1 a\n");
+    }
+
+    #[test]
+    fn retracting_an_unknown_row_is_an_error() {
+        let mut op = join(JoinType::Inner, None);
+        let mut out = Output::default();
+        assert!(op.process(0, ChangeBatch::from_pretty("I T\n - 1 a"), &mut out).is_err());
+    }
+
+    #[test]
+    fn hot_keys_get_an_index_and_stay_consistent() {
+        let mut op = join(JoinType::Inner, None);
+        let inserts: String = (0..100).map(|i| format!(" + 7 r{i}\n")).collect();
+        feed(&mut op, 0, &format!("I T\n{inserts}"));
+        let deletes: String = (0..100).step_by(2).map(|i| format!(" - 7 r{i}\n")).collect();
+        feed(&mut op, 0, &format!("I T\n{deletes}"));
+        let out = feed(&mut op, 1, "I I\n + 7 1");
+        assert_eq!(out.lines().count(), 50);
+        assert!(
+            out.lines()
+                .all(|l| l.split_whitespace().nth(2).is_some_and(|r| r[1..].parse::<u32>().is_ok_and(|n| n % 2 == 1)))
+        );
+    }
+}
