@@ -417,8 +417,10 @@ fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>
             filter_schema,
             schema,
             temporal,
+            null_aware,
         } => Box::new(crate::ops::join::JoinOperator::new(
             *temporal,
+            *null_aware,
             *join_type,
             left_keys,
             right_keys,

@@ -258,6 +258,30 @@ const VIEWS: &[ViewCase] = &[
         batch: "SELECT * FROM (SELECT g, s, n, ROW_NUMBER() OVER (PARTITION BY g ORDER BY n DESC, s) AS rn FROM (SELECT g, s, count(*) AS n FROM t1 GROUP BY g, s)) WHERE rn <= 2",
         created_at_round_fraction: 0,
     },
+    ViewCase {
+        name: "v_not_in",
+        definition: "SELECT id, g FROM t1 WHERE g NOT IN (SELECT w FROM t2 WHERE s = 'a')",
+        batch: "SELECT id, g FROM t1 WHERE g NOT IN (SELECT w FROM t2 WHERE s = 'a')",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_not_in_filtered",
+        definition: "SELECT id, v FROM t1 WHERE v NOT IN (SELECT w FROM t2 WHERE g = 1 AND w IS NOT NULL)",
+        batch: "SELECT id, v FROM t1 WHERE v NOT IN (SELECT w FROM t2 WHERE g = 1 AND w IS NOT NULL)",
+        created_at_round_fraction: 1,
+    },
+    ViewCase {
+        name: "v_distinct_on",
+        definition: "SELECT DISTINCT ON (g) g, id, v FROM t1 ORDER BY g, v DESC, id",
+        batch: "SELECT DISTINCT ON (g) g, id, v FROM t1 ORDER BY g, v DESC, id",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_first_last",
+        definition: "SELECT s, first_value(w ORDER BY w, g) AS fw, last_value(g ORDER BY w, g) AS lg FROM t2 GROUP BY s",
+        batch: "SELECT s, first_value(w ORDER BY w, g) AS fw, last_value(g ORDER BY w, g) AS lg FROM t2 GROUP BY s",
+        created_at_round_fraction: 1,
+    },
 ];
 
 /// A row of text cells; floats are recognized for tolerant comparison.

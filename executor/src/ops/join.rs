@@ -138,6 +138,11 @@ pub struct JoinOperator {
     held: Option<Vec<ChangeBatch>>,
     /// Left watermarks that arrived while rows were held; they follow those rows.
     held_watermarks: Vec<(usize, i64)>,
+    /// `NOT IN (subquery)`: a null-aware anti join, with the right side's row counts.
+    null_aware: Option<RightCounts>,
+    /// Set while a right batch of a null-aware anti join is applied under a change of mode:
+    /// degree changes then emit nothing, the whole output is redone around the batch.
+    quiet: bool,
     sides: [Side; 2],
     /// Left and right output columns as matched pairs (inner and outer joins).
     pairs: bool,
@@ -148,6 +153,41 @@ pub struct JoinOperator {
     schema: SchemaRef,
     hasher: DefaultHashBuilder,
 }
+
+/// Right-side row counts of a null-aware anti join: `x NOT IN (subquery)` is true for every
+/// `x` when the subquery is empty, and true for no `x` when it holds a NULL.
+#[derive(Debug, Default, Clone, Copy)]
+struct RightCounts {
+    rows: i64,
+    null_keys: i64,
+}
+
+/// Which left rows a null-aware anti join shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotInMode {
+    /// The subquery is empty: every left row.
+    All,
+    /// The subquery holds a NULL: none.
+    None,
+    /// Left rows with a non-NULL key and no match.
+    Unmatched,
+}
+
+impl RightCounts {
+    fn mode(self) -> NotInMode {
+        if self.rows == 0 {
+            NotInMode::All
+        } else if self.null_keys > 0 {
+            NotInMode::None
+        } else {
+            NotInMode::Unmatched
+        }
+    }
+}
+
+/// Key under which a null-aware anti join keeps left rows whose key is NULL (no encoded key
+/// is empty).
+const NULL_KEY: &[u8] = &[];
 
 /// A row of output: this batch's row (or NULLs), the other side's candidate (or NULLs).
 struct OutRow {
@@ -162,6 +202,7 @@ impl JoinOperator {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         temporal: bool,
+        null_aware: bool,
         join_type: JoinType,
         left_keys: &[usize],
         right_keys: &[usize],
@@ -200,6 +241,8 @@ impl JoinOperator {
             temporal,
             held: temporal.then(Vec::new),
             held_watermarks: Vec::new(),
+            null_aware: (null_aware && join_type == JoinType::LeftAnti).then(RightCounts::default),
+            quiet: false,
             sides: [
                 Side {
                     keys: left_keys.to_vec(),
@@ -308,7 +351,7 @@ impl JoinOperator {
                         (true, false) => -1,
                         _ => 0,
                     };
-                    if sign != 0 {
+                    if sign != 0 && !self.quiet {
                         let w = match other_output {
                             SideOutput::Semi => sign * count,
                             SideOutput::Padded | SideOutput::Anti => -sign * count,
@@ -320,10 +363,15 @@ impl JoinOperator {
                     }
                 }
             }
-            let shows_alone = match this_output {
-                SideOutput::Padded | SideOutput::Anti => degree == 0,
-                SideOutput::Semi => degree > 0,
-                SideOutput::None => false,
+            let shows_alone = match (this_output, self.null_aware) {
+                (SideOutput::Anti, Some(counts)) => match counts.mode() {
+                    NotInMode::All => true,
+                    NotInMode::None => false,
+                    NotInMode::Unmatched => degree == 0 && !has_null_key(i),
+                },
+                (SideOutput::Padded | SideOutput::Anti, _) => degree == 0,
+                (SideOutput::Semi, _) => degree > 0,
+                (SideOutput::None, _) => false,
             };
             if shows_alone {
                 emitted.push(OutRow { this: Some(i as u32), other: None, weight });
@@ -331,12 +379,74 @@ impl JoinOperator {
             let kept = !(self.temporal && this == 0);
             if kept && (self.null_equals_null || !has_null_key(i)) {
                 self.store(this, keys.row(i).as_ref(), rows.row(i).as_ref(), weight, degree)?;
+            } else if self.null_aware.is_some() && this == 0 {
+                // Shown again should the subquery become empty.
+                self.store(this, NULL_KEY, rows.row(i).as_ref(), weight, 0)?;
             }
         }
         if emitted.is_empty() {
             return Ok(());
         }
         out.push(self.assemble(this, batch, &other_columns, &emitted)?);
+        Ok(())
+    }
+
+    /// A change to the subquery of `NOT IN`. While the subquery stays non-empty and free of
+    /// NULLs, matches come and go as in any anti join; when that changes, every left row's
+    /// visibility may flip, so the output is retracted and re-emitted as a whole.
+    fn process_not_in_right(&mut self, batch: &ChangeBatch, before: RightCounts, out: &mut Output) -> Result<()> {
+        let mut after = before;
+        let weights = batch.weights();
+        let keys: Vec<&ArrayRef> = self.sides[1].keys.iter().map(|c| batch.column(*c)).collect();
+        for i in 0..batch.num_rows() {
+            after.rows += weights.value(i);
+            if keys.iter().any(|k| k.is_null(i)) {
+                after.null_keys += weights.value(i);
+            }
+        }
+        let (old_mode, new_mode) = (before.mode(), after.mode());
+        if old_mode == new_mode && new_mode == NotInMode::Unmatched {
+            self.process_side(1, batch, out)?;
+        } else {
+            if old_mode != new_mode {
+                self.emit_visible_left(old_mode, -1, out)?;
+            }
+            self.quiet = true;
+            let result = self.process_side(1, batch, out);
+            self.quiet = false;
+            result?;
+            if old_mode != new_mode {
+                self.emit_visible_left(new_mode, 1, out)?;
+            }
+        }
+        self.null_aware = Some(after);
+        Ok(())
+    }
+
+    /// Emits, with `sign`, every stored left row that `mode` shows.
+    fn emit_visible_left(&self, mode: NotInMode, sign: i64, out: &mut Output) -> Result<()> {
+        let parser = self.sides[0].converter.parser();
+        let mut rows = Vec::new();
+        let mut weights = Vec::new();
+        for (key, group) in &self.sides[0].groups {
+            for r in &group.rows {
+                let shown = match mode {
+                    NotInMode::All => true,
+                    NotInMode::None => false,
+                    NotInMode::Unmatched => r.degree == 0 && key.as_ref() != NULL_KEY,
+                };
+                if shown {
+                    rows.push(parser.parse(&r.row));
+                    weights.push(sign * r.count);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let columns = self.sides[0].converter.convert_rows(rows)?;
+        let data = RecordBatch::try_new(self.schema.clone(), columns)?;
+        out.push(ChangeBatch::try_new(data, Int64Array::from(weights))?);
         Ok(())
     }
 
@@ -466,6 +576,11 @@ impl Operator for JoinOperator {
             held.push(batch);
             return Ok(());
         }
+        if input == 1
+            && let Some(before) = self.null_aware
+        {
+            return self.process_not_in_right(&batch, before, out);
+        }
         self.process_side(input, &batch, out)
     }
 
@@ -532,7 +647,7 @@ mod tests {
             JoinType::RightSemi | JoinType::RightAnti => r.clone(),
             _ => both.clone(),
         };
-        JoinOperator::new(false, join_type, &[0], &[0], filter.as_ref(), false, &l, &r, &both, &schema)
+        JoinOperator::new(false, false, join_type, &[0], &[0], filter.as_ref(), false, &l, &r, &both, &schema)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -585,6 +700,23 @@ mod tests {
         assert_eq!(feed(&mut semi, 1, "I I\n - 1 10"), "");
         assert_eq!(feed(&mut semi, 1, "I I\n - 1 11"), "- 1 a\n");
         assert_eq!(feed(&mut anti, 1, "I I\n - 1 10\n - 1 11"), "+ 1 a\n");
+    }
+
+    #[test]
+    fn not_in_follows_nulls_and_emptiness_of_the_subquery() {
+        let l = qualified(&ChangeBatch::from_pretty("I T"), "l");
+        let r = qualified(&ChangeBatch::from_pretty("I I"), "r");
+        let both = l.join(&r).unwrap_or_else(|e| panic!("{e}"));
+        let mut op = JoinOperator::new(false, true, JoinType::LeftAnti, &[0], &[0], None, false, &l, &r, &both, &l)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(feed(&mut op, 0, "I T\n + 1 a\n + . n"), "+ 1 a\n+ null n\n");
+        let mut lines: Vec<String> = feed(&mut op, 1, "I I\n + 2 0").lines().map(String::from).collect();
+        lines.sort();
+        assert_eq!(lines, ["+ 1 a", "- 1 a", "- null n"]);
+        assert_eq!(feed(&mut op, 1, "I I\n + . 0"), "- 1 a\n");
+        assert_eq!(feed(&mut op, 0, "I T\n + 3 c"), "");
+        assert_eq!(feed(&mut op, 1, "I I\n - . 0"), "+ 1 a\n+ 3 c\n");
+        assert_eq!(feed(&mut op, 1, "I I\n + 3 0"), "- 3 c\n");
     }
 
     #[test]

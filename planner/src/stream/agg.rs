@@ -25,6 +25,10 @@ pub enum AggKind {
         delimiter: String,
     },
     ArrayAgg,
+    /// `first_value(x ORDER BY ...)` / `last_value(...)`: the value of the first (last) row in
+    /// the call's order; what `DISTINCT ON` becomes.
+    FirstValue,
+    LastValue,
     /// Variance family: `sample` divides by n-1, `sqrt` takes the root (stddev).
     Variance {
         sample: bool,
@@ -47,6 +51,8 @@ impl AggKind {
             AggKind::BoolOr => "bool_or",
             AggKind::StringAgg { .. } => "string_agg",
             AggKind::ArrayAgg => "array_agg",
+            AggKind::FirstValue => "first_value",
+            AggKind::LastValue => "last_value",
             AggKind::Variance { sample: true, sqrt: true } => "stddev_samp",
             AggKind::Variance { sample: false, sqrt: true } => "stddev_pop",
             AggKind::Variance { sample: true, sqrt: false } => "var_samp",
@@ -159,6 +165,8 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
             (AggKind::StringAgg { delimiter }, first)
         }
         "array_agg" => (AggKind::ArrayAgg, first),
+        "first_value" => (AggKind::FirstValue, first),
+        "last_value" => (AggKind::LastValue, first),
         "stddev" | "stddev_samp" => (AggKind::Variance { sample: true, sqrt: true }, first),
         "stddev_pop" => (AggKind::Variance { sample: false, sqrt: true }, first),
         "var" | "variance" | "var_samp" => (AggKind::Variance { sample: true, sqrt: false }, first),
@@ -168,12 +176,14 @@ pub fn analyze_agg(expr: &Expr) -> Result<(AggregateFunction, AggKind, AggInputs
             return Err(PlanError::unsupported_with_hint(
                 format!("aggregate function {other} in a materialized view"),
                 "supported aggregates: count, sum, avg, min, max, bool_and, bool_or, string_agg, \
-                 array_agg, stddev, variance, approx_count_distinct",
+                 array_agg, first_value, last_value, stddev, variance, approx_count_distinct",
             ));
         }
     };
     let order_by = params.order_by.iter().map(|s| (s.expr.clone(), s.asc, s.nulls_first)).collect::<Vec<_>>();
-    if !order_by.is_empty() && !matches!(kind, AggKind::StringAgg { .. } | AggKind::ArrayAgg) {
+    if !order_by.is_empty()
+        && !matches!(kind, AggKind::StringAgg { .. } | AggKind::ArrayAgg | AggKind::FirstValue | AggKind::LastValue)
+    {
         return Err(PlanError::unsupported(format!("ORDER BY inside {}", kind.name())));
     }
     let filter = params.filter.as_deref().cloned();

@@ -106,6 +106,8 @@ pub enum OperatorSpec {
         schema: DFSchemaRef,
         /// Left rows look up the right side's current rows and are not kept.
         temporal: bool,
+        /// `NOT IN (subquery)` semantics for an anti join.
+        null_aware: bool,
     },
     /// The first ranks of each partition, recomputed for changed partitions at barriers.
     TopN {
@@ -543,18 +545,25 @@ impl Builder {
                 null_equals_null,
                 filter_schema,
                 temporal,
+                null_aware,
             } => {
                 let [left, right] = node.inputs.as_slice() else {
                     return Err(PlanError::Internal("join without two inputs".into()));
                 };
                 let l = self.place(left)?;
                 let r = self.place(right)?;
-                let p = self.parallelism;
+                // NOT IN depends on the whole subquery (is it empty, does it hold a NULL), which
+                // no single partition of it can tell.
+                let (p, left_exchange, right_exchange) = if *null_aware {
+                    (1, Exchange::Single, Exchange::Single)
+                } else {
+                    (self.parallelism, Exchange::Hash(left_keys.clone()), Exchange::Hash(right_keys.clone()))
+                };
                 let f = self.new_fragment(
                     p,
                     vec![
-                        FragmentInput::Fragment { fragment: l, exchange: Exchange::Hash(left_keys.clone()) },
-                        FragmentInput::Fragment { fragment: r, exchange: Exchange::Hash(right_keys.clone()) },
+                        FragmentInput::Fragment { fragment: l, exchange: left_exchange },
+                        FragmentInput::Fragment { fragment: r, exchange: right_exchange },
                     ],
                 );
                 self.fragments[f].chain.push(OperatorSpec::Join {
@@ -568,6 +577,7 @@ impl Builder {
                     filter_schema: filter_schema.clone(),
                     schema: node.schema.clone(),
                     temporal: *temporal,
+                    null_aware: *null_aware,
                 });
                 Ok(f)
             }

@@ -18,8 +18,7 @@ use crate::error::{PlanError, Result};
 /// Plans `join` over its already rewritten inputs.
 ///
 /// # Errors
-/// `Unsupported` for joins without an equality between the two sides, `NOT IN` subqueries
-/// (null-aware anti joins) and mark joins.
+/// `Unsupported` for joins without an equality between the two sides and mark joins.
 pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<StreamNode> {
     if join.on.is_empty() {
         return Err(PlanError::unsupported_with_hint(
@@ -27,12 +26,6 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
             "every row of one side would have to be kept and compared with every row of the other; \
              join on a key (a.k = b.k), or use a temporal join (FOR SYSTEM_TIME AS OF PROCTIME()) \
              for a lookup",
-        ));
-    }
-    if join.null_aware {
-        return Err(PlanError::unsupported_with_hint(
-            "NOT IN (subquery) in a materialized view",
-            "write NOT EXISTS (SELECT ... WHERE inner.col = outer.col), which has no NULL surprises",
         ));
     }
     if matches!(join.join_type, JoinType::LeftMark | JoinType::RightMark) {
@@ -102,6 +95,7 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
     };
     let right_shifted = |cols: &[usize]| cols.iter().map(|c| c + left_width).collect::<Vec<_>>();
     let distribution = match join_type {
+        _ if join.null_aware => Distribution::Single,
         JoinType::Inner | JoinType::Left => Distribution::HashBy(left_keys.clone()),
         JoinType::Right => Distribution::HashBy(right_shifted(&right_keys)),
         JoinType::LeftSemi | JoinType::LeftAnti => Distribution::HashBy(left_keys.clone()),
@@ -126,6 +120,7 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
             null_equals_null,
             filter_schema: Arc::new(both),
             temporal,
+            null_aware: join.null_aware,
         },
         schema: output_schema.clone(),
         props: StreamProps {

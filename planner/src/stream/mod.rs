@@ -108,6 +108,9 @@ pub enum StreamNodeKind {
         /// A temporal join: left rows look up the right side's current rows and are not
         /// kept; right changes only update the lookup state.
         temporal: bool,
+        /// An anti join with `NOT IN` semantics: no row when the right side holds a NULL key,
+        /// every row when it is empty.
+        null_aware: bool,
     },
     /// The first `limit` ranks (after `offset`) of each partition, ordered by `order`
     /// (`(column, ascending, nulls first)`); with `with_rank`, the rank is appended as the last

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, ListArray, StringArray,
-    new_empty_array,
+    UInt32Array, new_empty_array, new_null_array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::compute::{cast, concat, take};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::arrow::row::{RowConverter, SortField};
 use eddy_planner::stream::AggKind;
@@ -74,6 +74,8 @@ pub fn make_accumulator(
             Box::new(CollectAcc::new(arg()?, Collect::String { delimiter: delimiter.clone() }, return_type.clone())?)
         }
         AggKind::ArrayAgg => Box::new(CollectAcc::new(arg()?, Collect::Array, return_type.clone())?),
+        AggKind::FirstValue => Box::new(CollectAcc::new(arg()?, Collect::First, return_type.clone())?),
+        AggKind::LastValue => Box::new(CollectAcc::new(arg()?, Collect::Last, return_type.clone())?),
         AggKind::Variance { sample, sqrt } => Box::new(VarianceAcc {
             n: Vec::new(),
             sum: Vec::new(),
@@ -477,8 +479,13 @@ impl GroupAccumulator for BoolAcc {
 }
 
 enum Collect {
-    String { delimiter: String },
+    String {
+        delimiter: String,
+    },
     Array,
+    /// The value of the first / last entry in order (ties broken by the value itself).
+    First,
+    Last,
 }
 
 /// (ordering key, value) -> multiplicity, for one group.
@@ -548,6 +555,37 @@ impl GroupAccumulator for CollectAcc {
                     out.push(Some(parts.join(delimiter)));
                 }
                 cast_to(Arc::new(StringArray::from(out)), &self.return_type)
+            }
+            Collect::First | Collect::Last => {
+                let picked: Vec<Option<&Vec<u8>>> = groups
+                    .iter()
+                    .map(|g| {
+                        let map = &self.items[*g];
+                        let entry = if matches!(self.kind, Collect::First) {
+                            map.keys().next()
+                        } else {
+                            map.keys().next_back()
+                        };
+                        entry.map(|(_, v)| v)
+                    })
+                    .collect();
+                let present: Vec<&Vec<u8>> = picked.iter().flatten().copied().collect();
+                if present.is_empty() {
+                    return Ok(new_null_array(&self.return_type, groups.len()));
+                }
+                let mut arrays = self.converter.convert_rows(present.iter().map(|b| parser.parse(b)))?;
+                let values = arrays.pop().ok_or_else(|| ExecError::Internal("first_value decode".into()))?;
+                let mut next = 0u32;
+                let indices: UInt32Array = picked
+                    .iter()
+                    .map(|p| {
+                        p.map(|_| {
+                            next += 1;
+                            next - 1
+                        })
+                    })
+                    .collect();
+                cast_to(take(&values, &indices, None)?, &self.return_type)
             }
             Collect::Array => {
                 let item_field = match &self.return_type {
