@@ -221,9 +221,8 @@ pub fn parse_one(sql: &str) -> Result<ParsedStatement, PlanError> {
 fn extract_emit_clauses(
     tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
 ) -> (Vec<sqlparser::tokenizer::TokenWithSpan>, Vec<Location>) {
-    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
-    let significant: Vec<usize> =
-        tokens.iter().enumerate().filter(|(_, t)| !matches!(t.token, Token::Whitespace(_))).map(|(i, _)| i).collect();
+    let is_word = is_plain_word;
+    let significant = significant_tokens(&tokens);
     let mut remove = vec![false; tokens.len()];
     let mut markers = Vec::new();
     let mut k = 0;
@@ -262,9 +261,8 @@ fn rewrite_flink_window_calls(
     tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
 ) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
     use sqlparser::tokenizer::TokenWithSpan;
-    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
-    let significant: Vec<usize> =
-        tokens.iter().enumerate().filter(|(_, t)| !matches!(t.token, Token::Whitespace(_))).map(|(i, _)| i).collect();
+    let is_word = is_plain_word;
+    let significant = significant_tokens(&tokens);
     let tok = |k: usize| significant.get(k).map(|i| &tokens[*i].token);
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
     let mut skip_until = 0usize;
@@ -369,9 +367,8 @@ fn rewrite_temporal_joins(
     tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
 ) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
     use sqlparser::tokenizer::{TokenWithSpan, Whitespace, Word};
-    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
-    let significant: Vec<usize> =
-        tokens.iter().enumerate().filter(|(_, t)| !matches!(t.token, Token::Whitespace(_))).map(|(i, _)| i).collect();
+    let is_word = is_plain_word;
+    let significant = significant_tokens(&tokens);
     let tok = |k: usize| significant.get(k).map(|i| &tokens[*i].token);
     let mut keep = vec![true; tokens.len()];
     let mut renamed: Vec<(usize, Option<usize>)> = Vec::new();
@@ -432,6 +429,16 @@ fn rewrite_temporal_joins(
         }
     }
     out
+}
+
+/// True for an unquoted word equal to `w`, ignoring case.
+fn is_plain_word(t: &Token, w: &str) -> bool {
+    matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w))
+}
+
+/// Positions of the tokens that are not whitespace.
+fn significant_tokens(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Vec<usize> {
+    tokens.iter().enumerate().filter(|(_, t)| !matches!(t.token, Token::Whitespace(_))).map(|(i, _)| i).collect()
 }
 
 fn location_between(loc: Location, start: Location, end: Location) -> bool {

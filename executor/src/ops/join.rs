@@ -715,7 +715,10 @@ mod tests {
         assert_eq!(lines, ["+ 1 a", "- 1 a", "- null n"]);
         assert_eq!(feed(&mut op, 1, "I I\n + . 0"), "- 1 a\n");
         assert_eq!(feed(&mut op, 0, "I T\n + 3 c"), "");
-        assert_eq!(feed(&mut op, 1, "I I\n - . 0"), "+ 1 a\n+ 3 c\n");
+        // Re-emitted from state, in no particular order.
+        let mut lines: Vec<String> = feed(&mut op, 1, "I I\n - . 0").lines().map(String::from).collect();
+        lines.sort();
+        assert_eq!(lines, ["+ 1 a", "+ 3 c"]);
         assert_eq!(feed(&mut op, 1, "I I\n + 3 0"), "- 3 c\n");
     }
 

@@ -394,6 +394,15 @@ impl Builder {
         id
     }
 
+    /// `child` itself when it runs on one actor, else a new single-actor fragment fed by it.
+    fn on_one_actor(&mut self, child: usize) -> usize {
+        if self.fragments[child].parallelism == 1 {
+            child
+        } else {
+            self.new_fragment(1, vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }])
+        }
+    }
+
     /// Places `node` and its inputs; returns the fragment whose chain ends with `node`.
     fn place(&mut self, node: &StreamNode) -> Result<usize> {
         match &node.kind {
@@ -441,14 +450,7 @@ impl Builder {
                     .map(|(_, k)| *k)
                     .collect();
                 let f = if partition.is_empty() {
-                    if self.fragments[child].parallelism == 1 {
-                        child
-                    } else {
-                        self.new_fragment(
-                            1,
-                            vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }],
-                        )
-                    }
+                    self.on_one_actor(child)
                 } else {
                     let p = self.parallelism;
                     self.new_fragment(
@@ -585,14 +587,7 @@ impl Builder {
                 let input = single_input(node)?;
                 let child = self.place(input)?;
                 let f = if partition.is_empty() {
-                    if self.fragments[child].parallelism == 1 {
-                        child
-                    } else {
-                        self.new_fragment(
-                            1,
-                            vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Single }],
-                        )
-                    }
+                    self.on_one_actor(child)
                 } else {
                     let grouped = matches!(&input.props.distribution, Distribution::HashBy(h)
                         if !h.is_empty() && h.iter().all(|c| partition.contains(c)));
