@@ -252,14 +252,13 @@ impl Ctx<'_> {
     /// `ORDER BY ... LIMIT fetch OFFSET skip`: a top-N over one partition.
     fn sort_top_n(&mut self, sort: &datafusion::logical_expr::Sort, skip: u64, fetch: u64) -> Result<StreamNode> {
         let schema = sort.input.schema().clone();
-        let column = |e: &Expr| -> Result<usize> {
-            match e {
-                Expr::Column(c) => schema.index_of_column(c).map_err(|err| PlanError::Internal(err.to_string())),
-                other => Err(PlanError::unsupported_with_hint(
-                    format!("ORDER BY {other} with LIMIT in a materialized view"),
-                    "order by a column: compute the expression in the select list and order by its alias",
-                )),
-            }
+        let column = |e: &Expr| {
+            super::topn::column_index(
+                &schema,
+                e,
+                "in ORDER BY with LIMIT",
+                "order by a column: compute the expression in the select list and order by its alias",
+            )
         };
         let order = super::topn::sort_columns(&sort.expr, &column)?;
         let input = self.rewrite(&sort.input)?;

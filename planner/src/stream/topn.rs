@@ -6,7 +6,7 @@
 //! The filter is found first; the window below it is then planned with the bound. `ORDER BY
 //! ... LIMIT n [OFFSET k]` is a top-N over one partition.
 
-use datafusion::common::ScalarValue;
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, Operator, SortExpr, WindowFunctionDefinition};
 
@@ -132,18 +132,32 @@ pub fn rank_window(window: &datafusion::logical_expr::Window) -> Result<RankWind
         ));
     }
     let schema = window.input.schema();
-    let column = |e: &Expr| -> Result<usize> {
-        match e {
-            Expr::Column(c) => schema.index_of_column(c).map_err(|err| PlanError::Internal(err.to_string())),
-            other => Err(PlanError::unsupported_with_hint(
-                format!("the expression {other} in PARTITION BY / ORDER BY of a ranking in a materialized view"),
-                "compute it as a column in a subquery and rank by that column",
-            )),
-        }
+    let column = |e: &Expr| {
+        column_index(
+            schema,
+            e,
+            "in PARTITION BY / ORDER BY of a ranking",
+            "compute it as a column in a subquery and rank by that column",
+        )
     };
     let partition = params.partition_by.iter().map(column).collect::<Result<Vec<_>>>()?;
     let order = sort_columns(&params.order_by, &column)?;
     Ok(RankWindow { partition, order, rank })
+}
+
+/// The position of column expression `e` in `schema`; anything but a column is refused,
+/// naming where it stood (`place`) and what to write instead (`hint`).
+///
+/// # Errors
+/// `Unsupported` for an expression that is not a column.
+pub fn column_index(schema: &DFSchema, e: &Expr, place: &str, hint: &'static str) -> Result<usize> {
+    match e {
+        Expr::Column(c) => schema.index_of_column(c).map_err(|err| PlanError::Internal(err.to_string())),
+        other => Err(PlanError::unsupported_with_hint(
+            format!("the expression {other} {place} in a materialized view"),
+            hint,
+        )),
+    }
 }
 
 /// `(column, ascending, nulls first)` for each sort expression.
