@@ -418,9 +418,11 @@ fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>
             schema,
             temporal,
             null_aware,
+            interval,
         } => Box::new(crate::ops::join::JoinOperator::new(
             *temporal,
             *null_aware,
+            *interval,
             *join_type,
             left_keys,
             right_keys,

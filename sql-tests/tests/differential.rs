@@ -282,6 +282,18 @@ const VIEWS: &[ViewCase] = &[
         batch: "SELECT s, first_value(w ORDER BY w, g) AS fw, last_value(g ORDER BY w, g) AS lg FROM t2 GROUP BY s",
         created_at_round_fraction: 1,
     },
+    ViewCase {
+        name: "v_interval_join",
+        definition: "SELECT a.k, count(*) AS n, sum(b.v) AS s FROM t3 a JOIN t3 b ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL '2' SECOND AND b.ts + INTERVAL '1' SECOND GROUP BY a.k",
+        batch: "SELECT a.k, count(*) AS n, sum(b.v) AS s FROM t3 a JOIN t3 b ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL '2' SECOND AND b.ts + INTERVAL '1' SECOND GROUP BY a.k",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_interval_left_join",
+        definition: "SELECT a.k, count(*) AS n, count(b.id) AS nb FROM t3 a LEFT JOIN t3 b ON a.k = b.k AND b.ts >= a.ts AND b.ts < a.ts + INTERVAL '3' SECOND AND a.id <> b.id GROUP BY a.k",
+        batch: "SELECT a.k, count(*) AS n, count(b.id) AS nb FROM t3 a LEFT JOIN t3 b ON a.k = b.k AND b.ts >= a.ts AND b.ts < a.ts + INTERVAL '3' SECOND AND a.id <> b.id GROUP BY a.k",
+        created_at_round_fraction: 1,
+    },
 ];
 
 /// A row of text cells; floats are recognized for tolerant comparison.

@@ -24,6 +24,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{DFSchema, JoinType};
 use datafusion::logical_expr::Expr;
 use eddy_common::ChangeBatch;
+use eddy_planner::stream::join::IntervalBounds;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::error::{ExecError, Result};
@@ -50,6 +51,8 @@ struct StoredRow {
     row: Box<[u8]>,
     count: i64,
     degree: i64,
+    /// Event time of the row (interval joins only), in its column's unit.
+    time: i64,
 }
 
 /// The rows of one side that share a join key.
@@ -120,6 +123,11 @@ struct Side {
     groups: HashMap<Box<[u8]>, KeyGroup>,
     rows: u64,
     bytes: u64,
+    /// Event-time column whose watermark on the other side frees this side's rows.
+    time_column: Option<usize>,
+    /// Rows with an earlier time can no longer match; dropped at the next barrier.
+    expire_below: i64,
+    swept_below: i64,
 }
 
 impl Side {
@@ -140,6 +148,8 @@ pub struct JoinOperator {
     held_watermarks: Vec<(usize, i64)>,
     /// `NOT IN (subquery)`: a null-aware anti join, with the right side's row counts.
     null_aware: Option<RightCounts>,
+    /// Event-time bounds of an interval join.
+    interval: Option<IntervalBounds>,
     /// Set while a right batch of a null-aware anti join is applied under a change of mode:
     /// degree changes then emit nothing, the whole output is redone around the batch.
     quiet: bool,
@@ -203,6 +213,7 @@ impl JoinOperator {
     pub fn new(
         temporal: bool,
         null_aware: bool,
+        interval: Option<IntervalBounds>,
         join_type: JoinType,
         left_keys: &[usize],
         right_keys: &[usize],
@@ -243,6 +254,7 @@ impl JoinOperator {
             held_watermarks: Vec::new(),
             null_aware: (null_aware && join_type == JoinType::LeftAnti).then(RightCounts::default),
             quiet: false,
+            interval,
             sides: [
                 Side {
                     keys: left_keys.to_vec(),
@@ -252,6 +264,9 @@ impl JoinOperator {
                     groups: HashMap::new(),
                     rows: 0,
                     bytes: 0,
+                    time_column: interval.map(|b| b.left_time),
+                    expire_below: i64::MIN,
+                    swept_below: i64::MIN,
                 },
                 Side {
                     keys: right_keys.to_vec(),
@@ -261,6 +276,9 @@ impl JoinOperator {
                     groups: HashMap::new(),
                     rows: 0,
                     bytes: 0,
+                    time_column: interval.map(|b| b.right_time),
+                    expire_below: i64::MIN,
+                    swept_below: i64::MIN,
                 },
             ],
             pairs,
@@ -285,6 +303,14 @@ impl JoinOperator {
         let keys = self.key_converter.convert_columns(&key_columns)?;
         let has_null_key = |i: usize| key_columns.iter().any(|c| c.is_null(i));
         let rows = self.sides[this].converter.convert_columns(batch.data().columns())?;
+        let times: Option<Int64Array> = match self.sides[this].time_column {
+            Some(c) => {
+                let t = datafusion::arrow::compute::cast(batch.column(c), &DataType::Int64)?;
+                t.as_any().downcast_ref::<Int64Array>().cloned()
+            }
+            None => None,
+        };
+        let time_of = |i: usize| times.as_ref().map_or(0, |t| if t.is_valid(i) { t.value(i) } else { i64::MIN });
 
         // Phase 1: candidates from the other side, decoded once, condition evaluated once.
         let mut candidate_start = Vec::with_capacity(n + 1);
@@ -378,10 +404,10 @@ impl JoinOperator {
             }
             let kept = !(self.temporal && this == 0);
             if kept && (self.null_equals_null || !has_null_key(i)) {
-                self.store(this, keys.row(i).as_ref(), rows.row(i).as_ref(), weight, degree)?;
+                self.store(this, keys.row(i).as_ref(), rows.row(i).as_ref(), weight, degree, time_of(i))?;
             } else if self.null_aware.is_some() && this == 0 {
                 // Shown again should the subquery become empty.
-                self.store(this, NULL_KEY, rows.row(i).as_ref(), weight, 0)?;
+                self.store(this, NULL_KEY, rows.row(i).as_ref(), weight, 0, 0)?;
             }
         }
         if emitted.is_empty() {
@@ -389,6 +415,44 @@ impl JoinOperator {
         }
         out.push(self.assemble(this, batch, &other_columns, &emitted)?);
         Ok(())
+    }
+
+    /// Drops the rows of `side` that can no longer match (interval joins).
+    fn sweep(&mut self, side: usize) {
+        let hasher = &self.hasher;
+        let state = &mut self.sides[side];
+        let below = state.expire_below;
+        if below <= state.swept_below {
+            return;
+        }
+        state.swept_below = below;
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        state.groups.retain(|key, group| {
+            let before = group.rows.len();
+            group.rows.retain(|r| {
+                let keep = r.time >= below;
+                if !keep {
+                    rows += 1;
+                    bytes += r.row.len() as u64;
+                }
+                keep
+            });
+            if group.rows.is_empty() {
+                bytes += key.len() as u64;
+                return false;
+            }
+            if group.rows.len() != before && group.index.is_some() {
+                // Positions moved: rebuild the index.
+                let kept = std::mem::take(&mut group.rows);
+                group.index = None;
+                for r in kept {
+                    group.insert(r, hasher);
+                }
+            }
+            true
+        });
+        state.rows -= rows;
+        state.bytes -= bytes;
     }
 
     /// A change to the subquery of `NOT IN`. While the subquery stays non-empty and free of
@@ -481,7 +545,8 @@ impl JoinOperator {
         Ok(Some((0..mask.len()).map(|i| mask.is_valid(i) && mask.value(i)).collect()))
     }
 
-    fn store(&mut self, side: usize, key: &[u8], row: &[u8], weight: i64, degree: i64) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn store(&mut self, side: usize, key: &[u8], row: &[u8], weight: i64, degree: i64, time: i64) -> Result<()> {
         if weight == 0 {
             return Ok(());
         }
@@ -506,7 +571,7 @@ impl JoinOperator {
             }
             None if weight > 0 => {
                 let new_group = group.rows.is_empty();
-                group.insert(StoredRow { row: row.into(), count: weight, degree }, hasher);
+                group.insert(StoredRow { row: row.into(), count: weight, degree, time }, hasher);
                 state.rows += 1;
                 state.bytes += row.len() as u64 + if new_group { key.len() as u64 } else { 0 };
             }
@@ -585,6 +650,10 @@ impl Operator for JoinOperator {
     }
 
     fn on_barrier(&mut self, _barrier: &crate::message::Barrier, out: &mut Output) -> Result<()> {
+        if self.interval.is_some() {
+            self.sweep(0);
+            self.sweep(1);
+        }
         if let Some(held) = self.held.take() {
             for batch in held {
                 self.process_side(0, &batch, out)?;
@@ -615,6 +684,21 @@ impl Operator for JoinOperator {
         // A stored row can join a new row at any time, so input watermarks bound no output of
         // a regular join. A temporal join emits only as left rows arrive, at the left columns'
         // positions.
+        if let Some(b) = self.interval {
+            // A left row arriving from now on has time >= value; it can match right rows with
+            // time >= value - upper only (and symmetrically for the right watermark).
+            match (input, b.lower, b.upper) {
+                (0, _, Some(upper)) if column == b.left_time => {
+                    let s = &mut self.sides[1];
+                    s.expire_below = s.expire_below.max(value.saturating_sub(upper));
+                }
+                (1, Some(lower), _) if column == b.right_time => {
+                    let s = &mut self.sides[0];
+                    s.expire_below = s.expire_below.max(value.saturating_sub(lower));
+                }
+                _ => {}
+            }
+        }
         if self.temporal && input == 0 {
             if self.held.is_some() {
                 self.held_watermarks.push((column, value));
@@ -647,7 +731,7 @@ mod tests {
             JoinType::RightSemi | JoinType::RightAnti => r.clone(),
             _ => both.clone(),
         };
-        JoinOperator::new(false, false, join_type, &[0], &[0], filter.as_ref(), false, &l, &r, &both, &schema)
+        JoinOperator::new(false, false, None, join_type, &[0], &[0], filter.as_ref(), false, &l, &r, &both, &schema)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -707,8 +791,9 @@ mod tests {
         let l = qualified(&ChangeBatch::from_pretty("I T"), "l");
         let r = qualified(&ChangeBatch::from_pretty("I I"), "r");
         let both = l.join(&r).unwrap_or_else(|e| panic!("{e}"));
-        let mut op = JoinOperator::new(false, true, JoinType::LeftAnti, &[0], &[0], None, false, &l, &r, &both, &l)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut op =
+            JoinOperator::new(false, true, None, JoinType::LeftAnti, &[0], &[0], None, false, &l, &r, &both, &l)
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(feed(&mut op, 0, "I T\n + 1 a\n + . n"), "+ 1 a\n+ null n\n");
         let mut lines: Vec<String> = feed(&mut op, 1, "I I\n + 2 0").lines().map(String::from).collect();
         lines.sort();

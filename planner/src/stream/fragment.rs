@@ -108,6 +108,8 @@ pub enum OperatorSpec {
         temporal: bool,
         /// `NOT IN (subquery)` semantics for an anti join.
         null_aware: bool,
+        /// Event-time bounds between the sides: stored rows are dropped once watermarks pass.
+        interval: Option<super::join::IntervalBounds>,
     },
     /// The first ranks of each partition, recomputed for changed partitions at barriers.
     TopN {
@@ -302,7 +304,7 @@ fn describe(op: &OperatorSpec) -> String {
                 if *append_only_input { "top rows per partition" } else { "all rows per partition, ordered" }
             )
         }
-        OperatorSpec::Join { join_type, left_keys, right_keys, filter, temporal, .. } => {
+        OperatorSpec::Join { join_type, left_keys, right_keys, filter, temporal, interval, .. } => {
             let condition = match filter {
                 Some(f) => format!(" filter {f}"),
                 None => String::new(),
@@ -315,8 +317,12 @@ fn describe(op: &OperatorSpec) -> String {
                     cols_text(right_keys)
                 )
             } else {
+                let freed = match interval {
+                    Some(b) => format!(", freed as watermarks pass left ${} / right ${}", b.left_time, b.right_time),
+                    None => String::new(),
+                };
                 format!(
-                    "HashJoin {join_type} left {} = right {}{condition} state: both sides' rows by join key",
+                    "HashJoin {join_type} left {} = right {}{condition} state: both sides' rows by join key{freed}",
                     cols_text(left_keys),
                     cols_text(right_keys)
                 )
@@ -548,6 +554,7 @@ impl Builder {
                 filter_schema,
                 temporal,
                 null_aware,
+                interval,
             } => {
                 let [left, right] = node.inputs.as_slice() else {
                     return Err(PlanError::Internal("join without two inputs".into()));
@@ -580,6 +587,7 @@ impl Builder {
                     schema: node.schema.clone(),
                     temporal: *temporal,
                     null_aware: *null_aware,
+                    interval: *interval,
                 });
                 Ok(f)
             }

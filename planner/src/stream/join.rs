@@ -88,6 +88,14 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
         _ => Arc::new(both.clone()),
     };
 
+    // State of append-only inputs can be freed once the watermarks pass what the condition
+    // still lets match.
+    let interval = match &join.filter {
+        Some(f) if !temporal && !join.null_aware && left.props.append_only && right.props.append_only => {
+            interval_bounds(f, &left, &right)
+        }
+        _ => None,
+    };
     let append_only = if temporal {
         left.props.append_only && join_type == JoinType::Inner
     } else {
@@ -121,6 +129,7 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
             filter_schema: Arc::new(both),
             temporal,
             null_aware: join.null_aware,
+            interval,
         },
         schema: output_schema.clone(),
         props: StreamProps {
@@ -159,6 +168,104 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
 }
 
 const KEY_PREFIX: &str = "__eddy_join_key";
+
+/// Bounds an interval join condition puts between the two sides' event times, in the time
+/// columns' own unit: `left ≥ right - lower` and `left ≤ right + upper`. With watermarks on both
+/// columns they say when a stored row can no longer match anything that may still arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntervalBounds {
+    pub left_time: usize,
+    pub right_time: usize,
+    pub lower: Option<i64>,
+    pub upper: Option<i64>,
+}
+
+/// Reads interval bounds from the conjuncts of `filter` that compare a watermarked left time
+/// column with a watermarked right one (plus or minus a constant interval).
+fn interval_bounds(filter: &Expr, left: &StreamNode, right: &StreamNode) -> Option<IntervalBounds> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let mut found: Option<IntervalBounds> = None;
+    for conjunct in super::topn::split_conjunction(filter) {
+        let Expr::BinaryExpr(BinaryExpr { left: a, op, right: b }) = conjunct else { continue };
+        let (Some((a_side, a_col, a_off)), Some((b_side, b_col, b_off))) =
+            (time_term(a, left, right), time_term(b, left, right))
+        else {
+            continue;
+        };
+        // Normalize to `l op r + k`.
+        let (l_col, r_col, op, k) = match (a_side, b_side) {
+            (0, 1) => (a_col, b_col, *op, b_off - a_off),
+            (1, 0) => (b_col, a_col, op.swap().unwrap_or(*op), a_off - b_off),
+            _ => continue,
+        };
+        let unit = time_unit_ns(left.schema.field(l_col).data_type())?;
+        if time_unit_ns(right.schema.field(r_col).data_type()) != Some(unit) {
+            continue;
+        }
+        let k = k / unit;
+        let bounds =
+            found.get_or_insert(IntervalBounds { left_time: l_col, right_time: r_col, lower: None, upper: None });
+        if bounds.left_time != l_col || bounds.right_time != r_col {
+            continue;
+        }
+        match op {
+            Operator::GtEq | Operator::Gt => bounds.lower = Some(bounds.lower.map_or(-k, |x| x.min(-k))),
+            Operator::LtEq | Operator::Lt => bounds.upper = Some(bounds.upper.map_or(k, |y| y.min(k))),
+            _ => {}
+        }
+    }
+    found.filter(|b| b.lower.is_some() || b.upper.is_some())
+}
+
+/// `col`, `col + interval` or `col - interval` over a watermarked column of either side:
+/// (side, column, offset in nanoseconds).
+fn time_term(expr: &Expr, left: &StreamNode, right: &StreamNode) -> Option<(usize, usize, i64)> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    match expr {
+        Expr::Column(c) => {
+            for (side, node) in [left, right].into_iter().enumerate() {
+                if let Ok(i) = node.schema.index_of_column(c)
+                    && node.props.watermark_columns.contains(&i)
+                {
+                    return Some((side, i, 0));
+                }
+            }
+            None
+        }
+        Expr::BinaryExpr(BinaryExpr { left: a, op: op @ (Operator::Plus | Operator::Minus), right: b }) => {
+            let (side, column, offset) = time_term(a, left, right)?;
+            let Expr::Literal(value, _) = b.as_ref() else { return None };
+            let nanos = interval_nanos(value)?;
+            Some((side, column, if *op == Operator::Plus { offset + nanos } else { offset - nanos }))
+        }
+        _ => None,
+    }
+}
+
+fn interval_nanos(value: &datafusion::common::ScalarValue) -> Option<i64> {
+    use datafusion::common::ScalarValue;
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000_000_000 + v.nanoseconds)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000)
+        }
+        _ => None,
+    }
+}
+
+/// Nanoseconds per unit of a timestamp column.
+fn time_unit_ns(data_type: &datafusion::arrow::datatypes::DataType) -> Option<i64> {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    match data_type {
+        DataType::Timestamp(TimeUnit::Second, _) => Some(1_000_000_000),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Some(1_000_000),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Some(1_000),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Some(1),
+        _ => None,
+    }
+}
 
 /// True when `node` reads a relation `FOR SYSTEM_TIME AS OF PROCTIME()`, through stateless
 /// operators only.

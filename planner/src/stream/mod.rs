@@ -111,6 +111,8 @@ pub enum StreamNodeKind {
         /// An anti join with `NOT IN` semantics: no row when the right side holds a NULL key,
         /// every row when it is empty.
         null_aware: bool,
+        /// Event-time bounds between the sides (an interval join), which free state.
+        interval: Option<join::IntervalBounds>,
     },
     /// The first `limit` ranks (after `offset`) of each partition, ordered by `order`
     /// (`(column, ascending, nulls first)`); with `with_rank`, the rank is appended as the last

@@ -41,7 +41,7 @@ pub fn rank_bound(filter: &Filter) -> Option<(*const LogicalPlan, u64, u64)> {
     best
 }
 
-fn split_conjunction(expr: &Expr) -> Vec<&Expr> {
+pub(crate) fn split_conjunction(expr: &Expr) -> Vec<&Expr> {
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
             let mut out = split_conjunction(left);
