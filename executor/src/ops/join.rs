@@ -131,6 +131,23 @@ struct Side {
 }
 
 impl Side {
+    fn new(keys: &[usize], output: SideOutput, schema: &DFSchema, time_column: Option<usize>) -> Result<Self> {
+        Ok(Self {
+            keys: keys.to_vec(),
+            output,
+            converter: RowConverter::new(
+                schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect(),
+            )?,
+            types: schema.fields().iter().map(|f| f.data_type().clone()).collect(),
+            groups: HashMap::new(),
+            rows: 0,
+            bytes: 0,
+            time_column,
+            expire_below: i64::MIN,
+            swept_below: i64::MIN,
+        })
+    }
+
     fn tracks_degree(&self) -> bool {
         self.output != SideOutput::None
     }
@@ -240,9 +257,6 @@ impl JoinOperator {
         }
         let key_types: Vec<SortField> =
             left_keys.iter().map(|k| SortField::new(left_schema.field(*k).data_type().clone())).collect();
-        let row_converter = |schema: &DFSchema| -> Result<RowConverter> {
-            Ok(RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
-        };
         let filter = match filter {
             Some(f) => Some(CompiledExpr::new(f, filter_schema)?),
             None => None,
@@ -256,30 +270,8 @@ impl JoinOperator {
             quiet: false,
             interval,
             sides: [
-                Side {
-                    keys: left_keys.to_vec(),
-                    output: left_output,
-                    converter: row_converter(left_schema)?,
-                    types: left_schema.fields().iter().map(|f| f.data_type().clone()).collect(),
-                    groups: HashMap::new(),
-                    rows: 0,
-                    bytes: 0,
-                    time_column: interval.map(|b| b.left_time),
-                    expire_below: i64::MIN,
-                    swept_below: i64::MIN,
-                },
-                Side {
-                    keys: right_keys.to_vec(),
-                    output: right_output,
-                    converter: row_converter(right_schema)?,
-                    types: right_schema.fields().iter().map(|f| f.data_type().clone()).collect(),
-                    groups: HashMap::new(),
-                    rows: 0,
-                    bytes: 0,
-                    time_column: interval.map(|b| b.right_time),
-                    expire_below: i64::MIN,
-                    swept_below: i64::MIN,
-                },
+                Side::new(left_keys, left_output, left_schema, interval.map(|b| b.left_time))?,
+                Side::new(right_keys, right_output, right_schema, interval.map(|b| b.right_time))?,
             ],
             pairs,
             key_converter: RowConverter::new(key_types)?,
