@@ -150,6 +150,36 @@ impl ScalarUDFImpl for TumbleStart {
     }
 }
 
+/// `(ts, slide, size [, offset])`, the arguments of `hop_starts` and `hop_panes`.
+fn hop_signature() -> Signature {
+    Signature::one_of(vec![TypeSignature::Any(3), TypeSignature::Any(4)], Volatility::Immutable)
+}
+
+/// The arguments of a hop function at execution, in the time column's unit.
+struct HopArgs {
+    time_type: DataType,
+    slide: i64,
+    size: i64,
+    offset: i64,
+}
+
+impl HopArgs {
+    fn read(args: &ScalarFunctionArgs) -> DfResult<Self> {
+        let time_type = args.arg_fields[0].data_type().clone();
+        let unit = units_per_nano(&time_type);
+        let slide = scalar_interval(&args.args[1])? / unit;
+        let size = scalar_interval(&args.args[2])? / unit;
+        let offset = match args.args.get(3) {
+            Some(v) => scalar_interval(v)? / unit,
+            None => 0,
+        };
+        if slide <= 0 || size <= 0 || slide > size {
+            return exec_err!("invalid window: need 0 < slide <= size");
+        }
+        Ok(Self { time_type, slide, size, offset })
+    }
+}
+
 /// `hop_starts(ts, slide, size [, offset])`: the starts of every hopping window holding `ts`,
 /// latest first.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -159,7 +189,7 @@ pub struct HopStarts {
 
 impl Default for HopStarts {
     fn default() -> Self {
-        Self { signature: Signature::one_of(vec![TypeSignature::Any(3), TypeSignature::Any(4)], Volatility::Immutable) }
+        Self { signature: hop_signature() }
     }
 }
 
@@ -189,17 +219,7 @@ impl ScalarUDFImpl for HopStarts {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let t = args.arg_fields[0].data_type().clone();
-        let unit = units_per_nano(&t);
-        let slide = scalar_interval(&args.args[1])? / unit;
-        let size = scalar_interval(&args.args[2])? / unit;
-        let offset = match args.args.get(3) {
-            Some(v) => scalar_interval(v)? / unit,
-            None => 0,
-        };
-        if slide <= 0 || size <= 0 || slide > size {
-            return exec_err!("invalid window: need 0 < slide <= size");
-        }
+        let HopArgs { time_type: t, slide, size, offset } = HopArgs::read(&args)?;
         let ts = args.args[0].clone().into_array(args.number_rows)?;
         let as_i64 = cast(&ts, &DataType::Int64)?;
         let as_i64 = as_i64.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
@@ -245,7 +265,7 @@ pub struct HopPanes {
 
 impl Default for HopPanes {
     fn default() -> Self {
-        Self { signature: Signature::one_of(vec![TypeSignature::Any(3), TypeSignature::Any(4)], Volatility::Immutable) }
+        Self { signature: hop_signature() }
     }
 }
 
@@ -277,17 +297,7 @@ impl ScalarUDFImpl for HopPanes {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let t = args.arg_fields[0].data_type().clone();
-        let unit = units_per_nano(&t);
-        let slide = scalar_interval(&args.args[1])? / unit;
-        let size = scalar_interval(&args.args[2])? / unit;
-        let offset = match args.args.get(3) {
-            Some(v) => scalar_interval(v)? / unit,
-            None => 0,
-        };
-        if slide <= 0 || size <= 0 || slide > size {
-            return exec_err!("invalid window: need 0 < slide <= size");
-        }
+        let HopArgs { time_type: t, slide, size, offset } = HopArgs::read(&args)?;
         let pane = pane_length(slide, size);
         let ts = args.args[0].clone().into_array(args.number_rows)?;
         let as_i64 = cast(&ts, &DataType::Int64)?;
