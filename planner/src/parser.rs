@@ -360,9 +360,154 @@ fn rewrite_flink_window_calls(
 /// streaming planner turns into the lookup side of a temporal join.
 pub const LOOKUP_PREFIX: &str = "__eddy_lookup__";
 
+/// Prefix marking a versioned table read as of an event time: `t FOR SYSTEM_TIME AS OF s.ts`
+/// becomes a scan of `__eddy_asof__t<US>s.ts AS t` (`<US>`: [`AS_OF_SEPARATOR`]).
+pub const AS_OF_PREFIX: &str = "__eddy_asof__";
+
+/// Separates the table from the time column in an [`AS_OF_PREFIX`] name; no identifier
+/// written without quotes contains it.
+pub const AS_OF_SEPARATOR: char = '\u{1f}';
+
+/// How a table reference is read in a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// An ordinary read of every change.
+    None,
+    /// `FOR SYSTEM_TIME AS OF PROCTIME()`: the current row for each key.
+    ProcessTime,
+    /// `FOR SYSTEM_TIME AS OF <column>`: the version valid at the other side's event time;
+    /// the column's name parts (`["s", "ts"]`).
+    EventTime(Vec<String>),
+}
+
+/// The marker conjunct an event-time temporal join's `ON` gets: `__eddy_as_of(s.ts, t.k)`.
+/// It keeps the stream's time column alive through DataFusion's column pruning (the `AS OF`
+/// clause itself is gone by then) and, naming a column of each side, stays in the join's
+/// condition, where the streaming planner finds it and takes it out again.
+pub const AS_OF_FUNCTION: &str = "__eddy_as_of";
+
+/// Adds the [`AS_OF_FUNCTION`] conjunct to the `ON` of every join with a table marked
+/// [`AS_OF_PREFIX`] in `query` and its subqueries. `version_column` names a relation's
+/// watermarked column, which says when each of its versions starts.
+///
+/// # Errors
+/// When the looked-up relation has no watermark or the join has no `ON` condition.
+pub fn rewrite_as_of_conditions(
+    query: &mut Query,
+    version_column: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), PlanError> {
+    struct AsOf<'a> {
+        version_column: &'a dyn Fn(&str) -> Option<String>,
+        error: Option<PlanError>,
+    }
+    impl sqlparser::ast::VisitorMut for AsOf<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> std::ops::ControlFlow<()> {
+            if let Err(e) = as_of_in_set_expr(&mut query.body, self.version_column) {
+                self.error = Some(e);
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut visitor = AsOf { version_column, error: None };
+    let _ = sqlparser::ast::VisitMut::visit(query, &mut visitor);
+    visitor.error.map_or(Ok(()), Err)
+}
+
+fn as_of_in_set_expr(
+    body: &mut sqlparser::ast::SetExpr,
+    version_column: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), PlanError> {
+    use sqlparser::ast::SetExpr;
+    match body {
+        SetExpr::Select(select) => {
+            for from in &mut select.from {
+                as_of_in_joins(from, version_column)?;
+            }
+            Ok(())
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            as_of_in_set_expr(left, version_column)?;
+            as_of_in_set_expr(right, version_column)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn as_of_in_joins(
+    from: &mut sqlparser::ast::TableWithJoins,
+    version_column: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), PlanError> {
+    use sqlparser::ast::{JoinConstraint, JoinOperator, TableFactor};
+    if let TableFactor::NestedJoin { table_with_joins, .. } = &mut from.relation {
+        as_of_in_joins(table_with_joins, version_column)?;
+    }
+    for join in &mut from.joins {
+        if let TableFactor::NestedJoin { table_with_joins, .. } = &mut join.relation {
+            as_of_in_joins(table_with_joins, version_column)?;
+        }
+        let TableFactor::Table { name, alias, .. } = &join.relation else { continue };
+        let Some(last) = name.0.last().and_then(|p| p.as_ident()) else { continue };
+        let (base, Lookup::EventTime(time)) = split_lookup(&last.value) else { continue };
+        let qualifier = alias.as_ref().map_or(base.to_string(), |a| a.name.value.clone());
+        let constraint = match &mut join.join_operator {
+            JoinOperator::Join(c)
+            | JoinOperator::Inner(c)
+            | JoinOperator::Left(c)
+            | JoinOperator::LeftOuter(c)
+            | JoinOperator::Right(c)
+            | JoinOperator::RightOuter(c)
+            | JoinOperator::FullOuter(c) => c,
+            _ => continue,
+        };
+        let JoinConstraint::On(on) = constraint else {
+            return Err(PlanError::unsupported_with_hint(
+                "FOR SYSTEM_TIME AS OF a column without an ON condition",
+                "join with ON stream.k = t.k",
+            ));
+        };
+        let Some(column) = version_column(base) else {
+            return Err(PlanError::unsupported_with_hint(
+                format!("an event-time temporal join against {base}, which has no watermark"),
+                "the looked-up table must be versioned: give it a PRIMARY KEY and a WATERMARK FOR \
+                 the column that says when each version starts",
+            ));
+        };
+        let quoted = |name: &str| Ident::with_quote('"', name).to_string();
+        let marker_sql = format!("{AS_OF_FUNCTION}({}, {}.{})", time.join("."), quoted(&qualifier), quoted(&column));
+        let marker = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&marker_sql)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| PlanError::Internal(format!("temporal join marker {marker_sql}: {e}")))?;
+        let condition = std::mem::replace(on, Expr::Value(Value::Null.into()));
+        *on = Expr::BinaryOp {
+            left: Box::new(marker),
+            op: sqlparser::ast::BinaryOperator::And,
+            right: Box::new(Expr::Nested(Box::new(condition))),
+        };
+    }
+    Ok(())
+}
+
+/// Splits a relation name the temporal-join rewrite marked into the relation's own name and
+/// how it is read.
+pub fn split_lookup(name: &str) -> (&str, Lookup) {
+    if let Some(base) = name.strip_prefix(LOOKUP_PREFIX) {
+        return (base, Lookup::ProcessTime);
+    }
+    if let Some(rest) = name.strip_prefix(AS_OF_PREFIX)
+        && let Some((base, time)) = rest.split_once(AS_OF_SEPARATOR)
+    {
+        return (base, Lookup::EventTime(time.split('.').map(str::to_string).collect()));
+    }
+    (name, Lookup::None)
+}
+
 /// Rewrites `name FOR SYSTEM_TIME AS OF PROCTIME() [[AS] alias]` into `__eddy_lookup__name AS
-/// alias` (the alias defaulting to the name). `sqlparser` reads `FOR SYSTEM_TIME` only in other
-/// dialects, and DataFusion would drop it; the prefix carries the meaning to the planner.
+/// alias` (the alias defaulting to the name), and `name FOR SYSTEM_TIME AS OF s.ts` likewise
+/// into an [`AS_OF_PREFIX`] name. `sqlparser` reads `FOR SYSTEM_TIME` only in other dialects,
+/// and DataFusion would drop it; the marked name carries the meaning to the planner.
 fn rewrite_temporal_joins(
     tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
 ) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
@@ -371,29 +516,49 @@ fn rewrite_temporal_joins(
     let significant = significant_tokens(&tokens);
     let tok = |k: usize| significant.get(k).map(|i| &tokens[*i].token);
     let mut keep = vec![true; tokens.len()];
-    let mut renamed: Vec<(usize, Option<usize>)> = Vec::new();
+    // (position of the name, where to insert an alias, the event-time column if any)
+    let mut renamed: Vec<(usize, Option<usize>, Option<String>)> = Vec::new();
     for k in 1..significant.len() {
         let head = tok(k).is_some_and(|t| is_word(t, "for"))
             && tok(k + 1).is_some_and(|t| is_word(t, "system_time"))
             && tok(k + 2).is_some_and(|t| is_word(t, "as"))
-            && tok(k + 3).is_some_and(|t| is_word(t, "of"))
-            && tok(k + 4).is_some_and(|t| is_word(t, "proctime"))
-            && tok(k + 5) == Some(&Token::LParen)
-            && tok(k + 6) == Some(&Token::RParen);
+            && tok(k + 3).is_some_and(|t| is_word(t, "of"));
         if !head || !matches!(tok(k - 1), Some(Token::Word(_))) {
             continue;
         }
-        for j in k..k + 7 {
+        let (len, time) = if tok(k + 4).is_some_and(|t| is_word(t, "proctime"))
+            && tok(k + 5) == Some(&Token::LParen)
+            && tok(k + 6) == Some(&Token::RParen)
+        {
+            (7, None)
+        } else {
+            // A column reference: name(.name)*
+            let mut parts = Vec::new();
+            let mut j = k + 4;
+            while let Some(Token::Word(w)) = tok(j) {
+                parts.push(w.value.clone());
+                if tok(j + 1) == Some(&Token::Period) && matches!(tok(j + 2), Some(Token::Word(_))) {
+                    j += 2;
+                } else {
+                    break;
+                }
+            }
+            if parts.is_empty() {
+                continue;
+            }
+            (j + 1 - k, Some(parts.join(".")))
+        };
+        for j in k..k + len {
             keep[significant[j]] = false;
         }
-        let has_alias = match tok(k + 7) {
+        let has_alias = match tok(k + len) {
             Some(Token::Word(w)) => {
                 w.keyword == Keyword::AS || w.keyword == Keyword::NoKeyword || w.quote_style.is_some()
             }
             _ => false,
         };
         // Insert the alias after the last removed token.
-        renamed.push((significant[k - 1], if has_alias { None } else { Some(significant[k + 6]) }));
+        renamed.push((significant[k - 1], if has_alias { None } else { Some(significant[k + len - 1]) }, time));
     }
     if renamed.is_empty() {
         return tokens;
@@ -402,14 +567,17 @@ fn rewrite_temporal_joins(
     let mut alias_after: Vec<(usize, Word)> = Vec::new();
     for (i, (t, keep)) in tokens.into_iter().zip(keep).enumerate() {
         let span = t.span;
-        if let Some((_, alias_at)) = renamed.iter().find(|(name_at, _)| *name_at == i)
+        if let Some((_, alias_at, time)) = renamed.iter().find(|(name_at, _, _)| *name_at == i)
             && let Token::Word(w) = &t.token
         {
             if let Some(at) = alias_at {
                 alias_after.push((*at, w.clone()));
             }
             let mut marked = w.clone();
-            marked.value = format!("{LOOKUP_PREFIX}{}", w.value);
+            marked.value = match time {
+                None => format!("{LOOKUP_PREFIX}{}", w.value),
+                Some(time) => format!("{AS_OF_PREFIX}{}{AS_OF_SEPARATOR}{time}", w.value),
+            };
             marked.keyword = Keyword::NoKeyword;
             out.push(TokenWithSpan { token: Token::Word(marked), span });
             continue;
@@ -1087,6 +1255,22 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let EddyStatement::Sql(s) = stmt.statement else { panic!("not sql") };
         assert_eq!(s.to_string(), "SELECT * FROM c LEFT JOIN __eddy_lookup__users AS users ON c.k = users.id");
+    }
+
+    #[test]
+    fn event_time_lookups_carry_their_time_column() {
+        let stmt = parse_one("SELECT * FROM o JOIN rates FOR SYSTEM_TIME AS OF o.ts r ON o.cur = r.cur")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let EddyStatement::Sql(s) = stmt.statement else { panic!("not sql") };
+        let text = s.to_string();
+        let name = text
+            .split_whitespace()
+            .find(|w| w.starts_with(AS_OF_PREFIX))
+            .unwrap_or_else(|| panic!("no marked name in {text}"));
+        assert_eq!(split_lookup(name), ("rates", Lookup::EventTime(vec!["o".into(), "ts".into()])));
+        assert!(text.ends_with(" r ON o.cur = r.cur"), "{text}");
+        assert_eq!(split_lookup("__eddy_lookup__users"), ("users", Lookup::ProcessTime));
+        assert_eq!(split_lookup("users"), ("users", Lookup::None));
     }
 
     #[test]

@@ -228,13 +228,13 @@ impl SchemaProvider for PublicSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let lookup = name.strip_prefix(eddy_planner::parser::LOOKUP_PREFIX);
-        let Some(def) = self.catalog.get(lookup.unwrap_or(name)) else {
+        let (name, lookup) = eddy_planner::parser::split_lookup(name);
+        let Some(def) = self.catalog.get(name) else {
             return Ok(None);
         };
-        if lookup.is_some() && !def.kind.is_stored() {
+        if lookup != eddy_planner::parser::Lookup::None && !def.kind.is_stored() {
             return Err(DataFusionError::Plan(format!(
-                "FOR SYSTEM_TIME AS OF PROCTIME() reads a table or materialized view; {} is a {}",
+                "FOR SYSTEM_TIME AS OF reads a table or materialized view; {} is a {}",
                 def.name,
                 def.kind.sql_name()
             )));
@@ -255,12 +255,12 @@ impl SchemaProvider for PublicSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        let name = name.strip_prefix(eddy_planner::parser::LOOKUP_PREFIX).unwrap_or(name);
+        let name = eddy_planner::parser::split_lookup(name).0;
         self.catalog.get(name).is_some_and(|d| d.kind != RelationKind::Sink)
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
-        let name = name.strip_prefix(eddy_planner::parser::LOOKUP_PREFIX).unwrap_or(name);
+        let name = eddy_planner::parser::split_lookup(name).0;
         Ok(self.catalog.get(name).and_then(|d| match d.kind {
             RelationKind::Table | RelationKind::Source => Some(TableType::Base),
             RelationKind::MaterializedView | RelationKind::View => Some(TableType::View),

@@ -127,11 +127,16 @@ impl Engine {
     /// Planning errors (unknown table or column, type errors).
     pub async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
         let mut statement = statement.clone();
+        let version_column = |name: &str| -> Option<String> {
+            let def = self.catalog.get(name)?;
+            def.watermark.as_ref().map(|w| def.schema.field(w.column).name().clone())
+        };
         // Window table functions (TUMBLE, HOP) become ordinary subqueries first.
         let mut error = None;
         let _ = sqlparser::ast::visit_statements_mut(&mut statement, |s| {
             if let Statement::Query(q) = s
                 && let Err(e) = eddy_planner::windows::rewrite_window_functions(q)
+                    .and_then(|()| eddy_planner::parser::rewrite_as_of_conditions(q, &version_column))
             {
                 error = Some(e);
                 return std::ops::ControlFlow::Break(());
@@ -161,6 +166,9 @@ fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
     options.sql_parser.enable_ident_normalization = true;
     options.execution.time_zone = Some("+00:00".to_string());
     options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    // Uncorrelated scalar subqueries become left joins with their one row, which views can
+    // maintain; left in place they would need the physical executor.
+    options.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
     // DISTINCT aggregates are maintained directly; rewriting them into two aggregations would
     // regroup session windows by the distinct column.
     let rules: Vec<_> = datafusion::optimizer::Optimizer::new()
@@ -182,5 +190,6 @@ fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
     for udf in eddy_planner::windows::window_udfs() {
         context.register_udf(udf);
     }
+    context.register_udf(eddy_planner::stream::join::as_of_marker_udf());
     Ok(context)
 }

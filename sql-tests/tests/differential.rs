@@ -294,6 +294,30 @@ const VIEWS: &[ViewCase] = &[
         batch: "SELECT a.k, count(*) AS n, count(b.id) AS nb FROM t3 a LEFT JOIN t3 b ON a.k = b.k AND b.ts >= a.ts AND b.ts < a.ts + INTERVAL '3' SECOND AND a.id <> b.id GROUP BY a.k",
         created_at_round_fraction: 1,
     },
+    ViewCase {
+        name: "v_window_join",
+        definition: "SELECT a.ws, a.k, a.n, b.top FROM (SELECT window_start AS ws, k, count(*) AS n FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start, k) a JOIN (SELECT window_start AS ws, max(v) AS top FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start) b ON a.ws = b.ws AND a.n >= 2",
+        batch: "SELECT a.ws, a.k, a.n, b.top FROM (SELECT window_start AS ws, k, count(*) AS n FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start, k) a JOIN (SELECT window_start AS ws, max(v) AS top FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_start) b ON a.ws = b.ws AND a.n >= 2",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_join_window_max",
+        definition: "SELECT x.id, x.v, x.ts FROM t3 x JOIN (SELECT max(v) AS top, window_end AS we FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_end) m ON x.v = m.top WHERE x.ts >= m.we - INTERVAL '5' SECOND AND x.ts < m.we",
+        batch: "SELECT x.id, x.v, x.ts FROM t3 x JOIN (SELECT max(v) AS top, window_end AS we FROM TUMBLE(t3, ts, INTERVAL '5' SECOND) GROUP BY window_end) m ON x.v = m.top WHERE x.ts >= m.we - INTERVAL '5' SECOND AND x.ts < m.we",
+        created_at_round_fraction: 1,
+    },
+    ViewCase {
+        name: "v_scalar_where",
+        definition: "SELECT id, v FROM t1 WHERE v > (SELECT avg(w) FROM t2)",
+        batch: "SELECT id, v FROM t1 WHERE v > (SELECT avg(w) FROM t2)",
+        created_at_round_fraction: 0,
+    },
+    ViewCase {
+        name: "v_scalar_select",
+        definition: "SELECT g, count(*) AS n, (SELECT count(*) FROM t2) AS total FROM t1 GROUP BY g",
+        batch: "SELECT g, count(*) AS n, (SELECT count(*) FROM t2) AS total FROM t1 GROUP BY g",
+        created_at_round_fraction: 1,
+    },
 ];
 
 /// A row of text cells; floats are recognized for tolerant comparison.

@@ -127,11 +127,20 @@ struct Side {
     time_column: Option<usize>,
     /// Rows with an earlier time can no longer match; dropped at the next barrier.
     expire_below: i64,
+    /// Rows with an earlier time change no more: `i64::MAX` for an insert-only input, the
+    /// input's own watermark otherwise.
+    final_below: i64,
     swept_below: i64,
 }
 
 impl Side {
-    fn new(keys: &[usize], output: SideOutput, schema: &DFSchema, time_column: Option<usize>) -> Result<Self> {
+    fn new(
+        keys: &[usize],
+        output: SideOutput,
+        schema: &DFSchema,
+        time_column: Option<usize>,
+        append_only: bool,
+    ) -> Result<Self> {
         Ok(Self {
             keys: keys.to_vec(),
             output,
@@ -144,6 +153,7 @@ impl Side {
             bytes: 0,
             time_column,
             expire_below: i64::MIN,
+            final_below: if append_only { i64::MAX } else { i64::MIN },
             swept_below: i64::MIN,
         })
     }
@@ -270,8 +280,20 @@ impl JoinOperator {
             quiet: false,
             interval,
             sides: [
-                Side::new(left_keys, left_output, left_schema, interval.map(|b| b.left_time))?,
-                Side::new(right_keys, right_output, right_schema, interval.map(|b| b.right_time))?,
+                Side::new(
+                    left_keys,
+                    left_output,
+                    left_schema,
+                    interval.map(|b| b.left_time),
+                    interval.is_none_or(|b| b.append_only[0]),
+                )?,
+                Side::new(
+                    right_keys,
+                    right_output,
+                    right_schema,
+                    interval.map(|b| b.right_time),
+                    interval.is_none_or(|b| b.append_only[1]),
+                )?,
             ],
             pairs,
             key_converter: RowConverter::new(key_types)?,
@@ -413,7 +435,7 @@ impl JoinOperator {
     fn sweep(&mut self, side: usize) {
         let hasher = &self.hasher;
         let state = &mut self.sides[side];
-        let below = state.expire_below;
+        let below = state.expire_below.min(state.final_below);
         if below <= state.swept_below {
             return;
         }
@@ -690,6 +712,11 @@ impl Operator for JoinOperator {
                 }
                 _ => {}
             }
+            let own_time = if input == 0 { b.left_time } else { b.right_time };
+            if column == own_time && !b.append_only[input] {
+                let s = &mut self.sides[input];
+                s.final_below = s.final_below.max(value);
+            }
         }
         if self.temporal && input == 0 {
             if self.held.is_some() {
@@ -797,6 +824,46 @@ mod tests {
         lines.sort();
         assert_eq!(lines, ["+ 1 a", "+ 3 c"]);
         assert_eq!(feed(&mut op, 1, "I I\n + 3 0"), "- 3 c\n");
+    }
+
+    #[test]
+    fn window_join_frees_a_window_once_both_watermarks_pass_it() -> Result<()> {
+        // `l.c0 = r.c0` on a watermarked window column; the right side is an aggregate that
+        // updates its rows until its own watermark passes them.
+        let l = qualified(&ChangeBatch::from_pretty("I T"), "l");
+        let r = qualified(&ChangeBatch::from_pretty("I I"), "r");
+        let both = l.join(&r)?;
+        let bounds =
+            IntervalBounds { left_time: 0, right_time: 0, lower: Some(0), upper: Some(0), append_only: [true, false] };
+        let mut op = JoinOperator::new(
+            false,
+            false,
+            Some(bounds),
+            JoinType::Inner,
+            &[0],
+            &[0],
+            None,
+            false,
+            &l,
+            &r,
+            &both,
+            &both,
+        )?;
+        let barrier = crate::message::Barrier { epoch: 1, checkpoint: false, mutation: None };
+        let mut out = Output::default();
+        feed(&mut op, 0, "I T\n + 1 a\n + 3 b");
+        feed(&mut op, 1, "I I\n + 1 10\n + 3 30");
+        assert_eq!(feed(&mut op, 1, "I I\n - 1 10\n + 1 11"), "- 1 a 1 10\n+ 1 a 1 11\n");
+        // The left watermark alone frees nothing on the right: it may still update window 1.
+        op.on_input_watermark(0, 0, 2, &mut out)?;
+        op.on_barrier(&barrier, &mut out)?;
+        assert_eq!(op.state_size(), [(2, op.state_size()[0].1), (2, op.state_size()[1].1)]);
+        // The right watermark makes window 1 final on the right and closed for the left.
+        op.on_input_watermark(1, 0, 2, &mut out)?;
+        op.on_barrier(&barrier, &mut out)?;
+        assert_eq!([op.state_size()[0].0, op.state_size()[1].0], [1, 1]);
+        assert_eq!(feed(&mut op, 1, "I I\n - 3 30\n + 3 31"), "- 3 b 3 30\n+ 3 b 3 31\n");
+        Ok(())
     }
 
     #[test]

@@ -9,4 +9,5 @@ pub mod sink;
 pub mod stateless;
 pub mod topn;
 pub mod unnest;
+pub mod versioned_join;
 pub mod watermark;

@@ -110,6 +110,8 @@ pub enum OperatorSpec {
         null_aware: bool,
         /// Event-time bounds between the sides: stored rows are dropped once watermarks pass.
         interval: Option<super::join::IntervalBounds>,
+        /// An event-time temporal join against a versioned right side.
+        versioned: Option<super::join::VersionedTimes>,
     },
     /// The first ranks of each partition, recomputed for changed partitions at barriers.
     TopN {
@@ -304,12 +306,22 @@ fn describe(op: &OperatorSpec) -> String {
                 if *append_only_input { "top rows per partition" } else { "all rows per partition, ordered" }
             )
         }
-        OperatorSpec::Join { join_type, left_keys, right_keys, filter, temporal, interval, .. } => {
+        OperatorSpec::Join { join_type, left_keys, right_keys, filter, temporal, interval, versioned, .. } => {
             let condition = match filter {
                 Some(f) => format!(" filter {f}"),
                 None => String::new(),
             };
-            if *temporal {
+            if let Some(v) = versioned {
+                format!(
+                    "TemporalJoin {join_type} left {} = right {}{condition} (version of right valid at left ${}, \
+                     versions starting at right ${}) state: versions by join key, freed behind the watermarks; \
+                     left rows until the right watermark passes them",
+                    cols_text(left_keys),
+                    cols_text(right_keys),
+                    v.left_time,
+                    v.right_time
+                )
+            } else if *temporal {
                 format!(
                     "TemporalJoin {join_type} left {} = right {}{condition} (lookup as of processing time) \
                      state: right side's rows by join key",
@@ -555,6 +567,7 @@ impl Builder {
                 temporal,
                 null_aware,
                 interval,
+                versioned,
             } => {
                 let [left, right] = node.inputs.as_slice() else {
                     return Err(PlanError::Internal("join without two inputs".into()));
@@ -588,6 +601,7 @@ impl Builder {
                     temporal: *temporal,
                     null_aware: *null_aware,
                     interval: *interval,
+                    versioned: *versioned,
                 });
                 Ok(f)
             }

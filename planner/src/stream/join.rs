@@ -14,13 +14,22 @@ use datafusion::logical_expr::{Expr, ExprSchemable, Join};
 use super::{StreamNode, StreamNodeKind, StreamProps};
 use crate::catalog::Distribution;
 use crate::error::{PlanError, Result};
+use crate::parser::Lookup;
 
 /// Plans `join` over its already rewritten inputs.
 ///
 /// # Errors
 /// `Unsupported` for joins without an equality between the two sides and mark joins.
 pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<StreamNode> {
-    if join.on.is_empty() {
+    // A join with a side of at most one row (an uncorrelated scalar subquery: `x > (SELECT
+    // avg(y) FROM t)`) pairs every row with that row: both sides get the same constant key.
+    let one_row_side = at_most_one_row(&left) || at_most_one_row(&right);
+    let on: Vec<(Expr, Expr)> = if join.on.is_empty() && one_row_side {
+        vec![(datafusion::logical_expr::lit(true), datafusion::logical_expr::lit(true))]
+    } else {
+        join.on.clone()
+    };
+    if on.is_empty() {
         return Err(PlanError::unsupported_with_hint(
             "a join without an equality condition between its two sides in a materialized view",
             "every row of one side would have to be kept and compared with every row of the other; \
@@ -31,7 +40,7 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
     if matches!(join.join_type, JoinType::LeftMark | JoinType::RightMark) {
         return Err(PlanError::unsupported("a mark join (EXISTS inside OR) in a materialized view"));
     }
-    for (l, r) in &join.on {
+    for (l, r) in &on {
         check_key(l)?;
         check_key(r)?;
     }
@@ -41,13 +50,14 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
         return Err(PlanError::unsupported(format!("volatile join condition {f} in a materialized view")));
     }
 
-    if is_lookup(&left) {
+    if lookup_of(&left) != Lookup::None {
         return Err(PlanError::unsupported_with_hint(
-            "FOR SYSTEM_TIME AS OF PROCTIME() on the left side of a join",
-            "put the stream first: stream JOIN table FOR SYSTEM_TIME AS OF PROCTIME() ON ...",
+            "FOR SYSTEM_TIME AS OF on the left side of a join",
+            "put the stream first: stream JOIN table FOR SYSTEM_TIME AS OF ... ON ...",
         ));
     }
-    let temporal = is_lookup(&right);
+    let lookup = lookup_of(&right);
+    let temporal = lookup != Lookup::None;
     if temporal {
         if !matches!(join.join_type, JoinType::Inner | JoinType::Left) {
             return Err(PlanError::unsupported(format!(
@@ -63,8 +73,21 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
             ));
         }
     }
-    let left_exprs: Vec<Expr> = join.on.iter().map(|(l, _)| l.clone()).collect();
-    let right_exprs: Vec<Expr> = join.on.iter().map(|(_, r)| r.clone()).collect();
+    let mut filter = join.filter.clone();
+    let versioned = match &lookup {
+        Lookup::EventTime(parts) => {
+            let time = take_as_of_marker(&mut filter).ok_or_else(|| {
+                PlanError::unsupported(format!(
+                    "FOR SYSTEM_TIME AS OF {} where the condition could not be kept on the join",
+                    parts.join(".")
+                ))
+            })?;
+            Some(versioned_times(&time, &left, &right)?)
+        }
+        _ => None,
+    };
+    let left_exprs: Vec<Expr> = on.iter().map(|(l, _)| l.clone()).collect();
+    let right_exprs: Vec<Expr> = on.iter().map(|(_, r)| r.clone()).collect();
     let (left, left_keys, left_extra) = with_key_columns(left, &left_exprs, "l")?;
     let (right, right_keys, right_extra) = with_key_columns(right, &right_exprs, "r")?;
     let left_width = left.schema.fields().len();
@@ -90,11 +113,10 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
 
     // State of append-only inputs can be freed once the watermarks pass what the condition
     // still lets match.
-    let interval = match &join.filter {
-        Some(f) if !temporal && !join.null_aware && left.props.append_only && right.props.append_only => {
-            interval_bounds(f, &left, &right)
-        }
-        _ => None,
+    let interval = if temporal || join.null_aware {
+        None
+    } else {
+        interval_bounds(&left_keys, &right_keys, filter.as_ref(), &left, &right)
     };
     let append_only = if temporal {
         left.props.append_only && join_type == JoinType::Inner
@@ -124,12 +146,13 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
             join_type,
             left_keys,
             right_keys,
-            filter: join.filter.clone(),
+            filter,
             null_equals_null,
             filter_schema: Arc::new(both),
-            temporal,
+            temporal: temporal && versioned.is_none(),
             null_aware: join.null_aware,
             interval,
+            versioned,
         },
         schema: output_schema.clone(),
         props: StreamProps {
@@ -139,7 +162,13 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
             // A stored row of one side can join a new row of the other at any later time, so
             // no output column is bounded by an input's watermark; a temporal join emits only
             // as stream rows arrive, so theirs pass.
-            watermark_columns: if temporal { left.props.watermark_columns.clone() } else { vec![] },
+            // An event-time temporal join emits a row once both watermarks passed its time,
+            // so that column stays bounded.
+            watermark_columns: match (&versioned, temporal) {
+                (Some(v), _) => vec![v.left_time],
+                (None, true) => left.props.watermark_columns.clone(),
+                (None, false) => vec![],
+            },
             session_columns: vec![],
         },
         inputs: vec![left, right],
@@ -169,23 +198,47 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
 
 const KEY_PREFIX: &str = "__eddy_join_key";
 
-/// Bounds an interval join condition puts between the two sides' event times, in the time
-/// columns' own unit: `left ≥ right - lower` and `left ≤ right + upper`. With watermarks on both
-/// columns they say when a stored row can no longer match anything that may still arrive.
+/// Bounds a join condition puts between the two sides' event times, in the time columns' own
+/// unit: `left ≥ right - lower` and `left ≤ right + upper`. With watermarks on both columns they
+/// say when a stored row can no longer match anything that may still arrive: interval joins
+/// (`a.ts BETWEEN b.ts - X AND b.ts + Y`) and window joins (`a.window_start = b.window_start`,
+/// bounds of zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntervalBounds {
     pub left_time: usize,
     pub right_time: usize,
     pub lower: Option<i64>,
     pub upper: Option<i64>,
+    /// Whether each side only inserts. A side with updates or deletes (a windowed aggregate
+    /// emitting on update) keeps a row until its own watermark also passes the row's time:
+    /// below its watermark it changes no more, so no retraction can reach a freed row.
+    pub append_only: [bool; 2],
 }
 
-/// Reads interval bounds from the conjuncts of `filter` that compare a watermarked left time
-/// column with a watermarked right one (plus or minus a constant interval).
-fn interval_bounds(filter: &Expr, left: &StreamNode, right: &StreamNode) -> Option<IntervalBounds> {
+/// Reads the bounds from an equality of the join key between a watermarked left and right
+/// column, and from the conjuncts of `filter` that compare a watermarked left time column with a
+/// watermarked right one (plus or minus a constant interval).
+fn interval_bounds(
+    left_keys: &[usize],
+    right_keys: &[usize],
+    filter: Option<&Expr>,
+    left: &StreamNode,
+    right: &StreamNode,
+) -> Option<IntervalBounds> {
     use datafusion::logical_expr::{BinaryExpr, Operator};
-    let mut found: Option<IntervalBounds> = None;
-    for conjunct in super::topn::split_conjunction(filter) {
+    let append_only = [left.props.append_only, right.props.append_only];
+    let mut found: Option<IntervalBounds> = left_keys
+        .iter()
+        .zip(right_keys)
+        .find(|(l, r)| {
+            left.props.watermark_columns.contains(l)
+                && right.props.watermark_columns.contains(r)
+                && time_unit_ns(left.schema.field(**l).data_type()).is_some()
+                && left.schema.field(**l).data_type() == right.schema.field(**r).data_type()
+        })
+        .map(|(l, r)| IntervalBounds { left_time: *l, right_time: *r, lower: Some(0), upper: Some(0), append_only });
+    let conjuncts = filter.map(super::topn::split_conjunction).unwrap_or_default();
+    for conjunct in conjuncts {
         let Expr::BinaryExpr(BinaryExpr { left: a, op, right: b }) = conjunct else { continue };
         let (Some((a_side, a_col, a_off)), Some((b_side, b_col, b_off))) =
             (time_term(a, left, right), time_term(b, left, right))
@@ -203,8 +256,13 @@ fn interval_bounds(filter: &Expr, left: &StreamNode, right: &StreamNode) -> Opti
             continue;
         }
         let k = k / unit;
-        let bounds =
-            found.get_or_insert(IntervalBounds { left_time: l_col, right_time: r_col, lower: None, upper: None });
+        let bounds = found.get_or_insert(IntervalBounds {
+            left_time: l_col,
+            right_time: r_col,
+            lower: None,
+            upper: None,
+            append_only,
+        });
         if bounds.left_time != l_col || bounds.right_time != r_col {
             continue;
         }
@@ -267,14 +325,127 @@ fn time_unit_ns(data_type: &datafusion::arrow::datatypes::DataType) -> Option<i6
     }
 }
 
-/// True when `node` reads a relation `FOR SYSTEM_TIME AS OF PROCTIME()`, through stateless
-/// operators only.
-fn is_lookup(node: &StreamNode) -> bool {
+/// True when `node` yields at most one row at any time: a global aggregate, seen through
+/// filters and projections.
+fn at_most_one_row(node: &StreamNode) -> bool {
     match &node.kind {
-        StreamNodeKind::Scan { lookup, .. } => *lookup,
-        StreamNodeKind::Filter { .. } | StreamNodeKind::Project { .. } => node.input().is_some_and(is_lookup),
+        StreamNodeKind::Aggregate { group_keys, .. } => group_keys.is_empty(),
+        StreamNodeKind::Filter { .. } | StreamNodeKind::Project { .. } => node.input().is_some_and(at_most_one_row),
         _ => false,
     }
+}
+
+/// How `node` reads its relation (`FOR SYSTEM_TIME AS OF ...`), through stateless operators
+/// only.
+fn lookup_of(node: &StreamNode) -> Lookup {
+    match &node.kind {
+        StreamNodeKind::Scan { lookup, .. } => lookup.clone(),
+        StreamNodeKind::Filter { .. } | StreamNodeKind::Project { .. } => node.input().map_or(Lookup::None, lookup_of),
+        _ => Lookup::None,
+    }
+}
+
+/// The time columns of an event-time temporal join: the stream's column named in `AS OF`, and
+/// the versioned relation's watermarked column, whose value is when each version starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionedTimes {
+    pub left_time: usize,
+    pub right_time: usize,
+}
+
+/// The marker `rewrite_as_of_conditions` put into the condition of an event-time temporal
+/// join. It only carries the stream's time column to the planner; evaluated (in a one-off
+/// query) it is true.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AsOfMarker {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for AsOfMarker {
+    fn name(&self) -> &str {
+        crate::parser::AS_OF_FUNCTION
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _arg_types: &[datafusion::arrow::datatypes::DataType],
+    ) -> datafusion::common::Result<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        Ok(datafusion::logical_expr::ColumnarValue::Scalar(datafusion::common::ScalarValue::Boolean(Some(true))))
+    }
+}
+
+/// The scalar function behind [`crate::parser::AS_OF_FUNCTION`], to register with the session.
+pub fn as_of_marker_udf() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::from(AsOfMarker {
+        signature: datafusion::logical_expr::Signature::any(2, datafusion::logical_expr::Volatility::Immutable),
+    })
+}
+
+/// Removes the `AS OF` marker conjunct from `filter`, returning the stream's time column and
+/// the versioned side's.
+fn take_as_of_marker(filter: &mut Option<Expr>) -> Option<(Column, Column)> {
+    let conjuncts: Vec<Expr> =
+        filter.as_ref().map(|f| super::topn::split_conjunction(f).into_iter().cloned().collect())?;
+    let mut time = None;
+    let rest: Vec<Expr> = conjuncts
+        .into_iter()
+        .filter(|c| {
+            if let Expr::ScalarFunction(f) = c
+                && f.func.name() == crate::parser::AS_OF_FUNCTION
+                && let [Expr::Column(stream), Expr::Column(version)] = f.args.as_slice()
+            {
+                time = Some((stream.clone(), version.clone()));
+                return false;
+            }
+            true
+        })
+        .collect();
+    *filter = rest.into_iter().reduce(Expr::and);
+    time
+}
+
+fn versioned_times(columns: &(Column, Column), left: &StreamNode, right: &StreamNode) -> Result<VersionedTimes> {
+    let (column, version) = columns;
+    let left_time = left.schema.index_of_column(column).map_err(|_| {
+        PlanError::unsupported_with_hint(
+            format!("FOR SYSTEM_TIME AS OF {column}: not a column of the stream side of the join"),
+            "write FOR SYSTEM_TIME AS OF PROCTIME(), or the stream's event-time column (s.ts)",
+        )
+    })?;
+    if !left.props.watermark_columns.contains(&left_time) {
+        return Err(PlanError::unsupported_with_hint(
+            format!("FOR SYSTEM_TIME AS OF {column} without a watermark on {column}"),
+            "declare WATERMARK FOR the column on the stream's source or table: the join waits for \
+             the watermark before it picks a version, and frees old versions behind it",
+        ));
+    }
+    let right_time = right.schema.index_of_column(version).ok().filter(|c| right.props.watermark_columns.contains(c));
+    let Some(right_time) = right_time else {
+        return Err(PlanError::unsupported_with_hint(
+            "an event-time temporal join against a relation without a watermark",
+            "the looked-up table must be versioned: give it a PRIMARY KEY and a WATERMARK FOR \
+             the column that says when each version starts",
+        ));
+    };
+    let (lt, rt) = (left.schema.field(left_time).data_type(), right.schema.field(right_time).data_type());
+    if lt != rt {
+        return Err(PlanError::unsupported(format!(
+            "FOR SYSTEM_TIME AS OF {column}: the stream's time is {lt} but the versions' time is {rt}; cast \
+             one to the other's type in a view"
+        )));
+    }
+    Ok(VersionedTimes { left_time, right_time })
 }
 
 fn check_key(expr: &Expr) -> Result<()> {

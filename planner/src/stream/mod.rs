@@ -59,8 +59,8 @@ pub enum StreamNodeKind {
         projection: Option<Vec<usize>>,
         /// Actors of the scanned relation; the scan runs with as many, fed one-to-one.
         upstream_parallelism: usize,
-        /// Read `FOR SYSTEM_TIME AS OF PROCTIME()`: the lookup side of a temporal join.
-        lookup: bool,
+        /// Read `FOR SYSTEM_TIME AS OF ...`: the lookup side of a temporal join.
+        lookup: crate::parser::Lookup,
     },
     Filter {
         predicate: Expr,
@@ -113,6 +113,9 @@ pub enum StreamNodeKind {
         null_aware: bool,
         /// Event-time bounds between the sides (an interval join), which free state.
         interval: Option<join::IntervalBounds>,
+        /// An event-time temporal join (`FOR SYSTEM_TIME AS OF left.ts`) against a versioned
+        /// right side.
+        versioned: Option<join::VersionedTimes>,
     },
     /// The first `limit` ranks (after `offset`) of each partition, ordered by `order`
     /// (`(column, ascending, nulls first)`); with `with_rank`, the rank is appended as the last

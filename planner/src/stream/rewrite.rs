@@ -51,10 +51,8 @@ impl Ctx<'_> {
         let resolver = self.resolver;
         match plan {
             LogicalPlan::TableScan(scan) => {
-                let (name, lookup) = match scan.table_name.table().strip_prefix(crate::parser::LOOKUP_PREFIX) {
-                    Some(base) => (base.to_string(), true),
-                    None => (scan.table_name.table().to_string(), false),
-                };
+                let (name, lookup) = crate::parser::split_lookup(scan.table_name.table());
+                let name = name.to_string();
                 if let Some(schema) = scan.table_name.schema()
                     && (schema == "pg_catalog" || schema == "information_schema")
                 {
