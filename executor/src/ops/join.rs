@@ -566,6 +566,13 @@ impl JoinOperator {
         }
         let hasher = &self.hasher;
         let state = &mut self.sides[side];
+        // A row the watermarks already passed has met every row it can match (an input that
+        // runs ahead of the other keeps sending such rows); keeping it would only wait for a
+        // sweep that may not come.
+        let expired = state.time_column.is_some() && time < state.expire_below.min(state.final_below);
+        if expired && !state.groups.contains_key(key) {
+            return Ok(());
+        }
         let group = match state.groups.get_mut(key) {
             Some(g) => g,
             None => state.groups.entry(key.into()).or_default(),
@@ -583,6 +590,7 @@ impl JoinOperator {
                     }
                 }
             }
+            None if expired => {}
             None if weight > 0 => {
                 let new_group = group.rows.is_empty();
                 group.insert(StoredRow { row: row.into(), count: weight, degree, time }, hasher);
@@ -863,6 +871,9 @@ mod tests {
         op.on_barrier(&barrier, &mut out)?;
         assert_eq!([op.state_size()[0].0, op.state_size()[1].0], [1, 1]);
         assert_eq!(feed(&mut op, 1, "I I\n - 3 30\n + 3 31"), "- 3 b 3 30\n+ 3 b 3 31\n");
+        // A left row for a window the right side has closed matches nothing and is not kept.
+        assert_eq!(feed(&mut op, 0, "I T\n + 1 z"), "");
+        assert_eq!(op.state_size()[0].0, 1);
         Ok(())
     }
 

@@ -118,6 +118,18 @@ pub fn join_node(join: &Join, left: StreamNode, right: StreamNode) -> Result<Str
     } else {
         interval_bounds(&left_keys, &right_keys, filter.as_ref(), &left, &right)
     };
+    if interval.is_none()
+        && !temporal
+        && (left.props.append_only || right.props.append_only)
+        && filter.as_ref().is_some_and(|f| compares_times_across(f, &left, &right))
+    {
+        return Err(PlanError::unsupported_with_hint(
+            "an interval join of a stream without watermarks on the compared time columns",
+            "a stream never deletes, so without watermarks every row would be kept forever; declare \
+             WATERMARK FOR the time column on both inputs (the join then frees what no new row can \
+             match), or join tables",
+        ));
+    }
     let append_only = if temporal {
         left.props.append_only && join_type == JoinType::Inner
     } else {
@@ -275,15 +287,40 @@ fn interval_bounds(
     found.filter(|b| b.lower.is_some() || b.upper.is_some())
 }
 
+/// True when a conjunct of `filter` compares a time column of the left side with one of the
+/// right side: an interval join.
+fn compares_times_across(filter: &Expr, left: &StreamNode, right: &StreamNode) -> bool {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    super::topn::split_conjunction(filter).into_iter().any(|c| match c {
+        Expr::BinaryExpr(BinaryExpr {
+            left: a,
+            op: Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq,
+            right: b,
+        }) => {
+            matches!(
+                (any_time_term(a, left, right, false), any_time_term(b, left, right, false)),
+                (Some((0, _, _)), Some((1, _, _))) | (Some((1, _, _)), Some((0, _, _)))
+            )
+        }
+        _ => false,
+    })
+}
+
 /// `col`, `col + interval` or `col - interval` over a watermarked column of either side:
 /// (side, column, offset in nanoseconds).
 fn time_term(expr: &Expr, left: &StreamNode, right: &StreamNode) -> Option<(usize, usize, i64)> {
+    any_time_term(expr, left, right, true)
+}
+
+/// [`time_term`] over any timestamp column when `watermarked` is false.
+fn any_time_term(expr: &Expr, left: &StreamNode, right: &StreamNode, watermarked: bool) -> Option<(usize, usize, i64)> {
     use datafusion::logical_expr::{BinaryExpr, Operator};
     match expr {
         Expr::Column(c) => {
             for (side, node) in [left, right].into_iter().enumerate() {
                 if let Ok(i) = node.schema.index_of_column(c)
-                    && node.props.watermark_columns.contains(&i)
+                    && (node.props.watermark_columns.contains(&i)
+                        || (!watermarked && time_unit_ns(node.schema.field(i).data_type()).is_some()))
                 {
                     return Some((side, i, 0));
                 }
@@ -291,7 +328,7 @@ fn time_term(expr: &Expr, left: &StreamNode, right: &StreamNode) -> Option<(usiz
             None
         }
         Expr::BinaryExpr(BinaryExpr { left: a, op: op @ (Operator::Plus | Operator::Minus), right: b }) => {
-            let (side, column, offset) = time_term(a, left, right)?;
+            let (side, column, offset) = any_time_term(a, left, right, watermarked)?;
             let Expr::Literal(value, _) = b.as_ref() else { return None };
             let nanos = interval_nanos(value)?;
             Some((side, column, if *op == Operator::Plus { offset + nanos } else { offset - nanos }))
