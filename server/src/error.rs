@@ -101,7 +101,9 @@ fn postgres_message(e: &DataFusionError) -> (String, Option<String>, Option<SqlS
     }
     // "Schema error: No field named foo. Valid fields are ..."
     if let Some(rest) = text.split("No field named ").nth(1) {
-        let raw = rest.split(". Valid fields").next().unwrap_or(rest).trim_end_matches('.');
+        // What follows the name: ".\nValid fields are ..." or ". Did you mean 'o.ts'?".
+        let end = [rest.find(". "), rest.find(".\n")].into_iter().flatten().min().unwrap_or(rest.len());
+        let raw = rest[..end].trim_end_matches('.');
         let name = raw.rsplit('.').next().unwrap_or(raw).trim_matches('"').to_string();
         return (format!("column \"{name}\" does not exist"), Some(name), Some(SqlState::UndefinedColumn));
     }
@@ -204,5 +206,19 @@ mod tests {
         assert_eq!(info.code, "42P01");
         assert_eq!(info.message, "relation \"nope\" does not exist");
         assert_eq!(info.position.as_deref(), Some("15"));
+    }
+
+    #[test]
+    fn unknown_column_names_the_column_not_the_suggestion() {
+        for text in
+            ["No field named o.nope. Did you mean 'o.ts'?", "No field named o.nope.\nValid fields are o.id, o.ts."]
+        {
+            let e = ServerError::DataFusion(DataFusionError::Plan(text.into()));
+            let PgWireError::UserError(info) = to_pg_error(&e, "SELECT o.nope FROM o") else {
+                panic!("not a user error")
+            };
+            assert_eq!(info.code, "42703");
+            assert_eq!(info.message, "column \"nope\" does not exist");
+        }
     }
 }
