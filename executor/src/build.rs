@@ -384,9 +384,6 @@ fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>
             *window_key,
             *emit_on_close,
         )?),
-        OperatorSpec::LocalAgg { group_keys, calls, input_schema, schema } => {
-            Box::new(crate::ops::agg::LocalAggOperator::new(group_keys, calls, input_schema, schema)?)
-        }
         OperatorSpec::Union { schema, .. } => Box::new(UnionOperator::new(schema)),
         OperatorSpec::TopN {
             partition,

@@ -12,7 +12,7 @@ use datafusion::common::DFSchemaRef;
 use datafusion::logical_expr::Expr;
 use eddy_common::ids::ObjectId;
 
-use super::agg::{AggCall, AggKind};
+use super::agg::AggCall;
 use super::{StreamNode, StreamNodeKind};
 use crate::catalog::{Distribution, RelationKind, StorageLayout};
 use crate::error::{PlanError, Result};
@@ -71,15 +71,6 @@ pub enum OperatorSpec {
         window_key: Option<usize>,
         /// Emit each window once, when it closes.
         emit_on_close: bool,
-    },
-    /// The local half of a two-phase aggregation: partial aggregates of this actor's rows,
-    /// emitted as inserts and forgotten at every barrier, so a hot key crosses the exchange once
-    /// per actor and epoch instead of once per row. Output columns are those of the aggregate.
-    LocalAgg {
-        group_keys: Vec<usize>,
-        calls: Vec<AggCall>,
-        input_schema: DFSchemaRef,
-        schema: DFSchemaRef,
     },
     SessionAgg {
         group_keys: Vec<usize>,
@@ -161,7 +152,6 @@ impl OperatorSpec {
             OperatorSpec::Filter { .. } => "Filter",
             OperatorSpec::Project { .. } => "Project",
             OperatorSpec::HashAgg { .. } => "HashAgg",
-            OperatorSpec::LocalAgg { .. } => "LocalAgg",
             OperatorSpec::Unnest { .. } => "Unnest",
             OperatorSpec::SessionAgg { .. } => "SessionAgg",
             OperatorSpec::Union { .. } => "Union",
@@ -263,14 +253,6 @@ fn describe(op: &OperatorSpec) -> String {
         OperatorSpec::Project { exprs, .. } => {
             let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
             format!("Project {}", parts.join(", "))
-        }
-        OperatorSpec::LocalAgg { group_keys, calls, .. } => {
-            let parts: Vec<String> = calls.iter().map(|c| c.to_string()).collect();
-            format!(
-                "LocalAgg group {} aggs [{}] state: this epoch's partials, flushed at barriers",
-                cols_text(group_keys),
-                parts.join(", ")
-            )
         }
         OperatorSpec::HashAgg { group_keys, calls, append_only_input, window_key, emit_on_close, .. } => {
             let parts: Vec<String> = calls.iter().map(|c| c.to_string()).collect();
@@ -424,58 +406,6 @@ struct Builder {
 }
 
 impl Builder {
-    /// A local aggregation in the input's fragment and the global one behind a hash exchange
-    /// on its group keys, combining the partials: counts are summed, sums, minima and maxima
-    /// combine as themselves.
-    #[allow(clippy::too_many_arguments)]
-    fn two_phase_aggregate(
-        &mut self,
-        node: &StreamNode,
-        input: &StreamNode,
-        child: usize,
-        group_keys: &[usize],
-        calls: &[AggCall],
-        window_key: Option<usize>,
-        emit_on_close: bool,
-    ) -> usize {
-        self.fragments[child].chain.push(OperatorSpec::LocalAgg {
-            group_keys: group_keys.to_vec(),
-            calls: calls.to_vec(),
-            input_schema: input.schema.clone(),
-            schema: node.schema.clone(),
-        });
-        let keys: Vec<usize> = (0..group_keys.len()).collect();
-        let global_calls = calls
-            .iter()
-            .enumerate()
-            .map(|(i, c)| AggCall {
-                kind: match c.kind {
-                    AggKind::CountRows | AggKind::Count => AggKind::Sum,
-                    ref other => other.clone(),
-                },
-                arg: Some(keys.len() + i),
-                arg_type: Some(c.return_type.clone()),
-                distinct: false,
-                filter: None,
-                order_by: vec![],
-                return_type: c.return_type.clone(),
-            })
-            .collect();
-        let p = self.parallelism;
-        let f = self
-            .new_fragment(p, vec![FragmentInput::Fragment { fragment: child, exchange: Exchange::Hash(keys.clone()) }]);
-        self.fragments[f].chain.push(OperatorSpec::HashAgg {
-            group_keys: keys,
-            calls: global_calls,
-            input_schema: node.schema.clone(),
-            schema: node.schema.clone(),
-            append_only_input: true,
-            window_key,
-            emit_on_close,
-        });
-        f
-    }
-
     fn new_fragment(&mut self, parallelism: usize, inputs: Vec<FragmentInput>) -> usize {
         let id = self.fragments.len();
         self.fragments.push(FragmentSpec { id, parallelism, inputs, chain: Vec::new() });
@@ -581,18 +511,6 @@ impl Builder {
                     }
                     Distribution::Arbitrary => false,
                 };
-                if !already_grouped && !group_keys.is_empty() && input.props.append_only && calls.iter().all(combinable)
-                {
-                    return Ok(self.two_phase_aggregate(
-                        node,
-                        input,
-                        child,
-                        group_keys,
-                        calls,
-                        *window_key,
-                        *emit_on_close,
-                    ));
-                }
                 let f = if already_grouped {
                     child
                 } else if group_keys.is_empty() {
@@ -732,12 +650,4 @@ impl Builder {
 
 fn single_input(node: &StreamNode) -> Result<&StreamNode> {
     node.input().ok_or_else(|| PlanError::Internal("operator without input".into()))
-}
-
-/// Aggregates whose partials over parts of the input combine into the aggregate of the whole.
-fn combinable(call: &AggCall) -> bool {
-    !call.distinct
-        && call.filter.is_none()
-        && call.order_by.is_empty()
-        && matches!(call.kind, AggKind::CountRows | AggKind::Count | AggKind::Sum | AggKind::Min | AggKind::Max)
 }

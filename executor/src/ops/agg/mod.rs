@@ -497,18 +497,6 @@ impl HashAggOperator {
         Ok(())
     }
 
-    /// Emits every group's current values as inserts and forgets all groups: the local half of
-    /// a two-phase aggregation, whose partials the global half combines.
-    fn drain(&mut self, out: &mut Output) -> Result<()> {
-        let live: Vec<usize> = (0..self.slot_keys.len()).filter(|s| self.slot_keys[*s].is_some()).collect();
-        self.emit_final(&live, out)?;
-        for s in live {
-            self.free_slot(s);
-        }
-        self.dirty_list.clear();
-        Ok(())
-    }
-
     fn free_slot(&mut self, s: usize) {
         let Some(key) = self.slot_keys[s].take() else { return };
         self.slots.remove(&key);
@@ -529,57 +517,6 @@ impl HashAggOperator {
             w.of_slot[s] = i64::MIN;
         }
         self.free.push(s);
-    }
-}
-
-/// The local half of a two-phase aggregation over an insert-only input: aggregates this
-/// actor's rows of one epoch, emits the partials as inserts at the barrier and starts afresh.
-/// Watermarks are held back until the partials they follow have left, so the global half
-/// never sees a partial for a window it already closed.
-pub struct LocalAggOperator {
-    inner: HashAggOperator,
-    group_keys: Vec<usize>,
-    /// Output column -> latest watermark not yet passed on.
-    pending_watermarks: Vec<(usize, i64)>,
-}
-
-impl LocalAggOperator {
-    /// # Errors
-    /// When an aggregate cannot be built for its argument type.
-    pub fn new(group_keys: &[usize], calls: &[AggCall], input_schema: &DFSchema, schema: &DFSchema) -> Result<Self> {
-        Ok(Self {
-            inner: HashAggOperator::new(group_keys, calls, input_schema, schema, true, None, false)?,
-            group_keys: group_keys.to_vec(),
-            pending_watermarks: Vec::new(),
-        })
-    }
-}
-
-impl Operator for LocalAggOperator {
-    fn name(&self) -> &'static str {
-        "LocalAgg"
-    }
-
-    fn process(&mut self, input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
-        self.inner.process(input, batch, out)
-    }
-
-    fn on_barrier(&mut self, _barrier: &Barrier, out: &mut Output) -> Result<()> {
-        self.inner.drain(out)?;
-        for (column, value) in self.pending_watermarks.drain(..) {
-            out.push_watermark(column, value);
-        }
-        Ok(())
-    }
-
-    fn on_watermark(&mut self, column: usize, value: i64, _out: &mut Output) -> Result<()> {
-        // Only group keys reach the output.
-        let Some(position) = self.group_keys.iter().position(|k| *k == column) else { return Ok(()) };
-        match self.pending_watermarks.iter_mut().find(|(c, _)| *c == position) {
-            Some((_, v)) => *v = (*v).max(value),
-            None => self.pending_watermarks.push((position, value)),
-        }
-        Ok(())
     }
 }
 
@@ -625,40 +562,6 @@ mod tests {
         let barrier = Barrier { epoch: 1, checkpoint: false, mutation: None };
         op.on_barrier(&barrier, &mut out).unwrap_or_else(|e| panic!("{e}"));
         out.take_batches().iter().map(|b| b.to_pretty()).collect()
-    }
-
-    #[test]
-    fn local_partials_leave_at_the_barrier_before_their_watermark() -> Result<()> {
-        let input = schema(vec![("k", DataType::Int64), ("v", DataType::Int64)]);
-        let output = schema(vec![("k", DataType::Int64), ("n", DataType::Int64), ("m", DataType::Int64)]);
-        let calls = [call(AggKind::CountRows, None, DataType::Int64), call(AggKind::Max, Some(1), DataType::Int64)];
-        let mut op = LocalAggOperator::new(&[0], &calls, &input, &output)?;
-        let barrier = Barrier { epoch: 1, checkpoint: false, mutation: None };
-        let mut out = Output::default();
-        op.process(0, ChangeBatch::from_pretty("I I\n + 7 1\n + 7 5\n + 8 2"), &mut out)?;
-        op.on_watermark(0, 6, &mut out)?;
-        op.on_watermark(1, 100, &mut out)?;
-        op.process(0, ChangeBatch::from_pretty("I I\n + 7 3"), &mut out)?;
-        assert!(out.is_empty(), "nothing leaves before the barrier");
-        op.on_barrier(&barrier, &mut out)?;
-        let text: Vec<String> = out
-            .take()
-            .iter()
-            .map(|e| match e {
-                crate::operator::Emitted::Data(b) => b.to_pretty(),
-                crate::operator::Emitted::Watermark { column, value } => format!("wm {column} {value}\n"),
-            })
-            .collect();
-        // One partial per key; the watermark of the group key follows, the other is dropped.
-        let mut rows: Vec<&str> = text[0].lines().collect();
-        rows.sort_unstable();
-        assert_eq!(rows, ["+ 7 3 5", "+ 8 1 2"]);
-        assert_eq!(text[1..], ["wm 0 6\n".to_string()]);
-        // The next epoch starts from nothing.
-        op.process(0, ChangeBatch::from_pretty("I I\n + 7 9"), &mut out)?;
-        op.on_barrier(&barrier, &mut out)?;
-        assert_eq!(out.take_batches().iter().map(|b| b.to_pretty()).collect::<String>(), "+ 7 1 9\n");
-        Ok(())
     }
 
     #[test]
