@@ -338,12 +338,12 @@ impl Operator for VersionedJoinOperator {
         "TemporalJoin"
     }
 
-    fn process(&mut self, input: usize, batch: ChangeBatch, _out: &mut Output) -> Result<()> {
+    fn process(&mut self, input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         match input {
-            0 => self.process_left(&batch, _out),
+            0 => self.process_left(&batch, out),
             1 => self.process_right(&batch),
             _ => Err(ExecError::Internal(format!("join has no input {input}"))),
         }
