@@ -271,6 +271,8 @@ impl JoinOperator {
             Some(f) => Some(CompiledExpr::new(f, filter_schema)?),
             None => None,
         };
+        // Without bounds nothing is freed, so whether a side retracts does not matter.
+        let append_only = |side: usize| interval.is_none_or(|b| b.append_only[side]);
         Ok(Self {
             join_type,
             temporal,
@@ -280,20 +282,8 @@ impl JoinOperator {
             quiet: false,
             interval,
             sides: [
-                Side::new(
-                    left_keys,
-                    left_output,
-                    left_schema,
-                    interval.map(|b| b.left_time),
-                    interval.is_none_or(|b| b.append_only[0]),
-                )?,
-                Side::new(
-                    right_keys,
-                    right_output,
-                    right_schema,
-                    interval.map(|b| b.right_time),
-                    interval.is_none_or(|b| b.append_only[1]),
-                )?,
+                Side::new(left_keys, left_output, left_schema, interval.map(|b| b.left_time), append_only(0))?,
+                Side::new(right_keys, right_output, right_schema, interval.map(|b| b.right_time), append_only(1))?,
             ],
             pairs,
             key_converter: RowConverter::new(key_types)?,

@@ -251,34 +251,20 @@ impl VersionedJoinOperator {
                 *m = *m && mask.is_valid(i) && mask.value(i);
             }
         }
-        let left_width = self.left_width;
-        let keep: Vec<u32> = match self.join_type {
-            JoinType::Inner => (0..ready.len()).filter(|i| matched[*i]).map(|i| i as u32).collect(),
-            _ => (0..ready.len() as u32).collect(),
-        };
-        if self.join_type == JoinType::Left && matched.iter().any(|m| !m) {
+        let any_unmatched = matched.iter().any(|m| !m);
+        if self.join_type == JoinType::Left && any_unmatched {
             // Rows whose version failed the condition are padded, like rows without one.
             let pad: BooleanArray = matched.iter().map(|m| Some(!m)).collect();
-            for column in &mut columns[left_width..] {
+            for column in &mut columns[self.left_width..] {
                 let nulls = datafusion::arrow::array::new_null_array(column.data_type(), column.len());
                 *column = datafusion::arrow::compute::kernels::zip::zip(&pad, &nulls, &*column)?;
             }
         }
-        if keep.is_empty() {
-            return Ok(());
-        }
         let weights: Int64Array = ready.iter().map(|(_, h)| Some(h.weight)).collect();
         let data = RecordBatch::try_new(self.schema.clone(), columns)?;
         let mut batch = ChangeBatch::try_new(data, weights)?;
-        if keep.len() != ready.len() {
-            let mask: BooleanArray = {
-                let mut m = vec![false; ready.len()];
-                for i in &keep {
-                    m[*i as usize] = true;
-                }
-                m.into_iter().map(Some).collect()
-            };
-            batch = batch.filter(&mask)?;
+        if self.join_type == JoinType::Inner && any_unmatched {
+            batch = batch.filter(&matched.iter().map(|m| Some(*m)).collect::<BooleanArray>())?;
         }
         out.push(batch);
         Ok(())
