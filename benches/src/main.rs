@@ -76,6 +76,7 @@ fn main() -> Result<()> {
             let config = eddy_server::EngineConfig {
                 data_dir,
                 barrier_interval: Duration::from_millis(barrier_ms),
+                checkpoint_interval: Duration::from_millis(1000),
                 parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             };
             rt.block_on(eddy_server::serve(listen, config, async {

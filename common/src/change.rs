@@ -204,7 +204,8 @@ impl ChangeBatch {
     }
 
     /// Builds a batch from a compact text form, for tests. The first line lists one type code
-    /// per column: `I` Int64, `i` Int32, `F` Float64, `T` Utf8, `B` Boolean. Each further line
+    /// per column: `I` Int64, `i` Int32, `F` Float64, `T` Utf8, `B` Boolean, `S` timestamp in
+    /// milliseconds (written as an integer). Each further line
     /// is a weight (`+`, `-`, `+3`, `-2`) then the values, separated by whitespace; `.` is null.
     ///
     /// ```
@@ -227,6 +228,7 @@ impl ChangeBatch {
                 "F" => DataType::Float64,
                 "T" => DataType::Utf8,
                 "B" => DataType::Boolean,
+                "S" => DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
                 other => panic!("unknown type code {other}"),
             })
             .collect();
@@ -277,6 +279,12 @@ fn parse_column(t: &DataType, values: &[Option<String>]) -> ArrayRef {
             Arc::new(values.iter().map(|v| v.as_ref().map(|s| s == "t" || s == "true")).collect::<BooleanArray>())
         }
         DataType::Utf8 => Arc::new(values.iter().map(|v| v.as_deref()).collect::<StringArray>()),
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None) => Arc::new(
+            values
+                .iter()
+                .map(|v| v.as_ref().map(|s| s.parse::<i64>().unwrap()))
+                .collect::<arrow::array::TimestampMillisecondArray>(),
+        ),
         other => new_null_array(other, values.len()),
     }
 }

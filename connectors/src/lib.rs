@@ -17,4 +17,4 @@ pub mod nexmark;
 pub mod source;
 
 pub use error::{ConnectorError, Result};
-pub use source::{SourceReader, SourceSpec, create_reader, validate_source};
+pub use source::{SourceInfo, SourceReader, SourceSpec, SourceStats, create_reader, validate_source};

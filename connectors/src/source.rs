@@ -3,10 +3,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
+use eddy_common::ChangeBatch;
 
 use crate::datagen::{DatagenConfig, DatagenGenerator};
 use crate::error::{ConnectorError, Result};
@@ -21,16 +25,102 @@ pub struct SourceSpec {
 
 /// Reads one split of a source.
 ///
+/// # Changes
+/// A chunk is a [`ChangeBatch`] in the declared physical columns. Append-only sources send
+/// weight `+1` rows only. Sources that feed a table with a primary key (upsert, Debezium,
+/// CDC) may also send weight `-1` rows: a delete of the row with that key, where only the key
+/// columns need values. A `+1` row for a key the table already holds replaces that row; the
+/// table turns both into exact `-old, +new` changes, so readers never need the old row.
+///
+/// # Fault tolerance
+/// [`SourceReader::position`] is opaque bytes, stored with every checkpoint; a reader created
+/// with it continues with exactly the next change. Once the checkpoint holding a position is
+/// durable, [`SourceReader::checkpoint_committed`] says so: only then may the reader let the
+/// upstream forget what precedes it (acknowledge a replication slot's LSN, commit a Kafka
+/// consumer group's offset for monitoring).
+///
 /// # Cancellation
 /// `next_chunk` may be dropped before it completes (the actor stops waiting to handle a
 /// barrier); implementations must not lose or skip rows when that happens.
 #[async_trait]
 pub trait SourceReader: Send {
-    /// The next rows, in the declared columns; `None` once a bounded source is exhausted.
-    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>>;
+    /// The next changes; `None` once a bounded source is exhausted.
+    async fn next_chunk(&mut self) -> Result<Option<ChangeBatch>>;
     /// Where this split stands; passing it to [`create_reader`] resumes right after the last
-    /// row returned.
-    fn position(&self) -> u64;
+    /// change returned.
+    fn position(&self) -> Vec<u8>;
+    /// The checkpoint that stored `position` (an earlier result of [`SourceReader::position`])
+    /// is durable.
+    fn checkpoint_committed(&mut self, _position: &[u8]) {}
+}
+
+/// What [`validate_source`] learned about a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// How many splits read the source in parallel.
+    pub splits: usize,
+    /// True when the source may send deletes and replacements by key (it needs a table with
+    /// a primary key).
+    pub keyed_changes: bool,
+}
+
+/// Counters of one source split, shown in `eddy_catalog.source_splits`.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    rows: AtomicU64,
+    bad_records: AtomicU64,
+    finished: AtomicBool,
+    last_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl SourceStats {
+    pub fn add_rows(&self, n: u64) {
+        self.rows.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a record that could not be decoded and was skipped; `error` says which record
+    /// (topic/partition/offset, LSN...) and why, and is logged.
+    pub fn bad_record(&self, error: String) {
+        tracing::warn!(%error, "skipping a source record that cannot be decoded");
+        self.bad_records.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock() = Some(error);
+    }
+
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    pub fn bad_records(&self) -> u64 {
+        self.bad_records.load(Ordering::Relaxed)
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+}
+
+/// A position made of one counter (generators: the next event number).
+pub fn counter_position(n: u64) -> Vec<u8> {
+    n.to_le_bytes().to_vec()
+}
+
+/// Reads a [`counter_position`].
+///
+/// # Errors
+/// When the bytes are not one.
+pub fn parse_counter_position(bytes: &[u8]) -> Result<u64> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| ConnectorError::InvalidOption(format!("corrupt source position ({} bytes)", bytes.len())))?;
+    Ok(u64::from_le_bytes(array))
 }
 
 const NEXMARK_OPTIONS: &[&str] = &[
@@ -70,23 +160,24 @@ fn check_known(options: &HashMap<String, String>, valid: &[&str], prefixes: &[&s
     Ok(())
 }
 
-/// Number of splits a source reads in parallel, after checking its options against the
-/// declared physical columns.
+/// Checks a source's options against the declared physical columns (and, for external
+/// systems, that the system answers), and says how it is read.
 ///
 /// # Errors
-/// Unknown connector or option, bad values, or declared columns the connector cannot produce.
-pub fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<usize> {
+/// Unknown connector or option, bad values, declared columns the connector cannot produce,
+/// an external system that cannot be reached.
+pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<SourceInfo> {
     match spec.connector.as_str() {
         "nexmark" => {
             check_known(&spec.options, NEXMARK_OPTIONS, &[], "nexmark")?;
             let config = nexmark_config(spec, 0)?;
             let produced = crate::nexmark::schema(config.table);
             conform_schema(&produced, declared)?;
-            Ok(config.splits as usize)
+            Ok(SourceInfo { splits: config.splits as usize, keyed_changes: false })
         }
         "datagen" => {
             let config = DatagenConfig::parse(&spec.options, declared)?;
-            Ok(config.splits)
+            Ok(SourceInfo { splits: config.splits, keyed_changes: false })
         }
         "" => Err(ConnectorError::InvalidOption("WITH (...) needs connector = '<name>'".into())),
         other => Err(ConnectorError::UnknownConnector(other.to_string())),
@@ -216,15 +307,15 @@ struct NexmarkReader {
 
 #[async_trait]
 impl SourceReader for NexmarkReader {
-    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>> {
+    async fn next_chunk(&mut self) -> Result<Option<ChangeBatch>> {
         self.pacer.wait().await;
         let Some(batch) = self.generator.next_chunk() else { return Ok(None) };
         self.pacer.consumed(batch.num_rows());
-        Ok(Some(self.conformer.apply(batch)?))
+        Ok(Some(ChangeBatch::inserts(self.conformer.apply(batch)?)))
     }
 
-    fn position(&self) -> u64 {
-        self.generator.position()
+    fn position(&self) -> Vec<u8> {
+        counter_position(self.generator.position())
     }
 }
 
@@ -235,29 +326,38 @@ struct DatagenReader {
 
 #[async_trait]
 impl SourceReader for DatagenReader {
-    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>> {
+    async fn next_chunk(&mut self) -> Result<Option<ChangeBatch>> {
         self.pacer.wait().await;
         let Some(batch) = self.generator.next_chunk()? else { return Ok(None) };
         self.pacer.consumed(batch.num_rows());
-        Ok(Some(batch))
+        Ok(Some(ChangeBatch::inserts(batch)))
     }
 
-    fn position(&self) -> u64 {
-        self.generator.position()
+    fn position(&self) -> Vec<u8> {
+        counter_position(self.generator.position())
     }
 }
 
 /// Opens split `split` of a source, producing the declared physical columns, resuming at
-/// `position` when given.
+/// `position` when given. Readers of external systems connect on their first
+/// [`SourceReader::next_chunk`], so building a graph never blocks; `stats` counts what the
+/// split reads and skips.
 ///
 /// # Errors
-/// As [`validate_source`].
+/// As [`validate_source`], and a `position` the connector cannot read.
 pub fn create_reader(
     spec: &SourceSpec,
     declared: SchemaRef,
     split: usize,
-    position: Option<u64>,
+    position: Option<&[u8]>,
+    stats: Arc<SourceStats>,
 ) -> Result<Box<dyn SourceReader>> {
+    // The generators have no records to reject; connectors of external systems count theirs.
+    let _ = stats;
+    let position = match (spec.connector.as_str(), position) {
+        ("nexmark" | "datagen", Some(p)) => Some(parse_counter_position(p)?),
+        _ => None,
+    };
     match spec.connector.as_str() {
         "nexmark" => {
             let config = nexmark_config(spec, split as u64)?;

@@ -11,24 +11,30 @@
 //! barrier and reports the epoch to the coordinator. Inputs that delivered the barrier early
 //! are not read until the others catch up, so nothing of the next epoch mixes in.
 //!
+//! At a checkpoint barrier the actor also collects each operator's state changes and its
+//! source split's position; they are committed with the epoch (see [`crate::state`]). Once the
+//! coordinator says a checkpoint is durable, the actor tells the source split and the
+//! operators that asked for it.
+//!
 //! Watermarks are aligned too: the actor's watermark on a column is the minimum over its input
 //! channels, and it moves only when that minimum does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
 
 use eddy_common::ChangeBatch;
 use eddy_common::ids::{Epoch, ObjectId};
-use eddy_connectors::SourceReader;
-use tokio::sync::{mpsc, oneshot};
+use eddy_connectors::{SourceReader, SourceStats};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dispatch::{Dispatcher, Edge, partition_of_rows};
 use crate::error::{ExecError, Result};
 use crate::message::{ActorId, Barrier, Message, Mutation};
-use crate::metrics::{Metrics, SourceProgress};
+use crate::metrics::Metrics;
 use crate::operator::{Emitted, Operator, Output};
+use crate::state::{SOURCE_POSITION, StateEntry, StateScope, StateWriter};
 use crate::store::{RelationDelta, RowCodec, Snapshot};
 
 /// What an actor tells the coordinator.
@@ -39,6 +45,9 @@ pub enum ActorReport {
         actor: ActorId,
         epoch: Epoch,
         deltas: Vec<(ObjectId, RelationDelta)>,
+        /// Operator state changes and the source position (checkpoint barriers only), for the
+        /// job's state table.
+        state: Vec<StateEntry>,
         /// When each source chunk of the epoch was read, for freshness measurements.
         chunk_times: Vec<std::time::Instant>,
     },
@@ -66,8 +75,14 @@ pub struct Backfill {
 /// A source split read by this actor, between the barriers the coordinator injects.
 pub struct SourceInput {
     pub reader: Box<dyn SourceReader>,
-    pub progress: Arc<SourceProgress>,
+    pub stats: Arc<SourceStats>,
+    /// Reading starts once this is true: while the catalog is being restored after a restart,
+    /// sources wait until every view that reads them is attached again.
+    pub open: watch::Receiver<bool>,
 }
+
+/// Where the actor learns that checkpoints became durable.
+pub type CommittedEpochs = watch::Receiver<Epoch>;
 
 pub struct Actor {
     pub id: ActorId,
@@ -85,6 +100,9 @@ pub struct Actor {
     pub metrics: Arc<Metrics>,
     /// The last watermark sent downstream per output column.
     pub sent_watermarks: HashMap<usize, i64>,
+    /// This actor's key range in its job's state table (operator position 0).
+    pub state_scope: StateScope,
+    pub committed: CommittedEpochs,
 }
 
 struct InputState {
@@ -103,7 +121,11 @@ fn upstream_gone() -> ExecError {
 
 enum Next {
     Message(usize, Option<Message>),
-    Chunk(Result<Option<datafusion::arrow::array::RecordBatch>, eddy_connectors::ConnectorError>),
+    Chunk(Result<Option<ChangeBatch>, eddy_connectors::ConnectorError>),
+    /// A checkpoint became durable.
+    Committed,
+    /// The source may start reading.
+    Opened,
 }
 
 impl Actor {
@@ -134,6 +156,10 @@ impl Actor {
             .collect();
         let mut source = self.source.take();
         let mut source_done = false;
+        // Source positions of checkpoints not yet known to be durable.
+        let mut unacked_positions: VecDeque<(Epoch, Vec<u8>)> = VecDeque::new();
+        let wants_commits = source.is_some() || self.chain.iter().any(|op| op.wants_commit_notices());
+        let mut committed = self.committed.clone();
         let mut chunk_times: Vec<std::time::Instant> = Vec::new();
         let mut pending_barrier: Option<Barrier> = None;
         let mut emitted_watermarks: HashMap<usize, i64> = HashMap::new();
@@ -161,34 +187,58 @@ impl Actor {
             });
             let next = match source.as_mut() {
                 Some(s) if !source_done => {
+                    let open = *s.open.borrow();
                     tokio::select! {
                         biased;
                         m = poll_inputs => match m {
                             Some((i, m)) => Next::Message(i, m),
                             None => return Err(upstream_gone()),
                         },
-                        chunk = s.reader.next_chunk() => Next::Chunk(chunk),
+                        Ok(()) = committed.changed(), if wants_commits => Next::Committed,
+                        Ok(()) = s.open.changed(), if !open => Next::Opened,
+                        chunk = s.reader.next_chunk(), if open => Next::Chunk(chunk),
                     }
                 }
-                _ => match poll_inputs.await {
-                    Some((i, m)) => Next::Message(i, m),
-                    None => return Err(upstream_gone()),
-                },
+                _ => {
+                    tokio::select! {
+                        biased;
+                        m = poll_inputs => match m {
+                            Some((i, m)) => Next::Message(i, m),
+                            None => return Err(upstream_gone()),
+                        },
+                        Ok(()) = committed.changed(), if wants_commits => Next::Committed,
+                    }
+                }
             };
             rotate = rotate.wrapping_add(1);
             let (i, message) = match next {
-                Next::Chunk(Ok(Some(batch))) => {
+                Next::Chunk(Ok(Some(changes))) => {
                     if let Some(s) = &source {
-                        s.progress.add_rows(batch.num_rows() as u64);
+                        s.stats.add_rows(changes.num_rows() as u64);
                     }
                     chunk_times.push(std::time::Instant::now());
-                    self.push(0, 0, vec![Emitted::Data(ChangeBatch::inserts(batch))]).await?;
+                    self.push(0, 0, vec![Emitted::Data(changes)]).await?;
                     continue;
                 }
                 Next::Chunk(Ok(None)) => {
                     source_done = true;
                     if let Some(s) = &source {
-                        s.progress.finish();
+                        s.stats.finish();
+                    }
+                    continue;
+                }
+                Next::Opened => continue,
+                Next::Committed => {
+                    let durable = *committed.borrow_and_update();
+                    for op in self.chain.iter_mut().filter(|op| op.wants_commit_notices()) {
+                        op.checkpoint_committed(durable)?;
+                    }
+                    let mut newest = None;
+                    while unacked_positions.front().is_some_and(|(e, _)| *e <= durable) {
+                        newest = unacked_positions.pop_front();
+                    }
+                    if let (Some(s), Some((_, position))) = (source.as_mut(), newest) {
+                        s.reader.checkpoint_committed(&position);
                     }
                     continue;
                 }
@@ -253,7 +303,14 @@ impl Actor {
                         let Some(barrier) = pending_barrier.take() else {
                             return Err(ExecError::Internal("barrier alignment lost its barrier".into()));
                         };
-                        let stop = self.handle_barrier(barrier, std::mem::take(&mut chunk_times)).await?;
+                        let position = match source.as_ref() {
+                            Some(s) if barrier.checkpoint => Some(s.reader.position()),
+                            _ => None,
+                        };
+                        if let Some(p) = &position {
+                            unacked_positions.push_back((barrier.epoch, p.clone()));
+                        }
+                        let stop = self.handle_barrier(barrier, position, std::mem::take(&mut chunk_times)).await?;
                         if stop {
                             return Ok(());
                         }
@@ -316,7 +373,12 @@ impl Actor {
     }
 
     /// Flush, collect, mutate, forward, report. Returns true when the actor must stop.
-    async fn handle_barrier(&mut self, barrier: Barrier, chunk_times: Vec<std::time::Instant>) -> Result<bool> {
+    async fn handle_barrier(
+        &mut self,
+        barrier: Barrier,
+        source_position: Option<Vec<u8>>,
+        chunk_times: Vec<std::time::Instant>,
+    ) -> Result<bool> {
         for i in 0..self.chain.len() {
             let mut out = Output::default();
             self.chain[i].on_barrier(&barrier, &mut out)?;
@@ -326,6 +388,16 @@ impl Actor {
             }
         }
         let deltas: Vec<_> = self.chain.iter_mut().filter_map(|op| op.take_delta()).collect();
+        let mut state = Vec::new();
+        if barrier.checkpoint {
+            for (position, op) in self.chain.iter_mut().enumerate() {
+                let scope = self.state_scope.at(position as u16);
+                op.checkpoint(&mut StateWriter::new(scope, &mut state))?;
+            }
+            if let Some(p) = source_position {
+                StateWriter::new(self.state_scope.at(SOURCE_POSITION), &mut state).put(&[], p);
+            }
+        }
         let states: Vec<crate::metrics::OperatorState> = self
             .chain
             .iter()
@@ -365,7 +437,7 @@ impl Actor {
                 self.dispatcher.add(Edge::Forward { actor: o.downstream, sender: o.sender.clone() });
             }
         }
-        let _ = self.reports.send(ActorReport::Collected { actor: self.id, epoch, deltas, chunk_times });
+        let _ = self.reports.send(ActorReport::Collected { actor: self.id, epoch, deltas, state, chunk_times });
         if stop {
             self.metrics.forget_actor(self.id);
         }

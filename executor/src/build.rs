@@ -16,9 +16,9 @@ use eddy_common::ids::ObjectId;
 use eddy_connectors::{SourceSpec, create_reader};
 use eddy_planner::catalog::{Distribution, RelationDef, RelationResolver, StorageLayout};
 use eddy_planner::stream::{Exchange, FragmentInput, OperatorGraph, OperatorSpec};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::actor::{Actor, ActorReport, Backfill, Input, SourceInput};
+use crate::actor::{Actor, ActorReport, Backfill, CommittedEpochs, Input, SourceInput};
 use crate::coordinator::JobActors;
 use crate::dispatch::{Dispatcher, Edge};
 use crate::error::{ExecError, Result};
@@ -31,6 +31,7 @@ use crate::ops::sink::BlackholeSink;
 use crate::ops::stateless::{FilterOperator, ProjectOperator, ScanOperator, UnionOperator, ValuesOperator};
 use crate::ops::unnest::UnnestOperator;
 use crate::ops::watermark::WatermarkFilterOperator;
+use crate::state::{SOURCE_POSITION, StateReader, StateScope};
 use crate::store::{RowCodec, Snapshot};
 
 /// Capacity of each actor-to-actor channel, in messages. Small, so a slow consumer slows its
@@ -49,16 +50,48 @@ pub struct BuiltJob {
     pub dml: Option<mpsc::Sender<Message>>,
 }
 
-/// Builds the single actor of a table: DML and barriers in, rows stored, changes out.
-///
-/// # Errors
-/// When the table's columns have no storage encoding.
 /// What building actors needs from the runtime.
 pub struct BuildContext<'a> {
     pub store: &'a Arc<crate::store::Store>,
     pub ids: &'a AtomicU32,
     pub reports: &'a mpsc::UnboundedSender<ActorReport>,
     pub metrics: &'a Arc<Metrics>,
+    pub committed: CommittedEpochs,
+    pub sources_open: watch::Receiver<bool>,
+    /// The last checkpoint, when the job restarts from it instead of starting fresh.
+    pub restore: Option<Snapshot>,
+}
+
+impl BuildContext<'_> {
+    /// Opens a source split, at the position the last checkpoint stored for it when the job
+    /// is restored.
+    fn source_input(
+        &self,
+        spec: &SourceSpec,
+        schema: SchemaRef,
+        split: usize,
+        job: ObjectId,
+        scope: StateScope,
+        stats: Arc<eddy_connectors::SourceStats>,
+    ) -> Result<SourceInput> {
+        let position = match &self.restore {
+            Some(snapshot) => StateReader::new(snapshot.clone(), job, scope.at(SOURCE_POSITION)).get(&[])?,
+            None => None,
+        };
+        let reader = create_reader(spec, schema, split, position.as_deref(), stats.clone())
+            .map_err(|e| ExecError::InvalidInput(e.to_string()))?;
+        Ok(SourceInput { reader, stats, open: self.sources_open.clone() })
+    }
+
+    /// Gives every operator of a restored actor its checkpointed state.
+    fn restore_chain(&self, chain: &mut [Box<dyn Operator>], job: ObjectId, scope: StateScope) -> Result<()> {
+        if let Some(snapshot) = &self.restore {
+            for (position, op) in chain.iter_mut().enumerate() {
+                op.restore(&StateReader::new(snapshot.clone(), job, scope.at(position as u16)))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The watermark generator of a relation with `WATERMARK FOR`, counting late rows for `job`.
@@ -69,6 +102,10 @@ fn watermark_filter(def: &RelationDef, job: ObjectId, ctx: &BuildContext<'_>) ->
     Ok(Some(Box::new(WatermarkFilterOperator::new(wm.column, &wm.expr, &schema, late)?)))
 }
 
+/// Builds the single actor of a table: DML and barriers in, rows stored, changes out.
+///
+/// # Errors
+/// When the table's columns have no storage encoding.
 pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob> {
     let ids = ctx.ids;
     let reports = ctx.reports;
@@ -77,6 +114,7 @@ pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob
     let codec = RowCodec::new(def.schema.clone(), layout)?;
     let id = ids.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let scope = StateScope { fragment: 0, actor_index: 0, position: 0 };
     let actor = Actor {
         id,
         job: def.id,
@@ -84,9 +122,8 @@ pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob
         source: match &def.connector {
             Some(c) => {
                 let spec = SourceSpec { connector: c.connector.clone(), options: c.options.clone() };
-                let reader = create_reader(&spec, physical_schema(def), 0, None)
-                    .map_err(|e| ExecError::InvalidInput(e.to_string()))?;
-                Some(SourceInput { reader, progress: ctx.metrics.register_source(id, def.id, def.id) })
+                let stats = ctx.metrics.register_source(id, def.id, def.id);
+                Some(ctx.source_input(&spec, physical_schema(def), 0, def.id, scope, stats)?)
             }
             None => None,
         },
@@ -97,7 +134,14 @@ pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob
             if def.connector.is_some() && def.generated.iter().any(Option::is_some) {
                 chain.push(generated_columns(def)?);
             }
-            chain.push(Box::new(MaterializeOperator::new(def.id, codec)));
+            // A connector feeding a keyed table sends changes by key; DML computes exact
+            // changes itself.
+            let keyed = !codec.counted();
+            chain.push(Box::new(if def.connector.is_some() && keyed {
+                MaterializeOperator::upsert(def.id, codec, ctx.store.clone())?
+            } else {
+                MaterializeOperator::new(def.id, codec)
+            }));
             if let Some(wm) = &def.watermark {
                 // Event time resumes where the stored rows left it.
                 let schema = DFSchema::try_from(def.schema.as_ref().clone())?;
@@ -117,10 +161,12 @@ pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob
         reports: reports.clone(),
         metrics: ctx.metrics.clone(),
         sent_watermarks: HashMap::new(),
+        state_scope: scope,
+        committed: ctx.committed.clone(),
     };
     Ok(BuiltJob {
         actors: vec![actor],
-        job: JobActors { job: def.id, actors: vec![id], injected: vec![(id, tx.clone())] },
+        job: JobActors { job: def.id, actors: vec![id], injected: vec![(id, tx.clone())], fingerprint: None },
         add_outputs: HashMap::new(),
         snapshots: Vec::new(),
         dml: Some(tx),
@@ -188,10 +234,9 @@ pub fn build_graph(
                         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                         inputs[f][i].push(Input { index: input_index, receiver: rx });
                         injected.push((*actor, tx));
-                        let reader = create_reader(&spec, physical.clone(), i, None)
-                            .map_err(|e| ExecError::InvalidInput(e.to_string()))?;
-                        let progress = ctx.metrics.register_source(*actor, def.id, *id);
-                        sources[f][i] = Some(SourceInput { reader, progress });
+                        let stats = ctx.metrics.register_source(*actor, def.id, *id);
+                        let scope = actor_scope(f, i)?;
+                        sources[f][i] = Some(ctx.source_input(&spec, physical.clone(), i, def.id, scope, stats)?);
                     }
                 }
                 FragmentInput::Relation { id, name } => {
@@ -214,6 +259,10 @@ pub fn build_graph(
                         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                         inputs[f][i].push(Input { index: input_index, receiver: rx });
                         per_actor[i].push(NewOutput { downstream: actor_ids[f][i], sender: tx });
+                        if ctx.restore.is_some() {
+                            // Restored state already holds everything the relation had.
+                            continue;
+                        }
                         let partition = match (&upstream.output_distribution, up_p) {
                             (_, 1) => None,
                             (Distribution::HashBy(cols), p) => Some((cols.clone(), p, i)),
@@ -289,6 +338,8 @@ pub fn build_graph(
             for spec in &fragment.chain {
                 chain.push(build_operator(spec, def, ctx)?);
             }
+            let scope = actor_scope(f, i)?;
+            ctx.restore_chain(&mut chain, def.id, scope)?;
             actors.push(Actor {
                 id: actor_ids[f][i],
                 job: def.id,
@@ -301,16 +352,29 @@ pub fn build_graph(
                 reports: reports.clone(),
                 metrics: ctx.metrics.clone(),
                 sent_watermarks: HashMap::new(),
+                state_scope: scope,
+                committed: ctx.committed.clone(),
             });
         }
     }
     Ok(BuiltJob {
         actors,
-        job: JobActors { job: def.id, actors: actor_ids.into_iter().flatten().collect(), injected },
+        job: JobActors {
+            job: def.id,
+            actors: actor_ids.into_iter().flatten().collect(),
+            injected,
+            fingerprint: ctx.restore.is_none().then(|| graph.explain()),
+        },
         add_outputs,
         snapshots,
         dml: None,
     })
+}
+
+/// The state scope of actor `index` of fragment `fragment`.
+fn actor_scope(fragment: usize, index: usize) -> Result<StateScope> {
+    let narrow = |v: usize| u16::try_from(v).map_err(|_| ExecError::Internal("too many fragments or actors".into()));
+    Ok(StateScope { fragment: narrow(fragment)?, actor_index: narrow(index)?, position: 0 })
 }
 
 /// The columns a source's connector provides (its non-generated columns).

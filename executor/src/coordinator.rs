@@ -9,7 +9,14 @@
 //! One barrier is in flight at a time. An epoch commits when every live actor has reported it:
 //! all relations' deltas and the statement's catalog changes go into one store transaction, so a
 //! reader sees every view at the same epoch and a crash never separates a view from its
-//! definition. Graph changes ride on a barrier as a [`Mutation`]; actors of a new job join
+//! definition.
+//!
+//! Most barriers only make an epoch visible. A *checkpoint* barrier also collects operator
+//! state and source positions, and its commit is durable (fsync): one every checkpoint
+//! interval, and one for every statement that must survive a crash once acknowledged (DML,
+//! DDL). After a crash the store reopens at the last checkpoint. When a checkpoint commit is
+//! durable the coordinator publishes its epoch, so sources can acknowledge upstream and sinks
+//! can make their output visible. Graph changes ride on a barrier as a [`Mutation`]; actors of a new job join
 //! the epoch after the one that carried their mutation, actors of a dropped job leave after it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -17,12 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eddy_common::ids::{Epoch, ObjectId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::actor::ActorReport;
 use crate::error::{ExecError, Result};
 use crate::message::{ActorId, Barrier, Message, Mutation};
-use crate::store::{CatalogChange, EpochCommit, RelationDelta, Snapshot, Store};
+use crate::state::StateEntry;
+use crate::store::{CatalogChange, EpochCommit, RelationDelta, Snapshot, Store, job_marker_key};
 
 /// The actors of one job (a table, a materialized view) as the coordinator tracks them.
 #[derive(Debug)]
@@ -31,6 +39,9 @@ pub struct JobActors {
     pub actors: Vec<ActorId>,
     /// Actors that receive barriers from the coordinator directly (they have no upstream).
     pub injected: Vec<(ActorId, mpsc::Sender<Message>)>,
+    /// The plan's fingerprint, stored with the job's first checkpoint: a restart restores the
+    /// job's state only when its plan still has this fingerprint.
+    pub fingerprint: Option<String>,
 }
 
 /// A change to the running graph together with the catalog change it implements.
@@ -118,6 +129,9 @@ struct InFlight {
     epoch: Epoch,
     remaining: HashSet<ActorId>,
     deltas: Vec<(ObjectId, RelationDelta)>,
+    state: HashMap<ObjectId, Vec<StateEntry>>,
+    /// Jobs whose first checkpoint this is, with their fingerprints.
+    markers: Vec<(ObjectId, String)>,
     durable: bool,
     flush_waiters: Vec<oneshot::Sender<Result<Epoch>>>,
     change: Option<(Box<Change>, oneshot::Sender<Result<Epoch>>)>,
@@ -130,8 +144,18 @@ pub struct Coordinator {
     requests: mpsc::UnboundedReceiver<Request>,
     reports: mpsc::UnboundedReceiver<ActorReport>,
     interval: Duration,
+    checkpoint_interval: Duration,
+    last_checkpoint: std::time::Instant,
     next_epoch: Epoch,
     committed_epoch: Epoch,
+    durable_epochs: watch::Sender<Epoch>,
+    /// Jobs not yet checkpointed, with their fingerprints.
+    unmarked: HashMap<ObjectId, String>,
+    /// Jobs that failed: their state no longer matches their inputs, so a restart must
+    /// rebuild them. Their markers go with the next commit.
+    unmark: Vec<ObjectId>,
+    /// Set when a commit failed: nothing is committed after it.
+    broken: Option<String>,
     live: HashSet<ActorId>,
     injected: HashMap<ActorId, mpsc::Sender<Message>>,
     jobs: HashMap<ObjectId, Vec<ActorId>>,
@@ -143,23 +167,40 @@ pub struct Coordinator {
     tick_due: bool,
 }
 
-/// Starts the coordinator task. `first_epoch` must exceed every epoch committed before.
+/// How often barriers and checkpoints happen.
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    /// Between barriers: how soon changes become visible.
+    pub barrier: Duration,
+    /// Between checkpoints: how much work a crash can take back (sources replay it).
+    pub checkpoint: Duration,
+}
+
+/// Starts the coordinator task. `first_epoch` must exceed every epoch committed before. The
+/// returned receiver follows the last durable (checkpoint) epoch.
 pub fn spawn(
     store: Arc<Store>,
     metrics: Arc<crate::metrics::Metrics>,
-    interval: Duration,
+    intervals: Intervals,
     first_epoch: Epoch,
-) -> (CoordinatorHandle, mpsc::UnboundedSender<ActorReport>) {
+) -> (CoordinatorHandle, mpsc::UnboundedSender<ActorReport>, watch::Receiver<Epoch>) {
     let (req_tx, req_rx) = mpsc::unbounded_channel();
     let (rep_tx, rep_rx) = mpsc::unbounded_channel();
+    let (durable_tx, durable_rx) = watch::channel(first_epoch.saturating_sub(1));
     let coordinator = Coordinator {
         store,
         metrics,
         requests: req_rx,
         reports: rep_rx,
-        interval,
+        interval: intervals.barrier,
+        checkpoint_interval: intervals.checkpoint,
+        last_checkpoint: std::time::Instant::now(),
         next_epoch: first_epoch,
         committed_epoch: first_epoch.saturating_sub(1),
+        durable_epochs: durable_tx,
+        unmarked: HashMap::new(),
+        unmark: Vec::new(),
+        broken: None,
         live: HashSet::new(),
         injected: HashMap::new(),
         jobs: HashMap::new(),
@@ -171,7 +212,7 @@ pub fn spawn(
         tick_due: false,
     };
     tokio::spawn(coordinator.run());
-    (CoordinatorHandle { requests: req_tx }, rep_tx)
+    (CoordinatorHandle { requests: req_tx }, rep_tx, durable_rx)
 }
 
 impl Coordinator {
@@ -185,6 +226,12 @@ impl Coordinator {
             tokio::select! {
                 request = self.requests.recv() => {
                     match request {
+                        Some(Request::Flush { reply, .. }) if self.broken.is_some() => {
+                            let _ = reply.send(Err(ExecError::Storage(self.broken.clone().unwrap_or_default())));
+                        }
+                        Some(Request::Apply { reply, .. }) if self.broken.is_some() => {
+                            let _ = reply.send(Err(ExecError::Storage(self.broken.clone().unwrap_or_default())));
+                        }
                         Some(Request::Flush { durable, reply }) => self.queued_flushes.push((durable, reply)),
                         Some(Request::Apply { change, reply }) => self.queued_changes.push_back((change, reply)),
                         Some(Request::Status { reply }) => {
@@ -216,6 +263,9 @@ impl Coordinator {
     }
 
     fn wants_barrier(&self) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
         self.tick_due || !self.queued_flushes.is_empty() || !self.queued_changes.is_empty()
     }
 
@@ -224,10 +274,16 @@ impl Coordinator {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let flushes = std::mem::take(&mut self.queued_flushes);
-        // Every epoch is made durable for now: an fsync per barrier is cheap at the default
-        // interval, and it makes every acknowledged statement durable without bookkeeping.
-        let durable = true;
         let mut change = self.queued_changes.pop_front();
+        // Statements are acknowledged only once durable; otherwise checkpoint on the interval.
+        let durable = flushes.iter().any(|(durable, _)| *durable)
+            || change.is_some()
+            || self.last_checkpoint.elapsed() >= self.checkpoint_interval;
+        if durable {
+            self.last_checkpoint = std::time::Instant::now();
+        }
+        let markers: Vec<(ObjectId, String)> =
+            if durable { self.unmarked.iter().map(|(job, f)| (*job, f.clone())).collect() } else { Vec::new() };
         let mutation = change.as_mut().and_then(|(c, _)| c.mutation.take()).map(Arc::new);
         let barrier = Barrier { epoch, checkpoint: durable, mutation };
         let mut dead = Vec::new();
@@ -244,6 +300,8 @@ impl Coordinator {
             epoch,
             remaining,
             deltas: Vec::new(),
+            state: HashMap::new(),
+            markers,
             durable,
             flush_waiters: flushes.into_iter().map(|(_, r)| r).collect(),
             change,
@@ -254,7 +312,7 @@ impl Coordinator {
 
     async fn on_report(&mut self, report: ActorReport) {
         match report {
-            ActorReport::Collected { actor, epoch, deltas, chunk_times } => {
+            ActorReport::Collected { actor, epoch, deltas, state, chunk_times } => {
                 let Some(flight) = self.in_flight.as_mut() else {
                     return;
                 };
@@ -262,12 +320,19 @@ impl Coordinator {
                     return;
                 }
                 flight.deltas.extend(deltas);
+                if !state.is_empty()
+                    && let Some(job) = self.actor_job.get(&actor)
+                {
+                    flight.state.entry(*job).or_default().extend(state);
+                }
                 flight.chunk_times.extend(chunk_times);
                 self.maybe_commit().await;
             }
             ActorReport::Failed { actor, job, error } => {
                 tracing::error!(job = job.0, actor, %error, "job failed; stopping its actors");
                 self.failed.insert(job, error);
+                self.unmarked.remove(&job);
+                self.unmark.push(job);
                 let actors = self.jobs.remove(&job).unwrap_or_default();
                 let stop: HashSet<ActorId> = actors.iter().copied().collect();
                 for a in &actors {
@@ -298,10 +363,29 @@ impl Coordinator {
         let Some(mut flight) = self.in_flight.take() else {
             return;
         };
-        let mut commit =
-            EpochCommit { relations: std::mem::take(&mut flight.deltas), catalog: Vec::new(), durable: flight.durable };
+        let mut commit = EpochCommit {
+            relations: std::mem::take(&mut flight.deltas),
+            state: std::mem::take(&mut flight.state).into_iter().collect(),
+            catalog: Vec::new(),
+            durable: flight.durable,
+        };
+        // A job dropped while this epoch was in flight must not come back through its state.
+        let dropped: HashSet<ObjectId> =
+            flight.change.as_ref().map(|(c, _)| c.remove_jobs.iter().copied().collect()).unwrap_or_default();
+        commit.state.retain(|(job, _)| !dropped.contains(job));
+        for job in std::mem::take(&mut self.unmark) {
+            commit.catalog.push(CatalogChange::DeleteMeta { key: job_marker_key(job) });
+        }
+        for (job, fingerprint) in &flight.markers {
+            if !dropped.contains(job) && !self.failed.contains_key(job) {
+                commit.catalog.push(CatalogChange::PutMeta {
+                    key: job_marker_key(*job),
+                    value: fingerprint.clone().into_bytes(),
+                });
+            }
+        }
         if let Some((change, _)) = &mut flight.change {
-            commit.catalog = std::mem::take(&mut change.catalog);
+            commit.catalog.extend(std::mem::take(&mut change.catalog));
         }
         commit.catalog.push(CatalogChange::PutMeta { key: "epoch".into(), value: flight.epoch.to_le_bytes().to_vec() });
         let store = self.store.clone();
@@ -311,6 +395,12 @@ impl Coordinator {
         match result {
             Ok(()) => {
                 self.committed_epoch = flight.epoch;
+                for (job, _) in &flight.markers {
+                    self.unmarked.remove(job);
+                }
+                if flight.durable {
+                    self.durable_epochs.send_replace(flight.epoch);
+                }
                 let now = std::time::Instant::now();
                 self.metrics.record_freshness(flight.chunk_times.iter().map(|t| now.duration_since(*t)));
                 for w in flight.flush_waiters {
@@ -321,20 +411,29 @@ impl Coordinator {
                 }
             }
             Err(e) => {
-                tracing::error!(epoch = flight.epoch, error = %e, "epoch commit failed");
-                let message = e.to_string();
+                // Operators handed this epoch's state over and forgot it: later checkpoints
+                // would build on a gap. Stop committing; a restart recovers the last checkpoint.
+                let message = format!(
+                    "committing epoch {} failed ({e}); no further changes are committed: restart eddy to recover from the last checkpoint",
+                    flight.epoch
+                );
+                tracing::error!("{message}");
                 for w in flight.flush_waiters {
                     let _ = w.send(Err(ExecError::Storage(message.clone())));
                 }
                 if let Some((_, reply)) = flight.change {
-                    let _ = reply.send(Err(ExecError::Storage(message)));
+                    let _ = reply.send(Err(ExecError::Storage(message.clone())));
                 }
+                self.broken = Some(message);
+                let broken = self.broken.clone().unwrap_or_default();
+                self.fail_pending(|| ExecError::Storage(broken.clone()));
             }
         }
     }
 
     fn finish_change(&mut self, change: Change, epoch: Epoch, reply: oneshot::Sender<Result<Epoch>>) {
         for job in &change.remove_jobs {
+            self.unmarked.remove(job);
             for a in self.jobs.remove(job).unwrap_or_default() {
                 self.live.remove(&a);
                 self.injected.remove(&a);
@@ -343,6 +442,9 @@ impl Coordinator {
             self.failed.remove(job);
         }
         if let Some(add) = change.add_job {
+            if let Some(fingerprint) = add.fingerprint {
+                self.unmarked.insert(add.job, fingerprint);
+            }
             for a in &add.actors {
                 self.live.insert(*a);
                 self.actor_job.insert(*a, add.job);

@@ -19,6 +19,7 @@ pub mod operator;
 pub mod ops;
 pub mod read;
 pub mod runtime;
+pub mod state;
 pub mod store;
 
 pub use error::{ExecError, Result};

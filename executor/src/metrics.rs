@@ -3,37 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use eddy_common::ids::ObjectId;
+use eddy_connectors::SourceStats;
 use parking_lot::Mutex;
 
 use crate::message::ActorId;
-
-/// Progress of one source split.
-#[derive(Debug, Default)]
-pub struct SourceProgress {
-    rows: AtomicU64,
-    finished: AtomicBool,
-}
-
-impl SourceProgress {
-    pub fn add_rows(&self, n: u64) {
-        self.rows.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn finish(&self) {
-        self.finished.store(true, Ordering::Relaxed);
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::Relaxed)
-    }
-
-    pub fn finished(&self) -> bool {
-        self.finished.load(Ordering::Relaxed)
-    }
-}
 
 /// One row of `eddy_catalog.source_splits`.
 #[derive(Debug, Clone)]
@@ -42,11 +18,13 @@ pub struct SourceSplitStatus {
     pub source: ObjectId,
     pub actor: ActorId,
     pub rows: u64,
+    pub bad_records: u64,
+    pub last_error: Option<String>,
     pub finished: bool,
 }
 
 /// A split's job, source and progress.
-type SplitEntry = (ObjectId, ObjectId, Arc<SourceProgress>);
+type SplitEntry = (ObjectId, ObjectId, Arc<SourceStats>);
 
 /// The in-memory state one operator of one actor reported at its last barrier.
 #[derive(Debug, Clone)]
@@ -79,8 +57,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn register_source(&self, actor: ActorId, job: ObjectId, source: ObjectId) -> Arc<SourceProgress> {
-        let p = Arc::new(SourceProgress::default());
+    pub fn register_source(&self, actor: ActorId, job: ObjectId, source: ObjectId) -> Arc<SourceStats> {
+        let p = Arc::new(SourceStats::default());
         self.sources.lock().insert(actor, (job, source, p.clone()));
         p
     }
@@ -128,6 +106,8 @@ impl Metrics {
                 source: *source,
                 actor: *actor,
                 rows: p.rows(),
+                bad_records: p.bad_records(),
+                last_error: p.last_error(),
                 finished: p.finished(),
             })
             .collect();

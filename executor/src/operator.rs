@@ -8,14 +8,25 @@
 //! [`Operator::take_delta`], reports the epoch, and only then forwards the barrier. No operator
 //! can get that order wrong because none of them sees it.
 //!
+//! # State and checkpoints
+//! A stateful operator keeps its state in memory and makes it durable through two hooks: at a
+//! checkpoint barrier [`Operator::checkpoint`] writes what changed since the previous
+//! checkpoint, and after a restart [`Operator::restore`] reads it back before any input
+//! arrives. An operator whose state is not restored this way must not hold any: a restart
+//! would silently forget it. [`Operator::checkpoint_committed`] tells operators that talk to
+//! external systems (sinks) that a checkpoint is durable.
+//!
 //! # Errors
 //! An operator returns an error for input it cannot handle (a type it cannot aggregate, an
 //! overflow); the actor logs it, marks the relation failed and stops. Operators never panic.
 
 use eddy_common::ChangeBatch;
 
+use eddy_common::ids::Epoch;
+
 use crate::error::Result;
 use crate::message::Barrier;
+use crate::state::{StateReader, StateWriter};
 use crate::store::RelationDelta;
 
 /// What an operator emits, in order: change batches and watermarks.
@@ -114,5 +125,27 @@ pub trait Operator: Send {
     /// State changes of the epoch that just ended, to be committed with it.
     fn take_delta(&mut self) -> Option<(eddy_common::ids::ObjectId, RelationDelta)> {
         None
+    }
+
+    /// A checkpoint barrier passed (after [`Operator::on_barrier`]): write every state change
+    /// since the previous checkpoint. Called at no other time, so the operator may batch its
+    /// changes across the epochs in between.
+    fn checkpoint(&mut self, _state: &mut StateWriter<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Loads the state the last checkpoint wrote, once, before any input.
+    fn restore(&mut self, _state: &StateReader) -> Result<()> {
+        Ok(())
+    }
+
+    /// True for operators that want [`Operator::checkpoint_committed`] calls.
+    fn wants_commit_notices(&self) -> bool {
+        false
+    }
+
+    /// The checkpoint of `epoch`, and everything before it, is durable.
+    fn checkpoint_committed(&mut self, _epoch: Epoch) -> Result<()> {
+        Ok(())
     }
 }

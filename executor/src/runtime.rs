@@ -12,7 +12,7 @@ use eddy_common::ids::{Epoch, ObjectId};
 use eddy_planner::catalog::{RelationDef, RelationResolver};
 use eddy_planner::stream::OperatorGraph;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::actor::ActorReport;
 use crate::build::{BuildContext, BuiltJob, build_graph, build_table};
@@ -27,14 +27,30 @@ use crate::store::{CatalogChange, Snapshot, Store};
 pub struct RuntimeConfig {
     /// How often barriers are injected when no statement asks for one.
     pub barrier_interval: Duration,
+    /// How often a barrier is a checkpoint (state and source positions made durable).
+    pub checkpoint_interval: Duration,
     /// Actors per parallel fragment.
     pub parallelism: usize,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { barrier_interval: Duration::from_millis(1000), parallelism: 2 }
+        Self {
+            barrier_interval: Duration::from_millis(1000),
+            checkpoint_interval: Duration::from_millis(1000),
+            parallelism: 2,
+        }
     }
+}
+
+/// How a job's actors start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// A new job: views backfill from their inputs' committed rows.
+    Fresh,
+    /// A job coming back after a restart: operators and source positions are restored from
+    /// the last checkpoint, and nothing is backfilled (the view's rows are in the store).
+    Restore,
 }
 
 struct TableHandle {
@@ -48,6 +64,8 @@ pub struct Runtime {
     store: Arc<Store>,
     coordinator: CoordinatorHandle,
     reports: mpsc::UnboundedSender<ActorReport>,
+    durable_epochs: watch::Receiver<Epoch>,
+    sources_open: watch::Sender<bool>,
     actor_ids: AtomicU32,
     tables: Mutex<HashMap<ObjectId, TableHandle>>,
     jobs: Mutex<HashMap<ObjectId, Vec<ActorId>>>,
@@ -78,12 +96,16 @@ impl Runtime {
             })
             .unwrap_or(0);
         let metrics = Arc::new(Metrics::default());
-        let (coordinator, reports) =
-            coordinator::spawn(store.clone(), metrics.clone(), config.barrier_interval, last_epoch + 1);
+        let intervals =
+            coordinator::Intervals { barrier: config.barrier_interval, checkpoint: config.checkpoint_interval };
+        let (coordinator, reports, durable_epochs) =
+            coordinator::spawn(store.clone(), metrics.clone(), intervals, last_epoch + 1);
         Ok(Arc::new(Self {
             store,
             coordinator,
             reports,
+            durable_epochs,
+            sources_open: watch::channel(true).0,
             actor_ids: AtomicU32::new(1),
             tables: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
@@ -100,8 +122,39 @@ impl Runtime {
         &self.metrics
     }
 
-    fn build_context(&self) -> BuildContext<'_> {
-        BuildContext { store: &self.store, ids: &self.actor_ids, reports: &self.reports, metrics: &self.metrics }
+    fn build_context(&self, mode: StartMode) -> Result<BuildContext<'_>> {
+        Ok(BuildContext {
+            store: &self.store,
+            ids: &self.actor_ids,
+            reports: &self.reports,
+            metrics: &self.metrics,
+            committed: self.durable_epochs.clone(),
+            sources_open: self.sources_open.subscribe(),
+            restore: match mode {
+                StartMode::Fresh => None,
+                StartMode::Restore => Some(self.store.snapshot()?),
+            },
+        })
+    }
+
+    /// Keeps every source from reading until [`Runtime::open_sources`]: while the catalog is
+    /// restored after a restart, a source must not produce rows before every view reading it
+    /// is attached again.
+    pub fn hold_sources(&self) {
+        self.sources_open.send_replace(false);
+    }
+
+    pub fn open_sources(&self) {
+        self.sources_open.send_replace(true);
+    }
+
+    /// The plan fingerprint stored with a job's first checkpoint; `None` when the job never
+    /// completed one (it must then be rebuilt from its inputs).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn job_fingerprint(&self, job: ObjectId) -> Result<Option<String>> {
+        Ok(self.store.meta(&crate::store::job_marker_key(job))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     pub fn parallelism(&self) -> usize {
@@ -121,7 +174,9 @@ impl Runtime {
     /// # Errors
     /// When the table cannot be built or the commit fails.
     pub async fn create_table(&self, def: &RelationDef, catalog: Vec<CatalogChange>) -> Result<Epoch> {
-        let built = build_table(def, &self.build_context())?;
+        // A table's rows are the store's; only its connector's position is restored, and a new
+        // table has none.
+        let built = build_table(def, &self.build_context(StartMode::Restore)?)?;
         let dml = built.dml.clone().ok_or_else(|| ExecError::Internal("table without DML channel".into()))?;
         self.tables.lock().insert(def.id, TableHandle { dml, lock: Arc::new(tokio::sync::Mutex::new(())) });
         self.start(def.id, built, catalog).await
@@ -139,11 +194,25 @@ impl Runtime {
         resolver: &dyn RelationResolver,
         catalog: Vec<CatalogChange>,
     ) -> Result<Epoch> {
-        let built = build_graph(graph, def, resolver, &self.build_context())?;
+        let built = build_graph(graph, def, resolver, &self.build_context(StartMode::Fresh)?)?;
         self.start(def.id, built, catalog).await?;
         // The job's actors take part from the next epoch on; once it commits, the backfill
-        // and everything since are in the store.
+        // and everything since are in the store, and so is the job's first checkpoint.
         self.coordinator.flush(true).await
+    }
+
+    /// Starts a materialized view (or sink) again after a restart, from its last checkpoint.
+    ///
+    /// # Errors
+    /// When the graph cannot be built, its state cannot be read, or the commit fails.
+    pub async fn restore_materialized_view(
+        &self,
+        def: &RelationDef,
+        graph: &OperatorGraph,
+        resolver: &dyn RelationResolver,
+    ) -> Result<Epoch> {
+        let built = build_graph(graph, def, resolver, &self.build_context(StartMode::Restore)?)?;
+        self.start(def.id, built, vec![]).await
     }
 
     async fn start(&self, job: ObjectId, built: BuiltJob, catalog: Vec<CatalogChange>) -> Result<Epoch> {

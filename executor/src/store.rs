@@ -15,7 +15,16 @@
 //!
 //! # Layout
 //! One redb table per stored relation (`rel/<id>`), keyed by the relation's encoded key
-//! ([`RowCodec`]), plus `catalog` (object id -> definition) and `meta` (small named values).
+//! ([`RowCodec`]); one per job for its operators' state and sources' positions
+//! (`state/<id>`, see [`crate::state`]); `catalog` (object id -> definition) and `meta` (small
+//! named values: the last epoch, each job's plan fingerprint).
+//!
+//! # Crashes and damaged files
+//! redb writes each commit copy-on-write and flips between two checksummed commit slots, so a
+//! torn last write leaves the previous durable commit intact: the database reopens at the last
+//! checkpoint, after a repair pass (quick, because every durable commit records the allocator
+//! state) that is logged as a warning. A file that redb cannot open at all is an error that
+//! stops the server: starting empty over a damaged data directory would silently lose data.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +44,15 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 fn relation_table_name(id: ObjectId) -> String {
     format!("rel/{}", id.0)
+}
+
+fn state_table_name(id: ObjectId) -> String {
+    format!("state/{}", id.0)
+}
+
+/// The meta key holding a job's plan fingerprint once its state was first checkpointed.
+pub fn job_marker_key(id: ObjectId) -> String {
+    format!("job/{}", id.0)
 }
 
 /// The embedded database.
@@ -67,13 +85,17 @@ pub enum CatalogChange {
     Delete {
         id: ObjectId,
     },
-    /// The relation's stored rows are dropped with it.
-    DropRelationData {
+    /// Everything stored for the object goes: its rows, its operators' state and its plan
+    /// fingerprint.
+    DropData {
         id: ObjectId,
     },
     PutMeta {
         key: String,
         value: Vec<u8>,
+    },
+    DeleteMeta {
+        key: String,
     },
 }
 
@@ -81,6 +103,8 @@ pub enum CatalogChange {
 #[derive(Debug, Default)]
 pub struct EpochCommit {
     pub relations: Vec<(ObjectId, RelationDelta)>,
+    /// Operator state changes and source positions, per job (checkpoints only).
+    pub state: Vec<(ObjectId, Vec<crate::state::StateEntry>)>,
     pub catalog: Vec<CatalogChange>,
     pub durable: bool,
 }
@@ -94,10 +118,24 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir).map_err(|e| ExecError::Storage(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("eddy.redb");
+        let existed = path.exists();
         let db = Database::builder()
             .set_cache_size(256 << 20)
+            .set_repair_callback(|session| {
+                if session.progress() == 0.0 {
+                    tracing::warn!("the data directory was not closed cleanly; recovering the last checkpoint");
+                }
+            })
             .create(&path)
-            .map_err(|e| ExecError::Storage(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| {
+                let hint = if existed {
+                    "; the file is damaged or held by another eddy process. Eddy does not start over a data \
+                     directory it cannot read: restore it from a backup, or move it away to start empty"
+                } else {
+                    ""
+                };
+                ExecError::Storage(format!("cannot open {}: {e}{hint}", path.display()))
+            })?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(CATALOG).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
@@ -121,6 +159,24 @@ impl Store {
     pub fn commit(&self, commit: &EpochCommit) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(if commit.durable { Durability::Immediate } else { Durability::None }).map_err(storage)?;
+        // A durable commit records the allocator state, so reopening after a crash need not
+        // walk every table to rebuild it.
+        txn.set_quick_repair(commit.durable);
+        for (job, entries) in &commit.state {
+            let name = state_table_name(*job);
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+            let mut table = txn.open_table(def).map_err(storage)?;
+            for (k, v) in entries {
+                match v {
+                    Some(v) => {
+                        table.insert(k.as_slice(), v.as_slice()).map_err(storage)?;
+                    }
+                    None => {
+                        table.remove(k.as_slice()).map_err(storage)?;
+                    }
+                }
+            }
+        }
         for (id, delta) in &commit.relations {
             let name = relation_table_name(*id);
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
@@ -167,14 +223,21 @@ impl Store {
                     let mut t = txn.open_table(CATALOG).map_err(storage)?;
                     t.remove(id.0).map_err(storage)?;
                 }
-                CatalogChange::DropRelationData { id } => {
-                    let name = relation_table_name(*id);
-                    let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
-                    txn.delete_table(def).map_err(storage)?;
+                CatalogChange::DropData { id } => {
+                    for name in [relation_table_name(*id), state_table_name(*id)] {
+                        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+                        txn.delete_table(def).map_err(storage)?;
+                    }
+                    let mut t = txn.open_table(META).map_err(storage)?;
+                    t.remove(job_marker_key(*id).as_str()).map_err(storage)?;
                 }
                 CatalogChange::PutMeta { key, value } => {
                     let mut t = txn.open_table(META).map_err(storage)?;
                     t.insert(key.as_str(), value.as_slice()).map_err(storage)?;
+                }
+                CatalogChange::DeleteMeta { key } => {
+                    let mut t = txn.open_table(META).map_err(storage)?;
+                    t.remove(key.as_str()).map_err(storage)?;
                 }
             }
         }
@@ -239,6 +302,79 @@ impl Snapshot {
             Ok(t) => Ok(Some(t)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(storage(e)),
+        }
+    }
+
+    fn state_table(&self, job: ObjectId) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
+        let name = state_table_name(job);
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+        match self.txn.open_table(def) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// One entry of a job's state table.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn state_get(&self, job: ObjectId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.state_table(job)? {
+            Some(t) => Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with every entry of a job's state table whose key starts with `prefix`.
+    ///
+    /// # Errors
+    /// On storage failure, or what `f` returns.
+    pub fn state_scan(
+        &self,
+        job: ObjectId,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let Some(table) = self.state_table(job)? else { return Ok(()) };
+        for entry in table.range::<&[u8]>(prefix..).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            f(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    /// Number of entries in a job's state table, for recovery figures.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn state_entry_count(&self, job: ObjectId) -> Result<u64> {
+        match self.state_table(job)? {
+            Some(t) => t.len().map_err(storage),
+            None => Ok(0),
+        }
+    }
+
+    /// A small named value from the metadata table.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(META).map_err(storage)?;
+        Ok(table.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The stored value (non-key columns) of `key` in a keyed relation.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn get_value(&self, id: ObjectId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.table(id)? {
+            Some(t) => Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec())),
+            None => Ok(None),
         }
     }
 

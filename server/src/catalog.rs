@@ -26,6 +26,10 @@ pub struct PersistedObject {
     pub kind: String,
     pub name: String,
     pub sql: String,
+    /// The parallelism a view or sink was planned with; it is replanned with the same one,
+    /// because its checkpointed state is laid out by actor.
+    #[serde(default)]
+    pub parallelism: Option<usize>,
 }
 
 impl PersistedObject {

@@ -55,7 +55,7 @@ pub async fn replay(
     Ok(())
 }
 
-fn persist(def: &RelationDef) -> CatalogChange {
+fn persist(def: &RelationDef, parallelism: Option<usize>) -> CatalogChange {
     CatalogChange::Put {
         id: def.id,
         definition: PersistedObject {
@@ -63,9 +63,60 @@ fn persist(def: &RelationDef) -> CatalogChange {
             kind: kind_tag(def.kind).to_string(),
             name: def.name.clone(),
             sql: def.definition.clone(),
+            parallelism,
         }
         .encode(),
     }
+}
+
+/// The parallelism to plan a view or sink with: what it was created with when it is replayed
+/// (its checkpointed state is laid out by actor), the server's otherwise.
+fn job_parallelism(engine: &Engine, replay_id: Option<ObjectId>) -> usize {
+    replay_id.and_then(|id| engine.replay_parallelism(id)).unwrap_or_else(|| engine.runtime.parallelism())
+}
+
+/// Starts the job of a materialized view or sink. A new one is backfilled from its inputs. A
+/// replayed one resumes from its last checkpoint when it has one taken with the same plan and
+/// none of its inputs had to be rebuilt; otherwise its stored rows and state are dropped and it
+/// is rebuilt from its inputs like a new one.
+async fn start_view_job(
+    engine: &Arc<Engine>,
+    def: &RelationDef,
+    graph: &eddy_planner::stream::OperatorGraph,
+    replay_id: Option<ObjectId>,
+) -> Result<()> {
+    let Some(id) = replay_id else {
+        let catalog = vec![persist(def, Some(engine.runtime.parallelism()))];
+        engine.runtime.create_materialized_view(def, graph, engine.catalog.as_ref(), catalog).await?;
+        return Ok(());
+    };
+    let checkpointed = engine.runtime.job_fingerprint(id)?;
+    let rebuilt_input = def.dependencies.iter().find(|d| engine.was_rebuilt(**d));
+    match (checkpointed, rebuilt_input) {
+        (Some(fingerprint), None) if fingerprint == graph.explain() => {
+            engine.runtime.restore_materialized_view(def, graph, engine.catalog.as_ref()).await?;
+            return Ok(());
+        }
+        (Some(_), None) => tracing::warn!(
+            "{} \"{}\" plans differently than when it was checkpointed; rebuilding it from its inputs",
+            def.kind.sql_name(),
+            def.name
+        ),
+        (Some(_), Some(input)) => tracing::warn!(
+            "{} \"{}\" is rebuilt from its inputs because its input {input} was",
+            def.kind.sql_name(),
+            def.name
+        ),
+        (None, _) => tracing::info!(
+            "{} \"{}\" has no checkpoint yet; building it from its inputs",
+            def.kind.sql_name(),
+            def.name
+        ),
+    }
+    engine.mark_rebuilt(id);
+    let catalog = vec![CatalogChange::DropData { id }];
+    engine.runtime.create_materialized_view(def, graph, engine.catalog.as_ref(), catalog).await?;
+    Ok(())
 }
 
 /// Fails with 42P07 when `name` is taken (or returns `Ok(true)` for `IF NOT EXISTS`).
@@ -231,18 +282,24 @@ pub async fn create_table(
     let connector = connector_def(create);
     let ColumnsPlan { schema, defaults, generated, watermark } = plan_columns(engine, create)?;
     if let Some(c) = &connector {
-        if !create.primary_key.is_empty() {
-            return Err(ServerError::with_hint(
-                SqlState::FeatureNotSupported,
-                format!("not supported: a table with a primary key fed by connector \"{}\"", c.connector),
-                "drop the PRIMARY KEY (the table keeps every row), or use CREATE SOURCE",
-            ));
-        }
-        if validate_connector(c, &schema, &generated)? > 1 {
+        // With a primary key, a row from the connector replaces the row with its key (and
+        // keyed formats can delete by key); without one, the table keeps every row.
+        let info = validate_connector(c, &schema, &generated).await?;
+        if info.splits > 1 {
             return Err(ServerError::with_hint(
                 SqlState::FeatureNotSupported,
                 "not supported: a table read from several splits",
                 "tables read one split; use CREATE SOURCE for parallel reads",
+            ));
+        }
+        if info.keyed_changes && create.primary_key.is_empty() {
+            return Err(ServerError::with_hint(
+                SqlState::InvalidTableDefinition,
+                format!(
+                    "connector \"{}\" sends updates and deletes by key, so the table needs a primary key",
+                    c.connector
+                ),
+                "declare PRIMARY KEY (...) on the columns that identify a row upstream",
             ));
         }
     } else if generated.iter().any(Option::is_some) {
@@ -282,18 +339,18 @@ pub async fn create_table(
         view_plan: None,
         emit_on_window_close: false,
     };
-    let catalog = if replay_id.is_some() { vec![] } else { vec![persist(&def)] };
+    let catalog = if replay_id.is_some() { vec![] } else { vec![persist(&def, None)] };
     engine.runtime.create_table(&def, catalog).await?;
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE TABLE"))
 }
 
 /// Checks a connector's options against the columns it must produce.
-fn validate_connector(
+async fn validate_connector(
     c: &ConnectorDef,
     schema: &SchemaRef,
     generated: &[Option<datafusion::logical_expr::Expr>],
-) -> Result<usize> {
+) -> Result<eddy_connectors::SourceInfo> {
     if c.format.is_some() {
         return Err(ServerError::with_hint(
             SqlState::FeatureNotSupported,
@@ -309,7 +366,7 @@ fn validate_connector(
         .map(|(_, f)| f.as_ref().clone())
         .collect();
     let spec = eddy_connectors::SourceSpec { connector: c.connector.clone(), options: c.options.clone() };
-    eddy_connectors::validate_source(&spec, &Schema::new(physical)).map_err(|e| {
+    eddy_connectors::validate_source(&spec, &Schema::new(physical)).await.map_err(|e| {
         use eddy_common::ErrorClass;
         ServerError::new(e.sqlstate(), e.to_string())
     })
@@ -342,7 +399,7 @@ pub async fn create_source(
         ));
     }
     let ColumnsPlan { schema, generated, watermark, .. } = plan_columns(engine, create)?;
-    let splits = validate_connector(&connector, &schema, &generated)?;
+    let splits = validate_connector(&connector, &schema, &generated).await?.splits;
     let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
     let def = RelationDef {
         id,
@@ -364,7 +421,7 @@ pub async fn create_source(
         emit_on_window_close: false,
     };
     if replay_id.is_none() {
-        engine.runtime.commit_catalog(vec![persist(&def)]).await?;
+        engine.runtime.commit_catalog(vec![persist(&def, None)]).await?;
     }
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE SOURCE"))
@@ -450,7 +507,7 @@ pub async fn create_materialized_view(
         &optimized,
         engine.catalog.as_ref(),
         id,
-        engine.runtime.parallelism(),
+        job_parallelism(engine, replay_id),
         create.emit_on_window_close,
         &Target::Materialize,
     )?;
@@ -474,13 +531,7 @@ pub async fn create_materialized_view(
         view_plan: None,
         emit_on_window_close: create.emit_on_window_close,
     };
-    let catalog = if replay_id.is_some() {
-        // Rebuilt from its inputs: what was stored before the restart is replaced.
-        vec![CatalogChange::DropRelationData { id }]
-    } else {
-        vec![persist(&def)]
-    };
-    engine.runtime.create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog).await?;
+    start_view_job(engine, &def, &graph, replay_id).await?;
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE MATERIALIZED VIEW"))
 }
@@ -552,7 +603,7 @@ pub async fn create_sink(
         &optimized,
         engine.catalog.as_ref(),
         id,
-        engine.runtime.parallelism(),
+        job_parallelism(engine, replay_id),
         create.emit_on_window_close,
         &target,
     )?;
@@ -584,8 +635,7 @@ pub async fn create_sink(
         view_plan: None,
         emit_on_window_close: false,
     };
-    let catalog = if replay_id.is_some() { vec![] } else { vec![persist(&def)] };
-    engine.runtime.create_materialized_view(&def, &graph, engine.catalog.as_ref(), catalog).await?;
+    start_view_job(engine, &def, &graph, replay_id).await?;
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE SINK"))
 }
@@ -651,7 +701,7 @@ pub async fn create_view(
         emit_on_window_close: false,
     };
     if replay_id.is_none() {
-        engine.runtime.commit_catalog(vec![persist(&def)]).await?;
+        engine.runtime.commit_catalog(vec![persist(&def, None)]).await?;
     }
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE VIEW"))
@@ -723,10 +773,9 @@ pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<Statemen
     let mut jobs = Vec::new();
     for d in &ordered {
         catalog.push(CatalogChange::Delete { id: d.id });
-        if d.kind.is_stored() {
-            catalog.push(CatalogChange::DropRelationData { id: d.id });
-        }
         if d.kind.is_stored() || d.kind == RelationKind::Sink {
+            // Rows, operator state and source positions go with the object.
+            catalog.push(CatalogChange::DropData { id: d.id });
             jobs.push(d.id);
         }
     }

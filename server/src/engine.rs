@@ -9,6 +9,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
+use eddy_common::ids::ObjectId;
 use eddy_executor::read::QuerySnapshot;
 use eddy_executor::store::Snapshot;
 use eddy_executor::{Runtime, RuntimeConfig};
@@ -30,7 +31,17 @@ pub const SCHEMA: &str = "public";
 pub struct EngineConfig {
     pub data_dir: PathBuf,
     pub barrier_interval: Duration,
+    pub checkpoint_interval: Duration,
     pub parallelism: usize,
+}
+
+/// What replaying the catalog on start needs to remember across objects.
+#[derive(Debug, Default)]
+struct ReplayState {
+    /// The parallelism each persisted view and sink was planned with.
+    parallelism: std::collections::HashMap<ObjectId, usize>,
+    /// Jobs rebuilt from their inputs instead of restored: their dependents must be too.
+    rebuilt: std::collections::HashSet<ObjectId>,
 }
 
 pub struct Engine {
@@ -40,6 +51,7 @@ pub struct Engine {
     /// DDL statements run one at a time.
     pub ddl_lock: tokio::sync::Mutex<()>,
     pub config: EngineConfig,
+    replay: parking_lot::Mutex<ReplayState>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -56,11 +68,22 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>> {
         let runtime = Runtime::open(
             &config.data_dir,
-            RuntimeConfig { barrier_interval: config.barrier_interval, parallelism: config.parallelism },
+            RuntimeConfig {
+                barrier_interval: config.barrier_interval,
+                checkpoint_interval: config.checkpoint_interval,
+                parallelism: config.parallelism,
+            },
         )?;
         let catalog = Arc::new(Catalog::new(runtime.store().clone(), 1));
         let context = build_context(catalog.clone())?;
-        let engine = Arc::new(Self { runtime, catalog, context, ddl_lock: tokio::sync::Mutex::new(()), config });
+        let engine = Arc::new(Self {
+            runtime,
+            catalog,
+            context,
+            ddl_lock: tokio::sync::Mutex::new(()),
+            config,
+            replay: parking_lot::Mutex::new(ReplayState::default()),
+        });
         if let Some(dev) = engine.context.catalog(DATABASE) {
             dev.register_schema(
                 crate::system::SCHEMA_NAME,
@@ -71,14 +94,26 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Re-creates every persisted object in id order. Tables keep their stored rows;
-    /// materialized views are rebuilt from their inputs.
+    /// Re-creates every persisted object in id order. Tables keep their stored rows and
+    /// resume their connectors; materialized views and sinks resume from their last
+    /// checkpoint (or are rebuilt from their inputs when they have none). Sources stay closed
+    /// until everything is attached again, so no view misses a row.
     async fn replay(self: &Arc<Self>) -> Result<()> {
         let entries = self.runtime.store().catalog_entries()?;
         if entries.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         tracing::info!(objects = entries.len(), "restoring the catalog");
+        self.runtime.hold_sources();
+        let result = self.replay_entries(entries).await;
+        self.runtime.open_sources();
+        result?;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "catalog restored");
+        Ok(())
+    }
+
+    async fn replay_entries(self: &Arc<Self>, entries: Vec<(ObjectId, Vec<u8>)>) -> Result<()> {
         let session = Session::new("eddy-replay");
         for (id, bytes) in entries {
             let Some(object) = PersistedObject::decode(&bytes) else {
@@ -88,6 +123,9 @@ impl Engine {
                 ));
             };
             self.catalog.observe_id(id);
+            if let Some(p) = object.parallelism {
+                self.replay.lock().parallelism.insert(id, p);
+            }
             let statements = parse_sql(&object.sql)?;
             for statement in statements {
                 crate::ddl::replay(self, &session, &statement, id).await.map_err(|e| {
@@ -99,6 +137,20 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The parallelism a replayed view or sink was planned with.
+    pub fn replay_parallelism(&self, id: ObjectId) -> Option<usize> {
+        self.replay.lock().parallelism.get(&id).copied()
+    }
+
+    /// True when a replayed job was rebuilt from its inputs rather than restored.
+    pub fn was_rebuilt(&self, id: ObjectId) -> bool {
+        self.replay.lock().rebuilt.contains(&id)
+    }
+
+    pub fn mark_rebuilt(&self, id: ObjectId) {
+        self.replay.lock().rebuilt.insert(id);
     }
 
     /// A DataFusion session state reading `snapshot` (or the latest commit per scan).

@@ -21,9 +21,15 @@ struct Args {
     /// Log level or filter (e.g. `info`, `eddy_executor=debug`).
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// How often a barrier (and a commit) happens when no statement asks for one.
+    /// How often a barrier (and a commit) happens when no statement asks for one: how soon
+    /// changes from sources become visible.
     #[arg(long, default_value_t = 1000)]
     barrier_interval_ms: u64,
+    /// How often a barrier is a checkpoint that makes operator state and source positions
+    /// durable: at most this much source work is redone after a crash. Statements that change
+    /// data are durable when they return, whatever this is.
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_interval_ms: u64,
     /// Actors per parallel operator; defaults to the number of cores.
     #[arg(long)]
     parallelism: Option<usize>,
@@ -39,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let config = EngineConfig {
         data_dir: args.data_dir,
         barrier_interval: Duration::from_millis(args.barrier_interval_ms.max(1)),
+        checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
         parallelism: parallelism.max(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

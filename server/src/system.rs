@@ -2,8 +2,9 @@
 //!
 //! - `eddy_catalog.late_rows(job, source, late_rows)`: rows dropped because they arrived behind
 //!   the watermark, per view (or sink) and source;
-//! - `eddy_catalog.source_splits(job, source, split, rows, finished)`: what each source split
-//!   has produced;
+//! - `eddy_catalog.source_splits(job, source, split, rows, bad_records, last_error, finished)`:
+//!   what each source split has produced, and the records it skipped because they did not
+//!   decode (with the last such error);
 //! - `eddy_catalog.sink_rows(sink, rows)`: rows each sink received;
 //! - `eddy_catalog.jobs(name, kind, status, error)`: every running graph and whether it failed;
 //! - `eddy_catalog.operator_state(job, actor, position, operator, rows, bytes)`: the in-memory
@@ -93,6 +94,8 @@ impl SchemaProvider for SystemSchema {
                     Field::new("source", DataType::Utf8, false),
                     Field::new("split", DataType::Int64, false),
                     Field::new("rows", DataType::Int64, false),
+                    Field::new("bad_records", DataType::Int64, false),
+                    Field::new("last_error", DataType::Utf8, true),
                     Field::new("finished", DataType::Boolean, false),
                 ]));
                 table(
@@ -102,6 +105,8 @@ impl SchemaProvider for SystemSchema {
                         text(rows.iter().map(|r| name_of(r.source)).collect()),
                         Arc::new(Int64Array::from(rows.iter().map(|r| i64::from(r.actor)).collect::<Vec<_>>())),
                         Arc::new(Int64Array::from(rows.iter().map(|r| r.rows as i64).collect::<Vec<_>>())),
+                        Arc::new(Int64Array::from(rows.iter().map(|r| r.bad_records as i64).collect::<Vec<_>>())),
+                        Arc::new(StringArray::from(rows.iter().map(|r| r.last_error.clone()).collect::<Vec<_>>())),
                         Arc::new(BooleanArray::from(rows.iter().map(|r| r.finished).collect::<Vec<_>>())),
                     ],
                 )

@@ -9,6 +9,7 @@ async fn pg_namespace_reads() {
     let engine = Engine::start(EngineConfig {
         data_dir: dir.path().to_path_buf(),
         barrier_interval: Duration::from_millis(100),
+        checkpoint_interval: Duration::from_millis(1000),
         parallelism: 2,
     })
     .await
@@ -34,6 +35,7 @@ async fn pg_namespace_through_session() {
     let engine = Engine::start(EngineConfig {
         data_dir: dir.path().to_path_buf(),
         barrier_interval: Duration::from_millis(100),
+        checkpoint_interval: Duration::from_millis(1000),
         parallelism: 2,
     })
     .await

@@ -30,6 +30,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use crate::error::{ExecError, Result};
 use crate::expr::{CompiledExpr, nullable_schema};
 use crate::operator::{Operator, Output};
+use crate::state::{Decoder, Encoder, StateReader, StateWriter};
 
 /// What one side contributes to the output besides matched pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +54,13 @@ struct StoredRow {
     degree: i64,
     /// Event time of the row (interval joins only), in its column's unit.
     time: i64,
+    /// Checkpoint bookkeeping: the row is in the store / changed since the last checkpoint.
+    saved: bool,
+    unsaved: bool,
 }
+
+/// A row with its join key, both encoded.
+type KeyedRow = (Box<[u8]>, Box<[u8]>);
 
 /// The rows of one side that share a join key.
 #[derive(Default)]
@@ -62,6 +69,8 @@ struct KeyGroup {
     /// Positions in `rows`, hashed by row bytes; built once the group grows large, so that a
     /// retraction in a hot key does not scan it.
     index: Option<HashTable<u32>>,
+    /// Some row changed since the last checkpoint (the key is in `Side::unsaved_keys`).
+    unsaved: bool,
 }
 
 impl KeyGroup {
@@ -131,6 +140,10 @@ struct Side {
     /// input's own watermark otherwise.
     final_below: i64,
     swept_below: i64,
+    /// Keys of groups with rows changed since the last checkpoint.
+    unsaved_keys: Vec<Box<[u8]>>,
+    /// Stored rows removed since the last checkpoint.
+    unsaved_deletes: Vec<KeyedRow>,
 }
 
 impl Side {
@@ -155,12 +168,36 @@ impl Side {
             expire_below: i64::MIN,
             final_below: if append_only { i64::MAX } else { i64::MIN },
             swept_below: i64::MIN,
+            unsaved_keys: Vec::new(),
+            unsaved_deletes: Vec::new(),
         })
     }
 
     fn tracks_degree(&self) -> bool {
         self.output != SideOutput::None
     }
+}
+
+/// Marks row `p` of `group` (under `key`) changed since the last checkpoint.
+fn mark_unsaved(group: &mut KeyGroup, p: usize, key: &[u8], unsaved_keys: &mut Vec<Box<[u8]>>) {
+    group.rows[p].unsaved = true;
+    if !group.unsaved {
+        group.unsaved = true;
+        unsaved_keys.push(key.into());
+    }
+}
+
+/// State keys: `[side][key length, u32 big-endian][key][row]` for stored rows, `META_KEY` for
+/// the bounds and counts that are not per row.
+const META_KEY: &[u8] = &[2];
+
+fn row_state_key(side: usize, key: &[u8], row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len() + row.len());
+    k.push(side as u8);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k.extend_from_slice(row);
+    k
 }
 
 pub struct JoinOperator {
@@ -358,11 +395,10 @@ impl JoinOperator {
             let weight = weights.value(i);
             let range = candidate_start[i]..candidate_start[i + 1];
             let mut degree = 0i64;
-            let mut other_group = if track_other && !range.is_empty() {
-                self.sides[other].groups.get_mut(keys.row(i).as_ref())
-            } else {
-                None
-            };
+            let other_state = &mut self.sides[other];
+            let other_unsaved_keys = &mut other_state.unsaved_keys;
+            let mut other_group =
+                if track_other && !range.is_empty() { other_state.groups.get_mut(keys.row(i).as_ref()) } else { None };
             for c in range {
                 if !matched.as_ref().is_none_or(|m| m[c]) {
                     continue;
@@ -373,7 +409,9 @@ impl JoinOperator {
                     emitted.push(OutRow { this: Some(i as u32), other: Some(c as u32), weight: weight * count });
                 }
                 if let Some(group) = other_group.as_mut() {
-                    let stored = &mut group.rows[candidate_position[c] as usize];
+                    let position = candidate_position[c] as usize;
+                    mark_unsaved(group, position, keys.row(i).as_ref(), other_unsaved_keys);
+                    let stored = &mut group.rows[position];
                     let before = stored.degree;
                     stored.degree += weight;
                     let sign = match (before > 0, stored.degree > 0) {
@@ -431,6 +469,7 @@ impl JoinOperator {
         }
         state.swept_below = below;
         let (mut rows, mut bytes) = (0u64, 0u64);
+        let deletes = &mut state.unsaved_deletes;
         state.groups.retain(|key, group| {
             let before = group.rows.len();
             group.rows.retain(|r| {
@@ -438,6 +477,9 @@ impl JoinOperator {
                 if !keep {
                     rows += 1;
                     bytes += r.row.len() as u64;
+                    if r.saved {
+                        deletes.push((key.clone(), r.row.clone()));
+                    }
                 }
                 keep
             });
@@ -570,7 +612,11 @@ impl JoinOperator {
         match group.find(row, hasher) {
             Some(p) => {
                 group.rows[p].count += weight;
+                mark_unsaved(group, p, key, &mut state.unsaved_keys);
                 if group.rows[p].count == 0 {
+                    if group.rows[p].saved {
+                        state.unsaved_deletes.push((key.into(), row.into()));
+                    }
                     group.remove(p, hasher);
                     state.rows -= 1;
                     state.bytes -= row.len() as u64;
@@ -583,7 +629,12 @@ impl JoinOperator {
             None if expired => {}
             None if weight > 0 => {
                 let new_group = group.rows.is_empty();
-                group.insert(StoredRow { row: row.into(), count: weight, degree, time }, hasher);
+                group.insert(
+                    StoredRow { row: row.into(), count: weight, degree, time, saved: false, unsaved: false },
+                    hasher,
+                );
+                let p = group.rows.len() - 1;
+                mark_unsaved(group, p, key, &mut state.unsaved_keys);
                 state.rows += 1;
                 state.bytes += row.len() as u64 + if new_group { key.len() as u64 } else { 0 };
             }
@@ -690,6 +741,81 @@ impl Operator for JoinOperator {
 
     fn watermarks_per_input(&self) -> bool {
         true
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<()> {
+        let mut value = Encoder::new();
+        for (side, s) in self.sides.iter_mut().enumerate() {
+            for (key, row) in s.unsaved_deletes.drain(..) {
+                state.delete(&row_state_key(side, &key, &row));
+            }
+            for key in std::mem::take(&mut s.unsaved_keys) {
+                let Some(group) = s.groups.get_mut(&key) else { continue };
+                if !std::mem::take(&mut group.unsaved) {
+                    continue;
+                }
+                for r in group.rows.iter_mut().filter(|r| r.unsaved) {
+                    r.unsaved = false;
+                    r.saved = true;
+                    value.i64(r.count).i64(r.degree).i64(r.time);
+                    state.put(&row_state_key(side, &key, &r.row), value.take());
+                }
+            }
+        }
+        for s in &self.sides {
+            value.i64(s.expire_below).i64(s.final_below).i64(s.swept_below);
+        }
+        let counts = self.null_aware.unwrap_or_default();
+        value.i64(counts.rows).i64(counts.null_keys);
+        state.put(META_KEY, value.finish());
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &StateReader) -> Result<()> {
+        let corrupt = || ExecError::Storage("corrupt join state entry".into());
+        let hasher = self.hasher.clone();
+        state.for_each(|key, value| {
+            if key == META_KEY {
+                let mut input = Decoder::new(value);
+                for s in &mut self.sides {
+                    s.expire_below = input.i64()?;
+                    s.final_below = input.i64()?;
+                    s.swept_below = input.i64()?;
+                }
+                let counts = RightCounts { rows: input.i64()?, null_keys: input.i64()? };
+                if let Some(c) = &mut self.null_aware {
+                    *c = counts;
+                }
+                return Ok(());
+            }
+            let (side, rest) = key.split_first().ok_or_else(corrupt)?;
+            let side = usize::from(*side);
+            if side > 1 || rest.len() < 4 {
+                return Err(corrupt());
+            }
+            let (len, rest) = rest.split_at(4);
+            let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
+            if rest.len() < len {
+                return Err(corrupt());
+            }
+            let (group_key, row) = rest.split_at(len);
+            let mut input = Decoder::new(value);
+            let (count, degree, time) = (input.i64()?, input.i64()?, input.i64()?);
+            let s = &mut self.sides[side];
+            let group = s.groups.entry(group_key.into()).or_default();
+            if group.rows.is_empty() {
+                s.bytes += group_key.len() as u64;
+            }
+            group.insert(StoredRow { row: row.into(), count, degree, time, saved: true, unsaved: false }, &hasher);
+            s.rows += 1;
+            s.bytes += row.len() as u64;
+            Ok(())
+        })?;
+        if self.temporal {
+            // The right side's rows are back: stream rows need not wait for a backfill.
+            self.held = None;
+        }
+        Ok(())
     }
 
     fn on_input_watermark(&mut self, input: usize, column: usize, value: i64, out: &mut Output) -> Result<()> {
@@ -887,5 +1013,33 @@ mod tests {
             out.lines()
                 .all(|l| l.split_whitespace().nth(2).is_some_and(|r| r[1..].parse::<u32>().is_ok_and(|n| n % 2 == 1)))
         );
+    }
+
+    #[test]
+    fn restored_joins_continue_exactly() -> Result<()> {
+        use crate::state::testing::{Step, assert_restores};
+        for join_type in [JoinType::Inner, JoinType::Left, JoinType::Full, JoinType::LeftSemi, JoinType::LeftAnti] {
+            let filter = col("l.c1").not_eq(datafusion::logical_expr::lit("x"));
+            assert_restores(
+                || Box::new(join(join_type, Some(filter.clone()))),
+                &[
+                    Step::Data(0, "I T\n +2 1 a\n + . n\n + 2 x"),
+                    Step::Data(1, "I I\n + 1 10"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Data(1, "I I\n + 1 11\n + 2 20"),
+                    Step::Data(0, "I T\n - 1 a\n + 2 y"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Data(1, "I I\n - 1 10\n - 1 11\n - 2 20"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Data(0, "I T\n - 1 a\n - 2 y\n - 2 x"),
+                    Step::Data(1, "I I\n + 1 12"),
+                    Step::Barrier,
+                ],
+            )?;
+        }
+        Ok(())
     }
 }

@@ -6,29 +6,129 @@
 //! updates as `-old, +new`, so the last change to a key within the epoch is its new state.
 //! Counted relations (multisets) accumulate weights per row; the store adds them to the
 //! stored multiplicities.
+//!
+//! # Upserts
+//! A keyed table fed by a connector (upsert, Debezium, CDC) receives changes *by key*: `+1`
+//! replaces whatever row has the key, `-1` deletes the key's row (only its key columns need
+//! values). In upsert mode the operator looks the key's current row up and emits exact
+//! `-old, +new` changes, which is what every view downstream needs; an upsert that repeats the
+//! current row changes nothing and emits nothing. The current row is the newest of: this
+//! epoch's changes, changes of epochs not yet durable (kept in memory until their checkpoint
+//! commits), and the store.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use eddy_common::ChangeBatch;
-use eddy_common::ids::ObjectId;
+use eddy_common::ids::{Epoch, ObjectId};
 use hashbrown::HashMap;
 
 use crate::error::{ExecError, Result};
+use crate::message::Barrier;
 use crate::operator::{Operator, Output};
 use crate::ops::stateless::conform;
-use crate::store::{RelationDelta, RowCodec};
+use crate::store::{RelationDelta, RowCodec, Snapshot, Store};
+
+/// Encoded key -> new value, or `None` for a deleted key.
+type KeyedChanges = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
 pub struct MaterializeOperator {
     relation: ObjectId,
     codec: RowCodec,
     schema: SchemaRef,
-    keyed: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    keyed: KeyedChanges,
     counted: HashMap<Vec<u8>, i64>,
+    upsert: Option<UpsertState>,
+}
+
+/// What upsert mode needs to find a key's current row.
+struct UpsertState {
+    store: Arc<Store>,
+    /// The store as of the last durable checkpoint this operator heard of (or newer).
+    snapshot: Snapshot,
+    /// Changes handed to the coordinator whose checkpoint is not durable yet, oldest first.
+    pending: VecDeque<(Epoch, KeyedChanges)>,
+    /// The epoch whose barrier comes next.
+    epoch: Epoch,
 }
 
 impl MaterializeOperator {
     pub fn new(relation: ObjectId, codec: RowCodec) -> Self {
         let schema = codec.schema().clone();
-        Self { relation, codec, schema, keyed: HashMap::new(), counted: HashMap::new() }
+        Self { relation, codec, schema, keyed: HashMap::new(), counted: HashMap::new(), upsert: None }
+    }
+
+    /// A keyed relation whose input sends changes by key (see the module docs).
+    ///
+    /// # Errors
+    /// When the relation is not keyed, or the store cannot be read.
+    pub fn upsert(relation: ObjectId, codec: RowCodec, store: Arc<Store>) -> Result<Self> {
+        if codec.counted() {
+            return Err(ExecError::Internal(format!("upserts into relation {relation}, which has no key")));
+        }
+        let snapshot = store.snapshot()?;
+        let mut op = Self::new(relation, codec);
+        op.upsert = Some(UpsertState { store, snapshot, pending: VecDeque::new(), epoch: 0 });
+        Ok(op)
+    }
+
+    /// The stored value of `key` as of everything this operator has written.
+    fn current_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.keyed.get(key) {
+            return Ok(v.clone());
+        }
+        let Some(u) = &self.upsert else { return Ok(None) };
+        for (_, changes) in u.pending.iter().rev() {
+            if let Some(v) = changes.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        u.snapshot.get_value(self.relation, key)
+    }
+
+    /// Turns changes by key into exact `-old, +new` changes, recording the new state.
+    fn process_upserts(&mut self, batch: ChangeBatch, out: &mut Output) -> Result<()> {
+        let keys = self.codec.encode_keys(batch.data())?;
+        let values = self.codec.encode_values(batch.data())?;
+        let weights = batch.weights().values();
+        let mut old_keys = Vec::new();
+        let mut old_values = Vec::new();
+        // (is the old row, index into old rows or input rows)
+        let mut order: Vec<(bool, usize)> = Vec::new();
+        for (i, (key, value)) in keys.into_iter().zip(values).enumerate() {
+            let old = self.current_value(&key)?;
+            if weights[i] > 0 {
+                if old.as_deref() == Some(value.as_slice()) {
+                    continue;
+                }
+                if let Some(old) = old {
+                    order.push((true, old_keys.len()));
+                    old_keys.push(key.clone());
+                    old_values.push(old);
+                }
+                order.push((false, i));
+                self.keyed.insert(key, Some(value));
+            } else if let Some(old) = old {
+                order.push((true, old_keys.len()));
+                old_keys.push(key.clone());
+                old_values.push(old);
+                self.keyed.insert(key, None);
+            }
+        }
+        if order.is_empty() {
+            return Ok(());
+        }
+        let olds = self.codec.decode(&old_keys, &old_values)?;
+        let both = concat_batches(&self.schema, [&olds, batch.data()])?;
+        let offset = olds.num_rows() as u32;
+        let indices: UInt32Array =
+            order.iter().map(|(old, i)| if *old { *i as u32 } else { offset + *i as u32 }).collect();
+        let out_weights: Int64Array = order.iter().map(|(old, _)| if *old { -1i64 } else { 1 }).collect();
+        out.push(ChangeBatch::try_new(take_record_batch(&both, &indices)?, out_weights)?);
+        Ok(())
     }
 }
 
@@ -39,6 +139,9 @@ impl Operator for MaterializeOperator {
 
     fn process(&mut self, _input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
         let batch = conform(&batch, &self.schema, batch.data().columns().to_vec())?;
+        if self.upsert.is_some() {
+            return self.process_upserts(batch, out);
+        }
         let keys = self.codec.encode_keys(batch.data())?;
         let weights = batch.weights().values();
         if self.codec.counted() {
@@ -69,6 +172,13 @@ impl Operator for MaterializeOperator {
         Ok(())
     }
 
+    fn on_barrier(&mut self, barrier: &Barrier, _out: &mut Output) -> Result<()> {
+        if let Some(u) = &mut self.upsert {
+            u.epoch = barrier.epoch;
+        }
+        Ok(())
+    }
+
     fn take_delta(&mut self) -> Option<(ObjectId, RelationDelta)> {
         if self.codec.counted() {
             if self.counted.is_empty() {
@@ -80,7 +190,27 @@ impl Operator for MaterializeOperator {
             if self.keyed.is_empty() {
                 return None;
             }
-            Some((self.relation, RelationDelta::Keyed(self.keyed.drain().collect())))
+            let changes = std::mem::take(&mut self.keyed);
+            let entries = changes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if let Some(u) = &mut self.upsert {
+                u.pending.push_back((u.epoch, changes));
+            }
+            Some((self.relation, RelationDelta::Keyed(entries)))
         }
+    }
+
+    fn wants_commit_notices(&self) -> bool {
+        self.upsert.is_some()
+    }
+
+    fn checkpoint_committed(&mut self, epoch: Epoch) -> Result<()> {
+        if let Some(u) = &mut self.upsert {
+            // The store now holds these epochs: read them from there.
+            u.snapshot = u.store.snapshot()?;
+            while u.pending.front().is_some_and(|(e, _)| *e <= epoch) {
+                u.pending.pop_front();
+            }
+        }
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ use crate::error::{ExecError, Result};
 use crate::expr::nullable_schema;
 use crate::message::Barrier;
 use crate::operator::{Operator, Output};
+use crate::state::{Decoder, Encoder, StateReader, StateWriter};
 
 #[derive(Debug, Clone)]
 enum Acc {
@@ -179,6 +180,92 @@ pub struct SessionAggOperator {
     schema: SchemaRef,
     emit_on_close: bool,
     closed_below: i64,
+    /// Sessions created or changed, and sessions gone, since the last checkpoint.
+    unsaved: HashSet<SessionId>,
+    unsaved_deletes: HashSet<SessionId>,
+    saved_closed_below: i64,
+    /// Encodes accumulator values (argument types) and emitted values (return types).
+    arg_codecs: Vec<Option<ScalarCodec>>,
+    return_codecs: Vec<ScalarCodec>,
+}
+
+/// Writes and reads single values of one type, through Arrow's row format.
+struct ScalarCodec {
+    data_type: DataType,
+    converter: RowConverter,
+}
+
+impl ScalarCodec {
+    fn new(data_type: &DataType) -> Result<Self> {
+        Ok(Self {
+            data_type: data_type.clone(),
+            converter: RowConverter::new(vec![SortField::new(data_type.clone())])?,
+        })
+    }
+
+    fn encode(&self, value: &ScalarValue, out: &mut Encoder) -> Result<()> {
+        let value = if value.is_null() { ScalarValue::try_from(&self.data_type)? } else { value.clone() };
+        let array = value.cast_to(&self.data_type)?.to_array()?;
+        let rows = self.converter.convert_columns(&[array])?;
+        out.bytes(rows.row(0).as_ref());
+        Ok(())
+    }
+
+    fn decode(&self, input: &mut Decoder<'_>) -> Result<ScalarValue> {
+        let bytes = input.bytes()?;
+        let parser = self.converter.parser();
+        let mut arrays = self.converter.convert_rows([parser.parse(bytes)])?;
+        let array = arrays.pop().ok_or_else(|| ExecError::Storage("corrupt session value".into()))?;
+        Ok(ScalarValue::try_from_array(&array, 0)?)
+    }
+
+    fn encode_opt(&self, value: Option<&ScalarValue>, out: &mut Encoder) -> Result<()> {
+        match value {
+            Some(v) => {
+                out.u8(1);
+                self.encode(v, out)
+            }
+            None => {
+                out.u8(0);
+                Ok(())
+            }
+        }
+    }
+
+    fn decode_opt(&self, input: &mut Decoder<'_>) -> Result<Option<ScalarValue>> {
+        match input.u8()? {
+            0 => Ok(None),
+            _ => self.decode(input).map(Some),
+        }
+    }
+}
+
+/// State keys: sessions under `[0][key length, u32 big-endian][key][start, i64 big-endian]`,
+/// the closed bound under `CLOSED_BELOW_KEY`.
+const CLOSED_BELOW_KEY: &[u8] = &[1];
+
+fn session_state_key((key, start): &SessionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13 + key.len());
+    k.push(0);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k.extend_from_slice(&start.to_be_bytes());
+    k
+}
+
+fn parse_session_key(bytes: &[u8]) -> Result<SessionId> {
+    let corrupt = || ExecError::Storage("corrupt session state key".into());
+    let rest = bytes.strip_prefix(&[0u8]).ok_or_else(corrupt)?;
+    if rest.len() < 4 {
+        return Err(corrupt());
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
+    if rest.len() != len + 8 {
+        return Err(corrupt());
+    }
+    let (key, start) = rest.split_at(len);
+    Ok((key.into(), i64::from_be_bytes(start.try_into().map_err(|_| corrupt())?)))
 }
 
 impl SessionAggOperator {
@@ -230,7 +317,75 @@ impl SessionAggOperator {
             schema: nullable_schema(schema),
             emit_on_close,
             closed_below: i64::MIN,
+            unsaved: HashSet::new(),
+            unsaved_deletes: HashSet::new(),
+            saved_closed_below: i64::MIN,
+            arg_codecs: calls
+                .iter()
+                .map(|c| c.arg_type.as_ref().map(ScalarCodec::new).transpose())
+                .collect::<Result<_>>()?,
+            return_codecs: calls.iter().map(|c| ScalarCodec::new(&c.return_type)).collect::<Result<_>>()?,
         })
+    }
+
+    fn encode_session(&self, session: &Session) -> Result<Vec<u8>> {
+        let mut e = Encoder::new();
+        e.i64(session.last);
+        for (i, acc) in session.accs.iter().enumerate() {
+            let arg = self.arg_codecs[i].as_ref();
+            let value_codec = || arg.ok_or_else(|| ExecError::Internal("session aggregate without argument".into()));
+            match acc {
+                Acc::Count(n) => {
+                    e.i64(*n);
+                }
+                Acc::Sum(v) | Acc::Min(v) | Acc::Max(v) => value_codec()?.encode_opt(v.as_ref(), &mut e)?,
+                Acc::Avg { sum, n } => {
+                    e.f64(*sum).i64(*n);
+                }
+                Acc::Bool { trues, falses, .. } => {
+                    e.i64(*trues).i64(*falses);
+                }
+            }
+        }
+        match &session.emitted {
+            Some((start, last, values)) => {
+                e.u8(1).i64(*start).i64(*last);
+                for (codec, v) in self.return_codecs.iter().zip(values) {
+                    codec.encode(v, &mut e)?;
+                }
+            }
+            None => {
+                e.u8(0);
+            }
+        }
+        Ok(e.finish())
+    }
+
+    fn decode_session(&self, bytes: &[u8]) -> Result<Session> {
+        let mut d = Decoder::new(bytes);
+        let last = d.i64()?;
+        let mut accs = Vec::with_capacity(self.calls.len());
+        for (i, call) in self.calls.iter().enumerate() {
+            let arg = self.arg_codecs[i].as_ref();
+            let value_codec = || arg.ok_or_else(|| ExecError::Internal("session aggregate without argument".into()));
+            accs.push(match Acc::new(&call.kind) {
+                Acc::Count(_) => Acc::Count(d.i64()?),
+                Acc::Sum(_) => Acc::Sum(value_codec()?.decode_opt(&mut d)?),
+                Acc::Min(_) => Acc::Min(value_codec()?.decode_opt(&mut d)?),
+                Acc::Max(_) => Acc::Max(value_codec()?.decode_opt(&mut d)?),
+                Acc::Avg { .. } => Acc::Avg { sum: d.f64()?, n: d.i64()? },
+                Acc::Bool { and, .. } => Acc::Bool { and, trues: d.i64()?, falses: d.i64()? },
+            });
+        }
+        let emitted = match d.u8()? {
+            0 => None,
+            _ => {
+                let (start, last) = (d.i64()?, d.i64()?);
+                let values = self.return_codecs.iter().map(|c| c.decode(&mut d)).collect::<Result<Vec<_>>>()?;
+                Some((start, last, values))
+            }
+        };
+        Ok(Session { last, accs, emitted })
     }
 
     fn add_row(&mut self, key: Box<[u8]>, ts: i64, values: Vec<Option<ScalarValue>>) -> Result<()> {
@@ -257,6 +412,7 @@ impl SessionAggOperator {
                     a.merge(b)?;
                 }
                 self.dirty.remove(&(key.clone(), s));
+                self.unsaved_deletes.insert((key.clone(), s));
                 if let Some(e) = old.emitted {
                     if kept_emitted.is_none() {
                         kept_emitted = Some(e);
@@ -267,6 +423,7 @@ impl SessionAggOperator {
             }
         }
         sessions.insert(start, Session { last, accs, emitted: kept_emitted });
+        self.unsaved.insert((key.clone(), start));
         self.dirty.insert((key, start));
         Ok(())
     }
@@ -451,7 +608,102 @@ impl Operator for SessionAggOperator {
                     self.state.remove(&key);
                 }
             }
-            self.dirty.remove(&(key, start));
+            self.dirty.remove(&(key.clone(), start));
+            self.unsaved_deletes.insert((key, start));
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<()> {
+        for id in self.unsaved_deletes.drain() {
+            state.delete(&session_state_key(&id));
+        }
+        for id in std::mem::take(&mut self.unsaved) {
+            if let Some(session) = self.state.get(&id.0).and_then(|m| m.get(&id.1)) {
+                state.put(&session_state_key(&id), self.encode_session(session)?);
+            }
+        }
+        if self.closed_below != self.saved_closed_below {
+            state.put(CLOSED_BELOW_KEY, self.closed_below.to_le_bytes().to_vec());
+            self.saved_closed_below = self.closed_below;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &StateReader) -> Result<()> {
+        state.for_each(|key, value| {
+            if key == CLOSED_BELOW_KEY {
+                self.closed_below = Decoder::new(value).i64()?;
+                self.saved_closed_below = self.closed_below;
+                return Ok(());
+            }
+            let (group, start) = parse_session_key(key)?;
+            let session = self.decode_session(value)?;
+            self.state.entry(group).or_default().insert(start, session);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing::{Step, assert_restores};
+
+    fn call(kind: AggKind, arg: Option<usize>) -> AggCall {
+        AggCall {
+            kind,
+            arg,
+            arg_type: arg.map(|_| DataType::Int64),
+            distinct: false,
+            filter: None,
+            order_by: vec![],
+            return_type: DataType::Int64,
+        }
+    }
+
+    /// Sessions of `(k, ts, v)` per `k` with a 10 ms gap: count(*), sum(v), max(v).
+    fn sessions(emit_on_close: bool) -> Box<dyn Operator> {
+        let input = ChangeBatch::from_pretty("I S I");
+        let input_schema = DFSchema::try_from(input.schema().as_ref().clone()).unwrap_or_else(|e| panic!("{e}"));
+        let output = ChangeBatch::from_pretty("I S S I I I");
+        let schema = DFSchema::try_from(output.schema().as_ref().clone()).unwrap_or_else(|e| panic!("{e}"));
+        let calls = vec![call(AggKind::CountRows, None), call(AggKind::Sum, Some(2)), call(AggKind::Max, Some(2))];
+        Box::new(
+            SessionAggOperator::new(
+                &[0, 1, 1],
+                &[(1, true), (2, false)],
+                10_000_000,
+                &calls,
+                &input_schema,
+                &schema,
+                emit_on_close,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    #[test]
+    fn restored_sessions_merge_and_close_exactly() -> Result<()> {
+        for emit_on_close in [false, true] {
+            assert_restores(
+                || sessions(emit_on_close),
+                &[
+                    Step::Data(0, "I S I\n + 1 100 5\n + 1 130 7\n + 2 100 1"),
+                    Step::Barrier,
+                    Step::Restart,
+                    // 115 bridges the sessions of key 1 that start at 100 and 130.
+                    Step::Data(0, "I S I\n + 1 108 2\n + 1 119 3\n + 2 150 4"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Watermark(0, 1, 145),
+                    Step::Data(0, "I S I\n + 1 140 1\n + 2 155 9"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Watermark(0, 1, 200),
+                    Step::Barrier,
+                ],
+            )?;
         }
         Ok(())
     }

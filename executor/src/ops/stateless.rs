@@ -275,6 +275,21 @@ impl Operator for ValuesOperator {
         }
         Ok(())
     }
+
+    fn checkpoint(&mut self, state: &mut crate::state::StateWriter<'_>) -> Result<()> {
+        if self.rows.is_none() {
+            state.put(b"emitted", Vec::new());
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &crate::state::StateReader) -> Result<()> {
+        // The rows went out before the checkpoint; the view already holds them.
+        if state.get(b"emitted")?.is_some() {
+            self.rows = None;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::error::{ExecError, Result};
 use crate::expr::nullable_schema;
 use crate::message::Barrier;
 use crate::operator::{Operator, Output};
+use crate::state::{Decoder, StateReader, StateWriter};
 
 /// An encoded row and its rank.
 type RankedRow = (Box<[u8]>, u64);
@@ -54,6 +55,35 @@ pub struct TopNOperator {
     schema: SchemaRef,
     /// Type of the rank column appended to each row, if the rank is output.
     rank_type: Option<DataType>,
+    /// Entries whose multiplicity changed since the last checkpoint: (partition, entry) ->
+    /// new multiplicity (0: gone).
+    unsaved: HashMap<(Box<[u8]>, SortedEntry), i64>,
+}
+
+/// The state key of one entry: `[partition length, u32 big-endian][partition][sort key
+/// length, u32 big-endian][sort key][row]`.
+fn entry_state_key(partition: &[u8], (key, row): &SortedEntry) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + partition.len() + key.len() + row.len());
+    k.extend_from_slice(&(partition.len() as u32).to_be_bytes());
+    k.extend_from_slice(partition);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k.extend_from_slice(row);
+    k
+}
+
+/// Splits a length-prefixed part off the front of `bytes`.
+fn split_prefixed(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
+    let corrupt = || ExecError::Storage("corrupt top-N state entry".into());
+    if bytes.len() < 4 {
+        return Err(corrupt());
+    }
+    let (len, rest) = bytes.split_at(4);
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
+    if rest.len() < len {
+        return Err(corrupt());
+    }
+    Ok(rest.split_at(len))
 }
 
 impl TopNOperator {
@@ -101,6 +131,7 @@ impl TopNOperator {
             dirty: HashSet::new(),
             schema,
             rank_type,
+            unsaved: HashMap::new(),
         })
     }
 
@@ -194,22 +225,26 @@ impl Operator for TopNOperator {
             };
             let entry = (Box::from(keys.row(i).as_ref()), Box::from(rows.row(i).as_ref()));
             let weight = weights.value(i);
-            match partition.rows.get_mut(&entry) {
+            let count = match partition.rows.get_mut(&entry) {
                 Some(count) => {
                     *count += weight;
-                    if *count == 0 {
+                    let c = *count;
+                    if c == 0 {
                         partition.rows.remove(&entry);
-                    } else if *count < 0 {
+                    } else if c < 0 {
                         return Err(ExecError::InvalidInput("top-N input retracted a row it never inserted".into()));
                     }
+                    c
                 }
                 None if weight > 0 => {
-                    partition.rows.insert(entry, weight);
+                    partition.rows.insert(entry.clone(), weight);
+                    weight
                 }
                 None => {
                     return Err(ExecError::InvalidInput("top-N input retracted a row it never inserted".into()));
                 }
-            }
+            };
+            self.unsaved.insert((partition_key.into(), entry), count);
             if !self.dirty.contains(partition_key) {
                 self.dirty.insert(partition_key.into());
             }
@@ -256,7 +291,9 @@ impl Operator for TopNOperator {
                 // Nothing is ever deleted, so rows below the cut can never rise again.
                 let cut = partition.rows.keys().nth(entries).cloned();
                 if let Some(cut) = cut {
-                    partition.rows.split_off(&cut);
+                    for (dropped, _) in partition.rows.split_off(&cut) {
+                        self.unsaved.insert((key.clone(), dropped), 0);
+                    }
                 }
             }
             partition.emitted = new_top;
@@ -268,6 +305,39 @@ impl Operator for TopNOperator {
             let weights: Vec<i64> = deletes.iter().map(|_| -1).chain(inserts.iter().map(|_| 1)).collect();
             deletes.append(&mut inserts);
             out.push(self.decode(&deletes, weights)?);
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<()> {
+        for ((partition, entry), count) in self.unsaved.drain() {
+            let key = entry_state_key(&partition, &entry);
+            if count == 0 {
+                state.delete(&key);
+            } else {
+                state.put(&key, count.to_le_bytes().to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &StateReader) -> Result<()> {
+        state.for_each(|key, value| {
+            let (partition, rest) = split_prefixed(key)?;
+            let (sort_key, row) = split_prefixed(rest)?;
+            let count = Decoder::new(value).i64()?;
+            let p = self.partitions.entry(partition.into()).or_default();
+            p.rows.insert((sort_key.into(), row.into()), count);
+            Ok(())
+        })?;
+        // A checkpoint follows a barrier, at which every partition emitted its current top.
+        let keys: Vec<Box<[u8]>> = self.partitions.keys().cloned().collect();
+        for key in keys {
+            let Some(partition) = self.partitions.get(&key) else { continue };
+            let (top, _) = self.top(partition);
+            if let Some(partition) = self.partitions.get_mut(&key) {
+                partition.emitted = top;
+            }
         }
         Ok(())
     }
@@ -334,5 +404,37 @@ mod tests {
         let mut op = topn(RankKind::RowNumber, 3, false);
         assert_eq!(epoch(&mut op, "I I T\n +2 1 7 a\n + 1 6 b\n + 1 1 c"), "+ 1 6 b 3\n+ 1 7 a 1\n+ 1 7 a 2");
         assert_eq!(epoch(&mut op, "I I T\n - 1 7 a"), "+ 1 1 c 3\n+ 1 6 b 2\n- 1 6 b 3\n- 1 7 a 2");
+    }
+
+    #[test]
+    fn restored_top_n_continues_exactly() -> crate::error::Result<()> {
+        use crate::state::testing::{Step, assert_restores};
+        for append_only in [false, true] {
+            let script: Vec<Step<'_>> = if append_only {
+                vec![
+                    Step::Data(0, "I I T\n + 1 10 a\n + 1 30 b\n + 1 20 c\n + 2 5 x"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Data(0, "I I T\n + 1 25 d\n + 2 1 y"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Data(0, "I I T\n + 1 40 e"),
+                    Step::Barrier,
+                ]
+            } else {
+                vec![
+                    Step::Data(0, "I I T\n + 1 10 a\n + 1 30 b\n + 1 20 c\n + 2 5 x"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Data(0, "I I T\n - 1 30 b\n +2 1 15 z"),
+                    Step::Barrier,
+                    Step::Restart,
+                    Step::Data(0, "I I T\n - 1 20 c\n - 2 5 x"),
+                    Step::Barrier,
+                ]
+            };
+            assert_restores(|| Box::new(topn(RankKind::RowNumber, 2, append_only)), &script)?;
+        }
+        Ok(())
     }
 }

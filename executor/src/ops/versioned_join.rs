@@ -27,6 +27,7 @@ use hashbrown::HashMap;
 use crate::error::{ExecError, Result};
 use crate::expr::{CompiledExpr, nullable_schema};
 use crate::operator::{Operator, Output, StateSize};
+use crate::state::{Decoder, Encoder, StateReader, StateWriter};
 
 /// A left row waiting for the right watermark.
 struct HeldRow {
@@ -64,7 +65,14 @@ pub struct VersionedJoinOperator {
     filter: Option<CompiledExpr>,
     filter_schema: SchemaRef,
     schema: SchemaRef,
+    /// The state changed since the last checkpoint. Its state is bounded by the watermarks
+    /// (versions behind both are freed, held rows leave as the right watermark passes), so a
+    /// checkpoint writes it whole.
+    unsaved: bool,
 }
+
+/// The single state key the whole state is written under.
+const STATE_KEY: &[u8] = b"all";
 
 impl VersionedJoinOperator {
     /// # Errors
@@ -115,7 +123,65 @@ impl VersionedJoinOperator {
             filter: filter.map(|f| CompiledExpr::new(f, filter_schema)).transpose()?,
             filter_schema: nullable_schema(filter_schema),
             schema: nullable_schema(schema),
+            unsaved: false,
         })
+    }
+
+    fn encode_state(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.i64(self.left_watermark).i64(self.right_watermark).i64(self.emitted_watermark).i64(self.swept_below);
+        e.u64(self.versions.len() as u64);
+        for (key, versions) in &self.versions {
+            e.bytes(key).u64(versions.len() as u64);
+            for (time, row) in versions {
+                e.i64(*time).opt_bytes(row.as_deref());
+            }
+        }
+        e.u64(self.held.len() as u64);
+        for (time, rows) in &self.held {
+            e.i64(*time).u64(rows.len() as u64);
+            for r in rows {
+                e.opt_bytes(r.key.as_deref()).bytes(&r.row).i64(r.weight);
+            }
+        }
+        e.finish()
+    }
+
+    fn decode_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut d = Decoder::new(bytes);
+        self.left_watermark = d.i64()?;
+        self.right_watermark = d.i64()?;
+        self.emitted_watermark = d.i64()?;
+        self.swept_below = d.i64()?;
+        for _ in 0..d.u64()? {
+            let key: Box<[u8]> = d.bytes()?.into();
+            let mut versions = Versions::new();
+            for _ in 0..d.u64()? {
+                let time = d.i64()?;
+                let row: Option<Box<[u8]>> = d.opt_bytes()?.map(Into::into);
+                self.version_rows += 1;
+                self.version_bytes += row.as_ref().map_or(0, |r| r.len() as u64);
+                versions.insert(time, row);
+            }
+            if versions.len() > 1 || versions.values().any(Option::is_none) {
+                self.prunable.insert(key.clone());
+            }
+            self.versions.insert(key, versions);
+        }
+        for _ in 0..d.u64()? {
+            let time = d.i64()?;
+            let mut rows = Vec::new();
+            for _ in 0..d.u64()? {
+                let key = d.opt_bytes()?.map(Into::into);
+                let row: Box<[u8]> = d.bytes()?.into();
+                let weight = d.i64()?;
+                self.held_rows += 1;
+                self.held_bytes += row.len() as u64;
+                rows.push(HeldRow { key, row, weight });
+            }
+            self.held.insert(time, rows);
+        }
+        Ok(())
     }
 
     fn keys_and_times(
@@ -328,6 +394,7 @@ impl Operator for VersionedJoinOperator {
         if batch.is_empty() {
             return Ok(());
         }
+        self.unsaved = true;
         match input {
             0 => self.process_left(&batch, out),
             1 => self.process_right(&batch),
@@ -340,6 +407,20 @@ impl Operator for VersionedJoinOperator {
         Ok(())
     }
 
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<()> {
+        if std::mem::take(&mut self.unsaved) {
+            state.put(STATE_KEY, self.encode_state());
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &StateReader) -> Result<()> {
+        if let Some(bytes) = state.get(STATE_KEY)? {
+            self.decode_state(&bytes)?;
+        }
+        Ok(())
+    }
+
     fn on_watermark(&mut self, _column: usize, _value: i64, _out: &mut Output) -> Result<()> {
         Ok(())
     }
@@ -349,6 +430,7 @@ impl Operator for VersionedJoinOperator {
     }
 
     fn on_input_watermark(&mut self, input: usize, column: usize, value: i64, out: &mut Output) -> Result<()> {
+        self.unsaved = true;
         match input {
             0 if column == self.times.left_time && value > self.left_watermark => {
                 self.left_watermark = value;
@@ -456,5 +538,32 @@ mod tests {
         assert_eq!(watermark(&mut op, 1, 20), "+ 1 11 1 10 a\n");
         let mut out = Output::default();
         assert!(op.process(0, ChangeBatch::from_pretty("I I\n - 1 11"), &mut out).is_err());
+    }
+
+    #[test]
+    fn restored_temporal_join_keeps_versions_and_held_rows() -> Result<()> {
+        use crate::state::testing::{Step, assert_restores};
+        assert_restores(
+            || Box::new(rates()),
+            &[
+                Step::Data(1, "I I T\n + 1 10 a\n + 1 20 b"),
+                Step::Watermark(1, 1, 19),
+                Step::Data(0, "I I\n + 1 12\n + 1 25\n + 2 13"),
+                Step::Barrier,
+                Step::Restart,
+                Step::Data(1, "I I T\n - 1 20 b\n + 1 22 c"),
+                Step::Watermark(1, 1, 30),
+                Step::Watermark(0, 1, 26),
+                Step::Barrier,
+                Step::Restart,
+                Step::Data(1, "I I T\n - 1 22 c"),
+                Step::Data(0, "I I\n + 1 29\n + 1 31"),
+                Step::Barrier,
+                Step::Restart,
+                Step::Watermark(1, 1, 40),
+                Step::Watermark(0, 1, 45),
+                Step::Barrier,
+            ],
+        )
     }
 }

@@ -17,6 +17,7 @@ use eddy_common::ChangeBatch;
 use crate::error::Result;
 use crate::expr::CompiledExpr;
 use crate::operator::{Operator, Output};
+use crate::state::{Decoder, StateReader, StateWriter};
 
 pub struct WatermarkFilterOperator {
     column: usize,
@@ -25,13 +26,22 @@ pub struct WatermarkFilterOperator {
     late: Arc<AtomicU64>,
     /// A watermark restored at start that downstream has not been told yet.
     unannounced: bool,
+    /// The watermark the last checkpoint stored.
+    checkpointed: i64,
 }
 
 impl WatermarkFilterOperator {
     /// # Errors
     /// When the watermark expression cannot be planned.
     pub fn new(column: usize, expr: &Expr, schema: &DFSchema, late: Arc<AtomicU64>) -> Result<Self> {
-        Ok(Self { column, expr: CompiledExpr::new(expr, schema)?, current: i64::MIN, late, unannounced: false })
+        Ok(Self {
+            column,
+            expr: CompiledExpr::new(expr, schema)?,
+            current: i64::MIN,
+            late,
+            unannounced: false,
+            checkpointed: i64::MIN,
+        })
     }
 
     /// The watermark the rows of `batch` (already stored) imply; used to resume a table's
@@ -67,6 +77,26 @@ impl Operator for WatermarkFilterOperator {
         if self.unannounced {
             self.unannounced = false;
             out.push_watermark(self.column, self.current);
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<()> {
+        if self.current != self.checkpointed {
+            state.put(&[], self.current.to_le_bytes().to_vec());
+            self.checkpointed = self.current;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &StateReader) -> Result<()> {
+        if let Some(bytes) = state.get(&[])? {
+            let value = Decoder::new(&bytes).i64()?;
+            if value > self.current {
+                self.current = value;
+                self.unannounced = true;
+            }
+            self.checkpointed = value;
         }
         Ok(())
     }

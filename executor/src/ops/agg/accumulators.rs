@@ -19,6 +19,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use eddy_planner::stream::AggKind;
 
 use crate::error::{ExecError, Result};
+use crate::state::{Decoder, Encoder};
 
 /// The rows of one batch that reach an accumulator: group slot, value row, weight.
 pub struct Update<'a> {
@@ -39,6 +40,28 @@ pub trait GroupAccumulator: Send {
     fn evaluate(&self, groups: &[usize]) -> Result<ArrayRef>;
     /// Forgets a group whose slot will be reused.
     fn reset(&mut self, group: usize);
+    /// Writes one group's state, for a checkpoint.
+    fn save(&self, group: usize, out: &mut Encoder);
+    /// Reads what [`GroupAccumulator::save`] wrote into an empty slot.
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()>;
+}
+
+/// Writes a multiset of encoded values.
+fn save_multiset<'a>(out: &mut Encoder, entries: impl ExactSizeIterator<Item = (&'a [u8], i64)>) {
+    out.u64(entries.len() as u64);
+    for (value, count) in entries {
+        out.bytes(value).i64(count);
+    }
+}
+
+/// Reads what [`save_multiset`] wrote, calling `insert` per entry.
+fn load_multiset(input: &mut Decoder<'_>, mut insert: impl FnMut(Vec<u8>, i64)) -> Result<()> {
+    let n = input.u64()?;
+    for _ in 0..n {
+        let value = input.bytes()?.to_vec();
+        insert(value, input.i64()?);
+    }
+    Ok(())
 }
 
 /// Builds the accumulator for a call.
@@ -128,6 +151,15 @@ impl GroupAccumulator for CountAcc {
 
     fn reset(&mut self, group: usize) {
         self.counts[group] = 0;
+    }
+
+    fn save(&self, group: usize, out: &mut Encoder) {
+        out.i64(self.counts[group]);
+    }
+
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()> {
+        self.counts[group] = input.i64()?;
+        Ok(())
     }
 }
 
@@ -289,6 +321,23 @@ impl GroupAccumulator for SumAcc {
             _ => self.ints[group] = 0,
         }
     }
+
+    fn save(&self, group: usize, out: &mut Encoder) {
+        out.i64(self.counts[group]);
+        match self.mode {
+            SumMode::Float => out.f64(self.floats[group]),
+            _ => out.i128(self.ints[group]),
+        };
+    }
+
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()> {
+        self.counts[group] = input.i64()?;
+        match self.mode {
+            SumMode::Float => self.floats[group] = input.f64()?,
+            _ => self.ints[group] = input.i128()?,
+        }
+        Ok(())
+    }
 }
 
 /// `min` / `max`. Values are kept row-encoded: byte order equals value order.
@@ -399,6 +448,26 @@ impl GroupAccumulator for ExtremeAcc {
             self.values[group].clear();
         }
     }
+
+    fn save(&self, group: usize, out: &mut Encoder) {
+        if self.append_only {
+            out.opt_bytes(self.best[group].as_deref());
+        } else {
+            save_multiset(out, self.values[group].iter().map(|(v, n)| (v.as_slice(), *n)));
+        }
+    }
+
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()> {
+        if self.append_only {
+            self.best[group] = input.opt_bytes()?.map(<[u8]>::to_vec);
+        } else {
+            let map = &mut self.values[group];
+            load_multiset(input, |v, n| {
+                map.insert(v, n);
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Places the values of `dense` at the `true` positions of `present`, nulls elsewhere.
@@ -475,6 +544,16 @@ impl GroupAccumulator for BoolAcc {
     fn reset(&mut self, group: usize) {
         self.trues[group] = 0;
         self.falses[group] = 0;
+    }
+
+    fn save(&self, group: usize, out: &mut Encoder) {
+        out.i64(self.trues[group]).i64(self.falses[group]);
+    }
+
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()> {
+        self.trues[group] = input.i64()?;
+        self.falses[group] = input.i64()?;
+        Ok(())
     }
 }
 
@@ -623,6 +702,25 @@ impl GroupAccumulator for CollectAcc {
     fn reset(&mut self, group: usize) {
         self.items[group].clear();
     }
+
+    fn save(&self, group: usize, out: &mut Encoder) {
+        let map = &self.items[group];
+        out.u64(map.len() as u64);
+        for ((order, value), n) in map {
+            out.bytes(order).bytes(value).i64(*n);
+        }
+    }
+
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()> {
+        let n = input.u64()?;
+        let map = &mut self.items[group];
+        for _ in 0..n {
+            let order = input.bytes()?.to_vec();
+            let value = input.bytes()?.to_vec();
+            map.insert((order, value), input.i64()?);
+        }
+        Ok(())
+    }
 }
 
 /// Variance and standard deviation from n, Σx and Σx².
@@ -679,6 +777,17 @@ impl GroupAccumulator for VarianceAcc {
         self.n[group] = 0;
         self.sum[group] = 0.0;
         self.sum_sq[group] = 0.0;
+    }
+
+    fn save(&self, group: usize, out: &mut Encoder) {
+        out.i64(self.n[group]).f64(self.sum[group]).f64(self.sum_sq[group]);
+    }
+
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()> {
+        self.n[group] = input.i64()?;
+        self.sum[group] = input.f64()?;
+        self.sum_sq[group] = input.f64()?;
+        Ok(())
     }
 }
 
@@ -756,5 +865,18 @@ impl GroupAccumulator for DistinctAcc {
     fn reset(&mut self, group: usize) {
         self.seen[group].clear();
         self.inner.reset(group);
+    }
+
+    fn save(&self, group: usize, out: &mut Encoder) {
+        save_multiset(out, self.seen[group].iter().map(|(v, n)| (v.as_slice(), *n)));
+        self.inner.save(group, out);
+    }
+
+    fn load(&mut self, group: usize, input: &mut Decoder<'_>) -> Result<()> {
+        let map = &mut self.seen[group];
+        load_multiset(input, |v, n| {
+            map.insert(v, n);
+        })?;
+        self.inner.load(group, input)
     }
 }

@@ -23,6 +23,7 @@ use crate::error::{ExecError, Result};
 use crate::expr::nullable_schema;
 use crate::message::Barrier;
 use crate::operator::{Operator, Output};
+use crate::state::{Decoder, Encoder, StateReader, StateWriter};
 
 struct CallState {
     call: AggCall,
@@ -50,7 +51,19 @@ pub struct HashAggOperator {
     schema: SchemaRef,
     global: bool,
     window: Option<WindowState>,
+    /// Checkpoint bookkeeping: groups changed since the last checkpoint, groups whose state
+    /// is in the store, and stored groups that have gone since.
+    unsaved: Vec<bool>,
+    unsaved_list: Vec<usize>,
+    saved: Vec<bool>,
+    unsaved_deletes: Vec<Box<[u8]>>,
+    saved_closed_below: i64,
 }
+
+/// State keys: groups under `GROUP_PREFIX` + encoded group key; the closed-window bound
+/// under `CLOSED_BELOW_KEY`.
+const GROUP_PREFIX: u8 = 0;
+const CLOSED_BELOW_KEY: &[u8] = &[1];
 
 /// Window bookkeeping of an aggregate grouped by a watermarked window key.
 struct WindowState {
@@ -144,6 +157,11 @@ impl HashAggOperator {
                 slots_by_window: std::collections::BTreeMap::new(),
                 closed_below: i64::MIN,
             }),
+            unsaved: Vec::new(),
+            unsaved_list: Vec::new(),
+            saved: Vec::new(),
+            unsaved_deletes: Vec::new(),
+            saved_closed_below: i64::MIN,
         };
         if global {
             // The single group exists from the start: an empty input still has one result row.
@@ -162,6 +180,8 @@ impl HashAggOperator {
                 self.row_counts.push(0);
                 self.emitted.push(None);
                 self.dirty.push(false);
+                self.unsaved.push(false);
+                self.saved.push(false);
                 if let Some(w) = &mut self.window {
                     w.of_slot.push(i64::MIN);
                 }
@@ -180,6 +200,14 @@ impl HashAggOperator {
         if !self.dirty[slot] {
             self.dirty[slot] = true;
             self.dirty_list.push(slot);
+        }
+        self.mark_unsaved(slot);
+    }
+
+    fn mark_unsaved(&mut self, slot: usize) {
+        if !self.unsaved[slot] {
+            self.unsaved[slot] = true;
+            self.unsaved_list.push(slot);
         }
     }
 
@@ -270,10 +298,7 @@ impl Operator for HashAggOperator {
             self.row_counts[*slot] += w;
         }
         for s in &slots {
-            if !self.dirty[*s] {
-                self.dirty[*s] = true;
-                self.dirty_list.push(*s);
-            }
+            self.mark_dirty(*s);
         }
         let all_rows: Vec<usize> = (0..data.num_rows()).collect();
         for state in &mut self.calls {
@@ -357,6 +382,88 @@ impl Operator for HashAggOperator {
             self.free_slot(s);
         }
         out.push_watermark(key, value);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<()> {
+        let mut key = Vec::new();
+        for k in self.unsaved_deletes.drain(..) {
+            key.clear();
+            key.push(GROUP_PREFIX);
+            key.extend_from_slice(&k);
+            state.delete(&key);
+        }
+        let mut value = Encoder::new();
+        for s in std::mem::take(&mut self.unsaved_list) {
+            if !std::mem::take(&mut self.unsaved[s]) {
+                continue;
+            }
+            let Some(k) = &self.slot_keys[s] else { continue };
+            key.clear();
+            key.push(GROUP_PREFIX);
+            key.extend_from_slice(k);
+            value.i64(self.row_counts[s]).opt_bytes(self.emitted[s].as_deref());
+            for c in &self.calls {
+                c.acc.save(s, &mut value);
+            }
+            state.put(&key, value.take());
+            self.saved[s] = true;
+        }
+        if let Some(w) = &self.window
+            && w.closed_below != self.saved_closed_below
+        {
+            state.put(CLOSED_BELOW_KEY, w.closed_below.to_le_bytes().to_vec());
+            self.saved_closed_below = w.closed_below;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &StateReader) -> Result<()> {
+        let mut restored = Vec::new();
+        state.for_each(|key, value| {
+            match key.split_first() {
+                Some((&GROUP_PREFIX, group)) => {
+                    let slot = match self.slots.get(group) {
+                        Some(s) => *s,
+                        None => self.allocate(Box::from(group)),
+                    };
+                    let mut input = Decoder::new(value);
+                    self.row_counts[slot] = input.i64()?;
+                    self.emitted[slot] = input.opt_bytes()?.map(<[u8]>::to_vec);
+                    for c in &mut self.calls {
+                        c.acc.load(slot, &mut input)?;
+                    }
+                    self.saved[slot] = true;
+                    restored.push(slot);
+                }
+                _ if key == CLOSED_BELOW_KEY => {
+                    let closed_below = Decoder::new(value).i64()?;
+                    self.saved_closed_below = closed_below;
+                    if let Some(w) = &mut self.window {
+                        w.closed_below = closed_below;
+                    }
+                }
+                _ => return Err(ExecError::Storage("unknown aggregate state entry".into())),
+            }
+            Ok(())
+        })?;
+        // The global group was marked dirty at creation; a restored one already emitted.
+        if self.global && !restored.is_empty() {
+            for s in std::mem::take(&mut self.dirty_list) {
+                self.dirty[s] = false;
+            }
+        }
+        if let Some(w) = &self.window {
+            let key = w.key;
+            let windows = window_i64(&self.key_columns(&restored)?[key])?;
+            if let Some(w) = &mut self.window {
+                for (slot, v) in restored.iter().zip(windows) {
+                    let v = v.unwrap_or(i64::MIN);
+                    w.of_slot[*slot] = v;
+                    w.slots_by_window.entry(v).or_default().push(*slot);
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -506,6 +613,10 @@ impl HashAggOperator {
         self.row_counts[s] = 0;
         self.emitted[s] = None;
         self.dirty[s] = false;
+        self.unsaved[s] = false;
+        if std::mem::take(&mut self.saved[s]) {
+            self.unsaved_deletes.push(key.clone());
+        }
         if let Some(w) = &mut self.window {
             let v = w.of_slot[s];
             if let Some(list) = w.slots_by_window.get_mut(&v) {
@@ -612,5 +723,102 @@ mod tests {
         assert_eq!(step(&mut op, "I I\n + 1 10\n + 1 10\n + 1 11"), "+ 1 2\n");
         assert_eq!(step(&mut op, "I I\n - 1 10"), "");
         assert_eq!(step(&mut op, "I I\n - 1 10"), "- 1 2\n+ 1 1\n");
+    }
+
+    #[test]
+    fn restored_aggregates_continue_exactly() -> Result<()> {
+        use crate::state::testing::{Step, assert_restores};
+        let input = schema(vec![("k", DataType::Int64), ("v", DataType::Int64)]);
+        let output = schema(vec![
+            ("k", DataType::Int64),
+            ("n", DataType::Int64),
+            ("s", DataType::Int64),
+            ("m", DataType::Int64),
+            ("d", DataType::Int64),
+        ]);
+        let mut distinct = call(AggKind::Count, Some(1), DataType::Int64);
+        distinct.distinct = true;
+        let calls = vec![
+            call(AggKind::CountRows, None, DataType::Int64),
+            call(AggKind::Sum, Some(1), DataType::Int64),
+            call(AggKind::Max, Some(1), DataType::Int64),
+            distinct,
+        ];
+        let make = || -> Box<dyn Operator> {
+            Box::new(
+                HashAggOperator::new(&[0], &calls, &input, &output, false, None, false)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        assert_restores(
+            make,
+            &[
+                Step::Data(0, "I I\n + 1 10\n + 1 20\n + 2 5"),
+                Step::Barrier,
+                Step::Restart,
+                Step::Data(0, "I I\n - 1 20\n + 3 7"),
+                Step::Barrier,
+                Step::Data(0, "I I\n - 2 5"),
+                Step::Barrier,
+                Step::Restart,
+                // A group deleted before the restart must not come back.
+                Step::Data(0, "I I\n + 2 6\n - 1 10\n + 1 10"),
+                Step::Barrier,
+                Step::Restart,
+                Step::Data(0, "I I\n - 3 7\n + 1 30"),
+                Step::Barrier,
+            ],
+        )
+    }
+
+    #[test]
+    fn restored_windows_and_global_aggregates_continue_exactly() -> Result<()> {
+        use crate::state::testing::{Step, assert_restores};
+        let input = schema(vec![("w", DataType::Int64), ("v", DataType::Int64)]);
+        let output = schema(vec![("w", DataType::Int64), ("n", DataType::Int64)]);
+        let calls = vec![call(AggKind::CountRows, None, DataType::Int64)];
+        let windowed = || -> Box<dyn Operator> {
+            Box::new(
+                HashAggOperator::new(&[0], &calls, &input, &output, true, Some(0), true)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        assert_restores(
+            windowed,
+            &[
+                Step::Data(0, "I I\n + 10 1\n + 20 1\n + 10 2"),
+                Step::Barrier,
+                Step::Restart,
+                Step::Watermark(0, 0, 15),
+                Step::Data(0, "I I\n + 10 3\n + 20 4\n + 30 1"),
+                Step::Barrier,
+                Step::Restart,
+                Step::Watermark(0, 0, 25),
+                Step::Barrier,
+            ],
+        )?;
+        let global_output = schema(vec![("n", DataType::Int64), ("s", DataType::Int64)]);
+        let global_calls =
+            vec![call(AggKind::CountRows, None, DataType::Int64), call(AggKind::Sum, Some(0), DataType::Int64)];
+        let global_input = schema(vec![("v", DataType::Int64)]);
+        let global = || -> Box<dyn Operator> {
+            Box::new(
+                HashAggOperator::new(&[], &global_calls, &global_input, &global_output, false, None, false)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        assert_restores(
+            global,
+            &[
+                Step::Barrier,
+                Step::Restart,
+                Step::Data(0, "I\n + 4"),
+                Step::Barrier,
+                Step::Restart,
+                Step::Barrier,
+                Step::Data(0, "I\n - 4"),
+                Step::Barrier,
+            ],
+        )
     }
 }
