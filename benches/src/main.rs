@@ -77,6 +77,7 @@ fn main() -> Result<()> {
                 data_dir,
                 barrier_interval: Duration::from_millis(barrier_ms),
                 checkpoint_interval: Duration::from_millis(1000),
+                verify_data_dir: false,
                 parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             };
             rt.block_on(eddy_server::serve(listen, config, async {

@@ -131,13 +131,27 @@ enum Next {
 impl Actor {
     /// Runs until stopped by a barrier or until an operator fails.
     pub async fn run(mut self) {
+        use futures::FutureExt;
         let id = self.id;
         let job = self.job;
         let reports = self.reports.clone();
-        if let Err(error) = self.run_inner().await {
-            tracing::error!(actor = id, job = job.0, %error, "actor failed");
-            let _ = reports.send(ActorReport::Failed { actor: id, job, error: error.to_string() });
-        }
+        // Operators do not panic, but a dependency might (a damaged page in the store): the
+        // job then fails like on any error instead of leaving its epoch open forever.
+        let outcome = std::panic::AssertUnwindSafe(self.run_inner()).catch_unwind().await;
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                format!("internal error (panic): {what}")
+            }
+        };
+        tracing::error!(actor = id, job = job.0, %error, "actor failed");
+        let _ = reports.send(ActorReport::Failed { actor: id, job, error });
     }
 
     async fn run_inner(&mut self) -> Result<()> {

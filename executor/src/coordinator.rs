@@ -172,7 +172,8 @@ pub struct Coordinator {
 pub struct Intervals {
     /// Between barriers: how soon changes become visible.
     pub barrier: Duration,
-    /// Between checkpoints: how much work a crash can take back (sources replay it).
+    /// Between checkpoints: how much work a crash can take back (sources replay it). Zero
+    /// turns interval checkpoints off: only statements that must be durable cause one.
     pub checkpoint: Duration,
 }
 
@@ -278,7 +279,7 @@ impl Coordinator {
         // Statements are acknowledged only once durable; otherwise checkpoint on the interval.
         let durable = flushes.iter().any(|(durable, _)| *durable)
             || change.is_some()
-            || self.last_checkpoint.elapsed() >= self.checkpoint_interval;
+            || (!self.checkpoint_interval.is_zero() && self.last_checkpoint.elapsed() >= self.checkpoint_interval);
         if durable {
             self.last_checkpoint = std::time::Instant::now();
         }

@@ -31,6 +31,8 @@ pub struct RuntimeConfig {
     pub checkpoint_interval: Duration,
     /// Actors per parallel fragment.
     pub parallelism: usize,
+    /// Verify every page of the store when opening it (see [`Store::open`]).
+    pub verify_store: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -39,6 +41,7 @@ impl Default for RuntimeConfig {
             barrier_interval: Duration::from_millis(1000),
             checkpoint_interval: Duration::from_millis(1000),
             parallelism: 2,
+            verify_store: false,
         }
     }
 }
@@ -85,7 +88,7 @@ impl Runtime {
     /// # Errors
     /// When the store cannot be opened.
     pub fn open(data_dir: &Path, config: RuntimeConfig) -> Result<Arc<Self>> {
-        let store = Store::open(data_dir)?;
+        let store = Store::open(data_dir, config.verify_store)?;
         let last_epoch = store
             .meta("epoch")?
             .map(|b| {

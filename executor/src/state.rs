@@ -344,7 +344,7 @@ pub(crate) mod testing {
     /// changes (per step, as multisets of rows).
     pub fn assert_restores(make: impl Fn() -> Box<dyn Operator>, script: &[Step<'_>]) -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| ExecError::Storage(e.to_string()))?;
-        let store: Arc<Store> = Store::open(dir.path())?;
+        let store: Arc<Store> = Store::open(dir.path(), false)?;
         let job = ObjectId(1);
         let scope = StateScope { fragment: 0, actor_index: 0, position: 0 };
         let mut reference = make();

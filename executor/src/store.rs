@@ -40,6 +40,11 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use crate::error::{ExecError, Result};
 
 const CATALOG: TableDefinition<u32, &[u8]> = TableDefinition::new("catalog");
+
+/// A file that marks a directory as an eddy data directory, written once the store exists: a
+/// data directory whose store has gone missing is refused rather than silently started empty.
+const DATA_DIR_MARKER: &str = "EDDY_DATA_DIR";
+const DATA_DIR_FORMAT: &str = "eddy data directory, format 1";
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 fn relation_table_name(id: ObjectId) -> String {
@@ -110,20 +115,32 @@ pub struct EpochCommit {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`. With `verify`, every page's checksum is checked
+    /// first (reading the whole file): a damaged latest commit falls back to the previous one,
+    /// and damage that cannot be repaired is an error instead of a later panic.
     ///
     /// # Errors
     /// When the directory or database cannot be opened, for example because another `eddy`
-    /// process holds it.
-    pub fn open(dir: &Path) -> Result<Arc<Self>> {
+    /// process holds it, or the file is damaged.
+    pub fn open(dir: &Path, verify: bool) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir).map_err(|e| ExecError::Storage(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("eddy.redb");
+        let marker = dir.join(DATA_DIR_MARKER);
         let existed = path.exists();
+        if !existed && marker.exists() {
+            return Err(ExecError::Storage(format!(
+                "{} belongs to an eddy data directory but {} is missing; eddy does not start empty over it. \
+                 Restore the file from a backup, or remove the directory to start empty",
+                marker.display(),
+                path.display()
+            )));
+        }
         let db = Database::builder()
             .set_cache_size(256 << 20)
+            .set_check_integrity_on_open(verify)
             .set_repair_callback(|session| {
                 if session.progress() == 0.0 {
-                    tracing::warn!("the data directory was not closed cleanly; recovering the last checkpoint");
+                    tracing::warn!("checking the data directory and recovering its last good checkpoint");
                 }
             })
             .create(&path)
@@ -140,6 +157,10 @@ impl Store {
         txn.open_table(CATALOG).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        if !marker.exists() {
+            std::fs::write(&marker, format!("{DATA_DIR_FORMAT}\n"))
+                .map_err(|e| ExecError::Storage(format!("write {}: {e}", marker.display())))?;
+        }
         Ok(Arc::new(Self { db }))
     }
 
@@ -160,8 +181,10 @@ impl Store {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(if commit.durable { Durability::Immediate } else { Durability::None }).map_err(storage)?;
         // A durable commit records the allocator state, so reopening after a crash need not
-        // walk every table to rebuild it.
+        // walk every table to rebuild it; it commits in two phases, so a write torn by a crash
+        // of the machine can only lose the commit in progress, never corrupt the previous one.
         txn.set_quick_repair(commit.durable);
+        txn.set_two_phase_commit(commit.durable);
         for (job, entries) in &commit.state {
             let name = state_table_name(*job);
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
@@ -615,7 +638,7 @@ mod tests {
     #[test]
     fn keyed_and_counted_round_trip() -> Result<()> {
         let dir = tempfile::tempdir().map_err(storage)?;
-        let store = Store::open(dir.path())?;
+        let store = Store::open(dir.path(), false)?;
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("name", DataType::Utf8, true),

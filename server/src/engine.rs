@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub barrier_interval: Duration,
     pub checkpoint_interval: Duration,
     pub parallelism: usize,
+    /// Verify the whole store when opening it.
+    pub verify_data_dir: bool,
 }
 
 /// What replaying the catalog on start needs to remember across objects.
@@ -72,6 +74,7 @@ impl Engine {
                 barrier_interval: config.barrier_interval,
                 checkpoint_interval: config.checkpoint_interval,
                 parallelism: config.parallelism,
+                verify_store: config.verify_data_dir,
             },
         )?;
         let catalog = Arc::new(Catalog::new(runtime.store().clone(), 1));

@@ -30,7 +30,18 @@ pub use engine::{Engine, EngineConfig};
 /// # Errors
 /// When the data directory cannot be opened or the address cannot be bound.
 pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let engine = Engine::start(config).await?;
+    let data_dir = config.data_dir.clone();
+    // Reading a damaged store can panic deep inside the storage engine; say what it means
+    // instead of dying with a backtrace.
+    let engine = match tokio::spawn(Engine::start(config)).await {
+        Ok(started) => started?,
+        Err(e) if e.is_panic() => anyhow::bail!(
+            "the data directory {} is damaged and cannot be read; eddy does not start over it. Restore it \
+             from a backup, or move it away to start empty",
+            data_dir.display()
+        ),
+        Err(e) => anyhow::bail!("starting the engine failed: {e}"),
+    };
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
     let factory = Arc::new(pg::HandlerFactory::new(engine.clone()));

@@ -27,9 +27,14 @@ struct Args {
     barrier_interval_ms: u64,
     /// How often a barrier is a checkpoint that makes operator state and source positions
     /// durable: at most this much source work is redone after a crash. Statements that change
-    /// data are durable when they return, whatever this is.
+    /// data are durable when they return, whatever this is. 0 turns interval checkpoints off.
     #[arg(long, default_value_t = 1000)]
     checkpoint_interval_ms: u64,
+    /// Verify every page of the data directory's store on start (reads it all): damage in the
+    /// last checkpoint falls back to the one before, damage beyond repair stops the server
+    /// with an error.
+    #[arg(long)]
+    verify_data_dir: bool,
     /// Actors per parallel operator; defaults to the number of cores.
     #[arg(long)]
     parallelism: Option<usize>,
@@ -46,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         barrier_interval: Duration::from_millis(args.barrier_interval_ms.max(1)),
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
+        verify_data_dir: args.verify_data_dir,
         parallelism: parallelism.max(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

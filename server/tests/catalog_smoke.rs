@@ -10,6 +10,7 @@ async fn pg_namespace_reads() {
         data_dir: dir.path().to_path_buf(),
         barrier_interval: Duration::from_millis(100),
         checkpoint_interval: Duration::from_millis(1000),
+        verify_data_dir: false,
         parallelism: 2,
     })
     .await
@@ -36,6 +37,7 @@ async fn pg_namespace_through_session() {
         data_dir: dir.path().to_path_buf(),
         barrier_interval: Duration::from_millis(100),
         checkpoint_interval: Duration::from_millis(1000),
+        verify_data_dir: false,
         parallelism: 2,
     })
     .await

@@ -170,6 +170,17 @@ impl TestServer {
         self.launch()
     }
 
+    /// Starts the server again on the same data directory with extra arguments (for this and
+    /// later restarts).
+    ///
+    /// # Errors
+    /// When it does not come back up.
+    pub fn restart_with(&mut self, args: &[&str]) -> Result<()> {
+        self.stop();
+        self.extra_args.extend(args.iter().map(|s| s.to_string()));
+        self.launch()
+    }
+
     /// The process id, for memory measurements.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
