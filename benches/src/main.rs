@@ -29,6 +29,11 @@ enum Cmd {
         data_dir: std::path::PathBuf,
         #[arg(long, default_value_t = 1000)]
         barrier_ms: u64,
+        /// Checkpoint interval; 0 turns interval checkpoints off.
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_ms: u64,
+        #[arg(long)]
+        memory_limit: Option<String>,
     },
     /// Run Nexmark queries (`benches/nexmark/*.sql`) on the built-in generator into a blackhole
     /// sink; report events/s, events/s per core of CPU time, peak memory and freshness.
@@ -45,6 +50,24 @@ enum Cmd {
         /// Barrier interval of the server, in milliseconds.
         #[arg(long, default_value_t = 100)]
         barrier_ms: u64,
+        /// Checkpoint interval of the server, in milliseconds; 0 turns interval checkpoints off
+        /// (to measure what checkpoints cost).
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_ms: u64,
+        /// The server's --memory-limit (e.g. 256MB); unlimited by default.
+        #[arg(long)]
+        memory_limit: Option<String>,
+    },
+    /// Recovery time after `kill -9` against the size of the state: fills a table behind an
+    /// aggregate with min/max and a join (both keep every row in their state), kills the
+    /// server, and times the restart until the views answer.
+    Recovery {
+        /// Table sizes to measure, in rows.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![250_000u64, 1_000_000, 4_000_000])]
+        rows: Vec<u64>,
+        /// The server's --memory-limit while recovering (unlimited by default).
+        #[arg(long)]
+        memory_limit: Option<String>,
     },
     /// INSERT batches into a table behind a GROUP BY view; report rows/s, statement latency
     /// (an INSERT returns once its rows are visible in the view) and server memory.
@@ -70,23 +93,31 @@ enum Cmd {
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
-        Cmd::Serve { listen, data_dir, barrier_ms } => {
+        Cmd::Serve { listen, data_dir, barrier_ms, checkpoint_ms, memory_limit } => {
             tracing_subscriber::fmt().with_env_filter("warn").init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let memory_limit =
+                memory_limit.map(|m| eddy_executor::memory::parse_size(&m)).transpose().map_err(anyhow::Error::msg)?;
             let config = eddy_server::EngineConfig {
                 data_dir,
                 barrier_interval: Duration::from_millis(barrier_ms),
-                checkpoint_interval: Duration::from_millis(1000),
+                checkpoint_interval: Duration::from_millis(checkpoint_ms),
                 verify_data_dir: false,
+                memory_limit,
                 parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             };
             rt.block_on(eddy_server::serve(listen, config, async {
                 let _ = tokio::signal::ctrl_c().await;
             }))
         }
-        Cmd::Nexmark { events, queries, splits, barrier_ms } => {
+        Cmd::Nexmark { events, queries, splits, barrier_ms, checkpoint_ms, memory_limit } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(nexmark(events, queries, splits, barrier_ms))
+            let options = ServeOptions { barrier_ms, checkpoint_ms, memory_limit };
+            rt.block_on(nexmark(events, queries, splits, options))
+        }
+        Cmd::Recovery { rows, memory_limit } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(recovery(rows, memory_limit))
         }
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -95,40 +126,81 @@ fn main() -> Result<()> {
     }
 }
 
+/// How the benchmarked server runs.
+#[derive(Debug, Clone)]
+struct ServeOptions {
+    barrier_ms: u64,
+    checkpoint_ms: u64,
+    memory_limit: Option<String>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { barrier_ms: 1000, checkpoint_ms: 1000, memory_limit: None }
+    }
+}
+
 struct Server {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start() -> Result<Self> {
-        Self::start_with(1000)
+        Self::start_with(ServeOptions::default())
     }
 
-    fn start_with(barrier_ms: u64) -> Result<Self> {
+    fn start_with(options: ServeOptions) -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        let (child, port) = Self::spawn(&dir, &options)?;
+        Ok(Self { child, port, dir })
+    }
+
+    fn spawn(dir: &tempfile::TempDir, options: &ServeOptions) -> Result<(Child, u16)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(std::env::current_exe()?)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--barrier-ms",
-                &barrier_ms.to_string(),
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--barrier-ms",
+            &options.barrier_ms.to_string(),
+            "--checkpoint-ms",
+            &options.checkpoint_ms.to_string(),
+        ]);
+        if let Some(m) = &options.memory_limit {
+            command.args(["--memory-limit", m]);
+        }
+        let mut child = command.arg("--data-dir").arg(dir.path().join("data")).stdout(Stdio::null()).spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(600);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
+            if Instant::now() > deadline || child.try_wait()?.is_some() {
                 bail!("server did not start");
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(Self { child, port, _dir: dir })
+        Ok((child, port))
+    }
+
+    /// `kill -9`, then starts again on the same data directory; returns how long the start
+    /// took until the server accepted connections (it restores every job before that).
+    fn crash_and_restart(&mut self, options: ServeOptions) -> Result<Duration> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let started = Instant::now();
+        let (child, port) = Self::spawn(&self.dir, &options)?;
+        self.child = child;
+        self.port = port;
+        Ok(started.elapsed())
+    }
+
+    /// Bytes of the data directory.
+    fn data_bytes(&self) -> u64 {
+        let dir = self.dir.path().join("data");
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client> {
@@ -276,11 +348,17 @@ fn nexmark_queries() -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_ms: u64) -> Result<()> {
+async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, options: ServeOptions) -> Result<()> {
     let splits = splits.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let checkpoints = match options.checkpoint_ms {
+        0 => "no interval checkpoints".to_string(),
+        ms => format!("checkpoint every {ms} ms"),
+    };
+    let memory = options.memory_limit.as_deref().map(|m| format!(", memory limit {m}")).unwrap_or_default();
     println!(
-        "Nexmark, {events} events per query, {splits} generator splits, {cores} cores, barrier every {barrier_ms} ms, blackhole sink"
+        "Nexmark, {events} events per query, {splits} generator splits, {cores} cores, barrier every {} ms, {checkpoints}{memory}, blackhole sink",
+        options.barrier_ms
     );
     println!(
         "{:<12} {:>12} {:>14} {:>10} {:>10} {:>12} {:>17} {:>10}",
@@ -290,7 +368,7 @@ async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let server = Server::start_with(barrier_ms)?;
+        let server = Server::start_with(options.clone())?;
         let client = server.connect().await?;
         let options = |kind: &str| {
             format!(
@@ -356,6 +434,70 @@ async fn nexmark(events: u64, only: Vec<String>, splits: Option<usize>, barrier_
             p50,
             p99,
             sink_rows
+        );
+    }
+    Ok(())
+}
+
+async fn recovery(sizes: Vec<u64>, memory_limit: Option<String>) -> Result<()> {
+    println!("Recovery after kill -9: a table behind a min/max aggregate and a self-join (both keep every row)");
+    println!(
+        "{:>10} {:>12} {:>14} {:>14} {:>14} {:>10}",
+        "rows", "store MiB", "state MiB", "restart s", "first read s", "s per GiB"
+    );
+    for rows in sizes {
+        let mut server = Server::start()?;
+        let client = server.connect().await?;
+        client
+            .batch_execute(
+                "CREATE TABLE r (id BIGINT PRIMARY KEY, k BIGINT, v BIGINT, pad VARCHAR);
+                 CREATE MATERIALIZED VIEW agg AS
+                   SELECT k, count(*) AS n, sum(v) AS total, min(v) AS lo, max(v) AS hi FROM r GROUP BY k;
+                 CREATE MATERIALIZED VIEW joined AS
+                   SELECT a.k, count(*) AS n FROM r a JOIN r b ON a.id = b.id GROUP BY a.k;",
+            )
+            .await?;
+        let groups = (rows / 10).max(1);
+        let chunk = 250_000u64;
+        let mut first = 1u64;
+        while first <= rows {
+            let last = (first + chunk - 1).min(rows);
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO r SELECT x, x % {groups}, x * 7919 % 100000, 'padding-' || x FROM generate_series({first}, {last}) AS s(x)"
+                ))
+                .await?;
+            first = last + 1;
+        }
+        let state_bytes: i64 =
+            client.query_one("SELECT sum(bytes)::BIGINT FROM eddy_catalog.operator_state", &[]).await?.get(0);
+        let store = server.data_bytes();
+        drop(client);
+        let options = ServeOptions { memory_limit: memory_limit.clone(), ..ServeOptions::default() };
+        let restart = server.crash_and_restart(options)?;
+        let client = server.connect().await?;
+        let read_started = Instant::now();
+        let counted: i64 = client.query_one("SELECT sum(n)::BIGINT FROM agg", &[]).await?.get(0);
+        let joined: i64 = client.query_one("SELECT sum(n)::BIGINT FROM joined", &[]).await?.get(0);
+        let first_read = read_started.elapsed();
+        if counted != rows as i64 || joined != rows as i64 {
+            bail!("after recovery the views count {counted} and {joined} rows, not {rows}");
+        }
+        // The restored state must still be maintained: one more change flows through.
+        client.batch_execute(&format!("DELETE FROM r WHERE id = {rows}")).await?;
+        let after: i64 = client.query_one("SELECT sum(n)::BIGINT FROM joined", &[]).await?.get(0);
+        if after != rows as i64 - 1 {
+            bail!("a delete after recovery left {after} joined rows, not {}", rows - 1);
+        }
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "{:>10} {:>12.0} {:>14.0} {:>14.2} {:>14.3} {:>10.2}",
+            rows,
+            mib(store),
+            mib(state_bytes.max(0) as u64),
+            restart.as_secs_f64(),
+            first_read.as_secs_f64(),
+            restart.as_secs_f64() / (store as f64 / (1u64 << 30) as f64)
         );
     }
     Ok(())

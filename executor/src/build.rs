@@ -22,6 +22,7 @@ use crate::actor::{Actor, ActorReport, Backfill, CommittedEpochs, Input, SourceI
 use crate::coordinator::JobActors;
 use crate::dispatch::{Dispatcher, Edge};
 use crate::error::{ExecError, Result};
+use crate::memory::MemoryBudget;
 use crate::message::{ActorId, Message, NewOutput};
 use crate::metrics::Metrics;
 use crate::operator::Operator;
@@ -60,6 +61,7 @@ pub struct BuildContext<'a> {
     pub sources_open: watch::Receiver<bool>,
     /// The last checkpoint, when the job restarts from it instead of starting fresh.
     pub restore: Option<Snapshot>,
+    pub budget: &'a Arc<MemoryBudget>,
 }
 
 impl BuildContext<'_> {
@@ -83,11 +85,14 @@ impl BuildContext<'_> {
         Ok(SourceInput { reader, stats, open: self.sources_open.clone() })
     }
 
-    /// Gives every operator of a restored actor its checkpointed state.
-    fn restore_chain(&self, chain: &mut [Box<dyn Operator>], job: ObjectId, scope: StateScope) -> Result<()> {
-        if let Some(snapshot) = &self.restore {
-            for (position, op) in chain.iter_mut().enumerate() {
-                op.restore(&StateReader::new(snapshot.clone(), job, scope.at(position as u16)))?;
+    /// Tells every operator of an actor where its state lives and, when the job restarts
+    /// from a checkpoint, gives it that state.
+    fn prepare_chain(&self, chain: &mut [Box<dyn Operator>], job: ObjectId, scope: StateScope) -> Result<()> {
+        for (position, op) in chain.iter_mut().enumerate() {
+            let scope = scope.at(position as u16);
+            op.attach_state(StateReader::of_store(self.store.clone(), job, scope)?);
+            if let Some(snapshot) = &self.restore {
+                op.restore(&StateReader::new(snapshot.clone(), job, scope))?;
             }
         }
         Ok(())
@@ -339,7 +344,7 @@ pub fn build_graph(
                 chain.push(build_operator(spec, def, ctx)?);
             }
             let scope = actor_scope(f, i)?;
-            ctx.restore_chain(&mut chain, def.id, scope)?;
+            ctx.prepare_chain(&mut chain, def.id, scope)?;
             actors.push(Actor {
                 id: actor_ids[f][i],
                 job: def.id,
@@ -439,15 +444,18 @@ fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>
             append_only_input,
             window_key,
             emit_on_close,
-        } => Box::new(HashAggOperator::new(
-            group_keys,
-            calls,
-            input_schema,
-            schema,
-            *append_only_input,
-            *window_key,
-            *emit_on_close,
-        )?),
+        } => Box::new(
+            HashAggOperator::new(
+                group_keys,
+                calls,
+                input_schema,
+                schema,
+                *append_only_input,
+                *window_key,
+                *emit_on_close,
+            )?
+            .with_memory_budget(ctx.budget.clone()),
+        ),
         OperatorSpec::Union { schema, .. } => Box::new(UnionOperator::new(schema)),
         OperatorSpec::TopN {
             partition,
@@ -496,20 +504,23 @@ fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>
                 filter_schema,
                 schema,
             )?),
-            None => Box::new(crate::ops::join::JoinOperator::new(
-                *temporal,
-                *null_aware,
-                *interval,
-                *join_type,
-                left_keys,
-                right_keys,
-                filter.as_ref(),
-                *null_equals_null,
-                left_schema,
-                right_schema,
-                filter_schema,
-                schema,
-            )?),
+            None => Box::new(
+                crate::ops::join::JoinOperator::new(
+                    *temporal,
+                    *null_aware,
+                    *interval,
+                    *join_type,
+                    left_keys,
+                    right_keys,
+                    filter.as_ref(),
+                    *null_equals_null,
+                    left_schema,
+                    right_schema,
+                    filter_schema,
+                    schema,
+                )?
+                .with_memory_budget(ctx.budget.clone()),
+            ),
         },
         OperatorSpec::SessionAgg { group_keys, sessions, gap_ns, calls, input_schema, schema, emit_on_close } => {
             Box::new(crate::ops::session::SessionAggOperator::new(

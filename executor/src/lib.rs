@@ -13,6 +13,7 @@ pub mod coordinator;
 pub mod dispatch;
 pub mod error;
 pub mod expr;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod operator;

@@ -134,10 +134,16 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// Loads the state the last checkpoint wrote, once, before any input.
+    /// Loads the state the last checkpoint wrote, once, before any input (only when the job
+    /// restarts from a checkpoint).
     fn restore(&mut self, _state: &StateReader) -> Result<()> {
         Ok(())
     }
+
+    /// Where this operator's checkpointed state lives, given to every operator before any
+    /// input (fresh or restored). Operators that evict clean state under the memory limit
+    /// keep it to read evicted entries back.
+    fn attach_state(&mut self, _state: StateReader) {}
 
     /// True for operators that want [`Operator::checkpoint_committed`] calls.
     fn wants_commit_notices(&self) -> bool {

@@ -18,6 +18,7 @@ use crate::actor::ActorReport;
 use crate::build::{BuildContext, BuiltJob, build_graph, build_table};
 use crate::coordinator::{self, Change, CoordinatorHandle, CoordinatorStatus};
 use crate::error::{ExecError, Result};
+use crate::memory::MemoryBudget;
 use crate::message::{ActorId, Message, Mutation};
 use crate::metrics::Metrics;
 use crate::store::{CatalogChange, Snapshot, Store};
@@ -33,6 +34,8 @@ pub struct RuntimeConfig {
     pub parallelism: usize,
     /// Verify every page of the store when opening it (see [`Store::open`]).
     pub verify_store: bool,
+    /// Bytes of operator state kept in memory before clean state is evicted to the store.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
@@ -42,6 +45,7 @@ impl Default for RuntimeConfig {
             checkpoint_interval: Duration::from_millis(1000),
             parallelism: 2,
             verify_store: false,
+            memory_limit: None,
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct Runtime {
     reports: mpsc::UnboundedSender<ActorReport>,
     durable_epochs: watch::Receiver<Epoch>,
     sources_open: watch::Sender<bool>,
+    budget: Arc<MemoryBudget>,
     actor_ids: AtomicU32,
     tables: Mutex<HashMap<ObjectId, TableHandle>>,
     jobs: Mutex<HashMap<ObjectId, Vec<ActorId>>>,
@@ -109,6 +114,7 @@ impl Runtime {
             reports,
             durable_epochs,
             sources_open: watch::channel(true).0,
+            budget: Arc::new(MemoryBudget::new(config.memory_limit)),
             actor_ids: AtomicU32::new(1),
             tables: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
@@ -137,7 +143,13 @@ impl Runtime {
                 StartMode::Fresh => None,
                 StartMode::Restore => Some(self.store.snapshot()?),
             },
+            budget: &self.budget,
         })
+    }
+
+    /// Operator state held in memory and the limit, for system views.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     /// Keeps every source from reading until [`Runtime::open_sources`]: while the catalog is

@@ -21,10 +21,12 @@
 //! checkpoint and restores state only when the fingerprint matches (otherwise the job is
 //! rebuilt from its inputs).
 
+use std::sync::Arc;
+
 use eddy_common::ids::ObjectId;
 
 use crate::error::{ExecError, Result};
-use crate::store::Snapshot;
+use crate::store::{Snapshot, Store};
 
 /// The chain position a source split's position is stored under.
 pub const SOURCE_POSITION: u16 = u16::MAX;
@@ -86,8 +88,11 @@ impl<'a> StateWriter<'a> {
     }
 }
 
-/// An operator's state as the last checkpoint left it.
+/// An operator's state as the last checkpoint left it (or, after [`StateReader::refresh`], as
+/// the latest commit has it).
+#[derive(Clone)]
 pub struct StateReader {
+    store: Option<Arc<Store>>,
     snapshot: Snapshot,
     job: ObjectId,
     prefix: [u8; 6],
@@ -95,7 +100,37 @@ pub struct StateReader {
 
 impl StateReader {
     pub fn new(snapshot: Snapshot, job: ObjectId, scope: StateScope) -> Self {
-        Self { snapshot, job, prefix: scope.prefix() }
+        Self { store: None, snapshot, job, prefix: scope.prefix() }
+    }
+
+    /// A reader that can follow later commits of `store`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn of_store(store: Arc<Store>, job: ObjectId, scope: StateScope) -> Result<Self> {
+        Ok(Self { snapshot: store.snapshot()?, store: Some(store), job, prefix: scope.prefix() })
+    }
+
+    /// Reads the latest commit from now on: call it once a checkpoint is durable to see what
+    /// it wrote.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn refresh(&mut self) -> Result<()> {
+        if let Some(store) = &self.store {
+            self.snapshot = store.snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every entry whose key (without the scope prefix) starts with `prefix`.
+    ///
+    /// # Errors
+    /// On storage failure, or what `f` returns.
+    pub fn for_each_with_prefix(&self, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let mut full = self.prefix.to_vec();
+        full.extend_from_slice(prefix);
+        self.snapshot.state_scan(self.job, &full, |k, v| f(&k[self.prefix.len()..], v))
     }
 
     /// The value stored under `key`.
@@ -369,5 +404,36 @@ pub(crate) mod testing {
             }
         }
         Ok(())
+    }
+
+    /// Runs `script` through an operator without a memory limit and one with a tiny one
+    /// (checkpointed and told of each durable checkpoint after every barrier, so it evicts),
+    /// asserts both emit the same changes, and returns how many entries were evicted.
+    pub fn assert_spills(
+        make: impl Fn(Option<Arc<crate::memory::MemoryBudget>>) -> Box<dyn Operator>,
+        script: &[Step<'_>],
+    ) -> Result<u64> {
+        let dir = tempfile::tempdir().map_err(|e| ExecError::Storage(e.to_string()))?;
+        let store: Arc<Store> = Store::open(dir.path(), false)?;
+        let job = ObjectId(1);
+        let scope = StateScope { fragment: 0, actor_index: 0, position: 0 };
+        let budget = Arc::new(crate::memory::MemoryBudget::new(Some(1)));
+        let mut reference = make(None);
+        let mut limited = make(Some(budget.clone()));
+        limited.attach_state(StateReader::of_store(store.clone(), job, scope)?);
+        let mut epoch = 1;
+        for (i, step) in script.iter().enumerate() {
+            let expected = feed(reference.as_mut(), step, epoch)?;
+            let actual = feed(limited.as_mut(), step, epoch)?;
+            assert_eq!(actual, expected, "step {i} emitted differently under the memory limit");
+            if let Step::Barrier = step {
+                let mut entries = Vec::new();
+                limited.checkpoint(&mut StateWriter::new(scope, &mut entries))?;
+                store.commit(&EpochCommit { state: vec![(job, entries)], durable: true, ..Default::default() })?;
+                limited.checkpoint_committed(epoch)?;
+                epoch += 1;
+            }
+        }
+        Ok(budget.evicted_entries())
     }
 }

@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub parallelism: usize,
     /// Verify the whole store when opening it.
     pub verify_data_dir: bool,
+    /// Bytes of operator state kept in memory before clean state is evicted to the store.
+    pub memory_limit: Option<u64>,
 }
 
 /// What replaying the catalog on start needs to remember across objects.
@@ -75,6 +77,7 @@ impl Engine {
                 checkpoint_interval: config.checkpoint_interval,
                 parallelism: config.parallelism,
                 verify_store: config.verify_data_dir,
+                memory_limit: config.memory_limit,
             },
         )?;
         let catalog = Arc::new(Catalog::new(runtime.store().clone(), 1));

@@ -35,6 +35,11 @@ struct Args {
     /// with an error.
     #[arg(long)]
     verify_data_dir: bool,
+    /// Operator state kept in memory (e.g. `2GB`); past it, joins and aggregates evict state
+    /// that the last checkpoint saved and read it back from the data directory when needed.
+    /// Unlimited when absent.
+    #[arg(long, value_parser = eddy_executor::memory::parse_size)]
+    memory_limit: Option<u64>,
     /// Actors per parallel operator; defaults to the number of cores.
     #[arg(long)]
     parallelism: Option<usize>,
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         barrier_interval: Duration::from_millis(args.barrier_interval_ms.max(1)),
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
         verify_data_dir: args.verify_data_dir,
+        memory_limit: args.memory_limit,
         parallelism: parallelism.max(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -10,7 +10,10 @@
 //! - `eddy_catalog.operator_state(job, actor, position, operator, rows, bytes)`: the in-memory
 //!   state of each stateful operator instance (joins, top-N), as of its last barrier;
 //! - `eddy_catalog.freshness(p50_ms, p99_ms, samples)`: how long rows read from sources waited
-//!   until the epoch holding them was committed (visible), over recent epochs.
+//!   until the epoch holding them was committed (visible), over recent epochs;
+//! - `eddy_catalog.memory(limit_bytes, state_bytes, evicted_entries)`: operator state held in
+//!   memory by the operators that can evict it, the `--memory-limit`, and how many entries
+//!   were evicted to the store so far.
 
 use std::sync::Arc;
 
@@ -27,7 +30,7 @@ use crate::engine::Engine;
 
 pub const SCHEMA_NAME: &str = "eddy_catalog";
 
-const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs", "freshness", "operator_state"];
+const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs", "freshness", "operator_state", "memory"];
 
 pub struct SystemSchema {
     engine: std::sync::Weak<Engine>,
@@ -196,6 +199,23 @@ impl SchemaProvider for SystemSchema {
                         Arc::new(datafusion::arrow::array::Float64Array::from(vec![p50])),
                         Arc::new(datafusion::arrow::array::Float64Array::from(vec![p99])),
                         Arc::new(Int64Array::from(vec![n as i64])),
+                    ],
+                )
+                .map(Some)
+            }
+            "memory" => {
+                let budget = engine.runtime.memory();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("limit_bytes", DataType::Int64, true),
+                    Field::new("state_bytes", DataType::Int64, false),
+                    Field::new("evicted_entries", DataType::Int64, false),
+                ]));
+                table(
+                    schema,
+                    vec![
+                        Arc::new(Int64Array::from(vec![budget.limit().map(|l| l as i64)])),
+                        Arc::new(Int64Array::from(vec![budget.used() as i64])),
+                        Arc::new(Int64Array::from(vec![budget.evicted_entries() as i64])),
                     ],
                 )
                 .map(Some)

@@ -11,6 +11,7 @@ async fn pg_namespace_reads() {
         barrier_interval: Duration::from_millis(100),
         checkpoint_interval: Duration::from_millis(1000),
         verify_data_dir: false,
+        memory_limit: None,
         parallelism: 2,
     })
     .await
@@ -38,6 +39,7 @@ async fn pg_namespace_through_session() {
         barrier_interval: Duration::from_millis(100),
         checkpoint_interval: Duration::from_millis(1000),
         verify_data_dir: false,
+        memory_limit: None,
         parallelism: 2,
     })
     .await

@@ -29,6 +29,11 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::error::{ExecError, Result};
 use crate::expr::{CompiledExpr, nullable_schema};
+use std::sync::Arc;
+
+use eddy_common::ids::Epoch;
+
+use crate::memory::MemoryBudget;
 use crate::operator::{Operator, Output};
 use crate::state::{Decoder, Encoder, StateReader, StateWriter};
 
@@ -71,6 +76,8 @@ struct KeyGroup {
     index: Option<HashTable<u32>>,
     /// Some row changed since the last checkpoint (the key is in `Side::unsaved_keys`).
     unsaved: bool,
+    /// Used since the last eviction pass (a clock bit: untouched groups are evicted first).
+    touched: bool,
 }
 
 impl KeyGroup {
@@ -144,6 +151,9 @@ struct Side {
     unsaved_keys: Vec<Box<[u8]>>,
     /// Stored rows removed since the last checkpoint.
     unsaved_deletes: Vec<KeyedRow>,
+    /// Hashes of the keys whose groups were evicted to the store (with how many keys share
+    /// each hash): a key missing from `groups` is read back only when its hash is here.
+    evicted: HashMap<u64, u32>,
 }
 
 impl Side {
@@ -170,7 +180,13 @@ impl Side {
             swept_below: i64::MIN,
             unsaved_keys: Vec::new(),
             unsaved_deletes: Vec::new(),
+            evicted: HashMap::new(),
         })
+    }
+
+    /// Bytes this side holds, with the per-row and per-group overhead of the structures.
+    fn memory_bytes(&self) -> u64 {
+        self.bytes + self.rows * ROW_OVERHEAD + self.groups.len() as u64 * GROUP_OVERHEAD
     }
 
     fn tracks_degree(&self) -> bool {
@@ -192,13 +208,23 @@ fn mark_unsaved(group: &mut KeyGroup, p: usize, key: &[u8], unsaved_keys: &mut V
 const META_KEY: &[u8] = &[2];
 
 fn row_state_key(side: usize, key: &[u8], row: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(5 + key.len() + row.len());
-    k.push(side as u8);
-    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    k.extend_from_slice(key);
+    let mut k = group_state_prefix(side, key);
     k.extend_from_slice(row);
     k
 }
+
+/// The prefix of the state keys of every row of one group.
+fn group_state_prefix(side: usize, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.push(side as u8);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Memory a stored row and a key group take besides their bytes (structs, boxes, hash slots).
+const ROW_OVERHEAD: u64 = 64;
+const GROUP_OVERHEAD: u64 = 96;
 
 pub struct JoinOperator {
     join_type: JoinType,
@@ -226,6 +252,13 @@ pub struct JoinOperator {
     filter_schema: SchemaRef,
     schema: SchemaRef,
     hasher: DefaultHashBuilder,
+    /// Where evicted groups are read back from, and the budget that decides evictions.
+    state: Option<StateReader>,
+    budget: Option<Arc<MemoryBudget>>,
+    /// Bytes last reported to the budget.
+    tracked: u64,
+    /// Epoch of the last checkpoint barrier: groups it saved may be evicted once it is durable.
+    last_checkpoint: Epoch,
 }
 
 /// Right-side row counts of a null-aware anti join: `x NOT IN (subquery)` is true for every
@@ -329,7 +362,123 @@ impl JoinOperator {
             filter_schema: nullable_schema(filter_schema),
             schema: nullable_schema(schema),
             hasher: DefaultHashBuilder::default(),
+            state: None,
+            budget: None,
+            tracked: 0,
+            last_checkpoint: 0,
         })
+    }
+
+    /// Lets the join evict clean key groups to the store when operator state exceeds the
+    /// memory limit.
+    pub fn with_memory_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Joins whose state is bounded anyway (interval joins free it behind watermarks) or
+    /// whose output depends on every row at once (`NOT IN`) keep everything in memory.
+    fn spills(&self) -> bool {
+        self.interval.is_none()
+            && self.null_aware.is_none()
+            && self.budget.as_ref().is_some_and(|b| b.limit().is_some())
+    }
+
+    fn report_memory(&mut self) {
+        let now = self.sides[0].memory_bytes() + self.sides[1].memory_bytes();
+        if let Some(b) = &self.budget {
+            b.track(self.tracked, now);
+        }
+        self.tracked = now;
+    }
+
+    /// Reads back, on both sides, the evicted groups of the keys in `keys`.
+    fn fault_in(&mut self, keys: &datafusion::arrow::row::Rows) -> Result<()> {
+        for side in 0..2 {
+            if self.sides[side].evicted.is_empty() {
+                continue;
+            }
+            for key in keys.iter() {
+                let key = key.as_ref();
+                if self.sides[side].groups.contains_key(key) {
+                    continue;
+                }
+                let hash = self.hasher.hash_one(key);
+                if !self.sides[side].evicted.contains_key(&hash) {
+                    continue;
+                }
+                let Some(reader) = &self.state else { continue };
+                let prefix = group_state_prefix(side, key);
+                let mut group = KeyGroup::default();
+                let mut bytes = 0u64;
+                let hasher = &self.hasher;
+                reader.for_each_with_prefix(&prefix, |k, v| {
+                    let row = &k[prefix.len()..];
+                    let mut input = Decoder::new(v);
+                    let (count, degree, time) = (input.i64()?, input.i64()?, input.i64()?);
+                    bytes += row.len() as u64;
+                    group.insert(
+                        StoredRow { row: row.into(), count, degree, time, saved: true, unsaved: false },
+                        hasher,
+                    );
+                    Ok(())
+                })?;
+                if group.rows.is_empty() {
+                    // Another key with the same hash was evicted, not this one.
+                    continue;
+                }
+                let s = &mut self.sides[side];
+                if let Some(n) = s.evicted.get_mut(&hash) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.evicted.remove(&hash);
+                    }
+                }
+                s.rows += group.rows.len() as u64;
+                s.bytes += bytes + key.len() as u64;
+                group.touched = true;
+                s.groups.insert(key.into(), group);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops clean groups (saved by a durable checkpoint) until the join is down to its share
+    /// of the memory limit; groups not used since the last pass go first.
+    fn evict(&mut self) {
+        let Some(target) = self.budget.as_ref().and_then(|b| b.target_for(self.tracked)) else { return };
+        let mut current = self.tracked;
+        let mut evicted = 0u64;
+        for pass in 0..2 {
+            for s in &mut self.sides {
+                let hasher = &self.hasher;
+                let evicted_hashes = &mut s.evicted;
+                let (mut rows, mut bytes) = (0u64, 0u64);
+                s.groups.retain(|key, group| {
+                    if current <= target || group.unsaved {
+                        return true;
+                    }
+                    if pass == 0 && std::mem::take(&mut group.touched) {
+                        return true;
+                    }
+                    let group_bytes: u64 =
+                        group.rows.iter().map(|r| r.row.len() as u64).sum::<u64>() + key.len() as u64;
+                    let freed = group_bytes + group.rows.len() as u64 * ROW_OVERHEAD + GROUP_OVERHEAD;
+                    current = current.saturating_sub(freed);
+                    rows += group.rows.len() as u64;
+                    bytes += group_bytes;
+                    *evicted_hashes.entry(hasher.hash_one(key.as_ref())).or_default() += 1;
+                    evicted += 1;
+                    false
+                });
+                s.rows -= rows;
+                s.bytes -= bytes;
+            }
+        }
+        if let Some(b) = &self.budget {
+            b.record_evictions(evicted);
+        }
+        self.report_memory();
     }
 
     /// Distinct rows and their encoded bytes held for the left and right input.
@@ -342,6 +491,7 @@ impl JoinOperator {
         let n = batch.num_rows();
         let key_columns: Vec<ArrayRef> = self.sides[this].keys.iter().map(|c| batch.column(*c).clone()).collect();
         let keys = self.key_converter.convert_columns(&key_columns)?;
+        self.fault_in(&keys)?;
         let has_null_key = |i: usize| key_columns.iter().any(|c| c.is_null(i));
         let rows = self.sides[this].converter.convert_columns(batch.data().columns())?;
         let times: Option<Int64Array> = match self.sides[this].time_column {
@@ -609,6 +759,7 @@ impl JoinOperator {
             Some(g) => g,
             None => state.groups.entry(key.into()).or_default(),
         };
+        group.touched = true;
         match group.find(row, hasher) {
             Some(p) => {
                 group.rows[p].count += weight;
@@ -712,7 +863,10 @@ impl Operator for JoinOperator {
         self.process_side(input, &batch, out)
     }
 
-    fn on_barrier(&mut self, _barrier: &crate::message::Barrier, out: &mut Output) -> Result<()> {
+    fn on_barrier(&mut self, barrier: &crate::message::Barrier, out: &mut Output) -> Result<()> {
+        if barrier.checkpoint {
+            self.last_checkpoint = barrier.epoch;
+        }
         if self.interval.is_some() {
             self.sweep(0);
             self.sweep(1);
@@ -741,6 +895,27 @@ impl Operator for JoinOperator {
 
     fn watermarks_per_input(&self) -> bool {
         true
+    }
+
+    fn attach_state(&mut self, state: StateReader) {
+        self.state = Some(state);
+    }
+
+    fn wants_commit_notices(&self) -> bool {
+        self.spills()
+    }
+
+    fn checkpoint_committed(&mut self, epoch: Epoch) -> Result<()> {
+        self.report_memory();
+        if !self.spills() || epoch < self.last_checkpoint {
+            // The groups the last checkpoint saved are not durable yet.
+            return Ok(());
+        }
+        if let Some(reader) = &mut self.state {
+            reader.refresh()?;
+        }
+        self.evict();
+        Ok(())
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<()> {
@@ -774,6 +949,13 @@ impl Operator for JoinOperator {
     fn restore(&mut self, state: &StateReader) -> Result<()> {
         let corrupt = || ExecError::Storage("corrupt join state entry".into());
         let hasher = self.hasher.clone();
+        // Under a memory limit, groups past what fits stay in the store, as if evicted.
+        let room = match (&self.budget, self.spills()) {
+            (Some(b), true) => b.limit().map(|limit| limit.saturating_sub(b.used())),
+            _ => None,
+        };
+        let mut loaded = 0u64;
+        let mut skipping: Option<(usize, Vec<u8>)> = None;
         state.for_each(|key, value| {
             if key == META_KEY {
                 let mut input = Decoder::new(value);
@@ -802,9 +984,19 @@ impl Operator for JoinOperator {
             let mut input = Decoder::new(value);
             let (count, degree, time) = (input.i64()?, input.i64()?, input.i64()?);
             let s = &mut self.sides[side];
+            if skipping.as_ref().is_some_and(|(sd, k)| *sd == side && k.as_slice() == group_key) {
+                return Ok(());
+            }
+            if room.is_some_and(|room| loaded > room) && !s.groups.contains_key(group_key) {
+                *s.evicted.entry(hasher.hash_one(group_key)).or_default() += 1;
+                skipping = Some((side, group_key.to_vec()));
+                return Ok(());
+            }
+            loaded += row.len() as u64 + ROW_OVERHEAD;
             let group = s.groups.entry(group_key.into()).or_default();
             if group.rows.is_empty() {
                 s.bytes += group_key.len() as u64;
+                loaded += group_key.len() as u64 + GROUP_OVERHEAD;
             }
             group.insert(StoredRow { row: row.into(), count, degree, time, saved: true, unsaved: false }, &hasher);
             s.rows += 1;
@@ -815,6 +1007,7 @@ impl Operator for JoinOperator {
             // The right side's rows are back: stream rows need not wait for a backfill.
             self.held = None;
         }
+        self.report_memory();
         Ok(())
     }
 
@@ -1039,6 +1232,41 @@ mod tests {
                     Step::Barrier,
                 ],
             )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn evicted_join_groups_come_back_exactly() -> Result<()> {
+        use crate::state::testing::{Step, assert_spills};
+        for join_type in [JoinType::Inner, JoinType::Left, JoinType::Full, JoinType::LeftAnti] {
+            let make = |budget: Option<Arc<MemoryBudget>>| -> Box<dyn Operator> {
+                let op = join(join_type, None);
+                Box::new(match budget {
+                    Some(b) => op.with_memory_budget(b),
+                    None => op,
+                })
+            };
+            let evicted = assert_spills(
+                make,
+                &[
+                    Step::Data(0, "I T\n +2 1 a\n + 2 x\n + 3 y"),
+                    Step::Data(1, "I I\n + 1 10\n + 3 30"),
+                    Step::Barrier,
+                    Step::Barrier,
+                    Step::Data(1, "I I\n + 1 11\n + 2 20"),
+                    Step::Data(0, "I T\n - 1 a\n + 4 z"),
+                    Step::Barrier,
+                    Step::Barrier,
+                    Step::Data(1, "I I\n - 1 10\n - 1 11\n - 3 30"),
+                    Step::Barrier,
+                    Step::Barrier,
+                    Step::Data(0, "I T\n - 1 a\n - 2 x\n + 3 w"),
+                    Step::Data(1, "I I\n + 4 40"),
+                    Step::Barrier,
+                ],
+            )?;
+            assert!(evicted >= 4, "{join_type}: only {evicted} groups were evicted");
         }
         Ok(())
     }

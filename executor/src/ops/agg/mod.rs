@@ -21,9 +21,13 @@ use eddy_planner::stream::{AggCall, AggKind};
 use self::accumulators::{DistinctAcc, GroupAccumulator, Update, make_accumulator};
 use crate::error::{ExecError, Result};
 use crate::expr::nullable_schema;
+use crate::memory::MemoryBudget;
 use crate::message::Barrier;
 use crate::operator::{Operator, Output};
 use crate::state::{Decoder, Encoder, StateReader, StateWriter};
+use eddy_common::ids::Epoch;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 struct CallState {
     call: AggCall,
@@ -58,7 +62,29 @@ pub struct HashAggOperator {
     saved: Vec<bool>,
     unsaved_deletes: Vec<Box<[u8]>>,
     saved_closed_below: i64,
+    spill: Spill,
 }
+
+/// What evicting clean groups under the memory limit needs (see [`crate::memory`]).
+#[derive(Default)]
+struct Spill {
+    budget: Option<Arc<MemoryBudget>>,
+    state: Option<StateReader>,
+    /// Bytes of each slot as last saved (key and encoded state).
+    size: Vec<u64>,
+    /// Bytes of all live slots, and what was last reported to the budget.
+    bytes: u64,
+    tracked: u64,
+    /// Clock bits: slots used since the last eviction pass go last.
+    touched: Vec<bool>,
+    /// Hashes of evicted group keys, with how many keys share each.
+    evicted: hashbrown::HashMap<u64, u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    last_checkpoint: Epoch,
+}
+
+/// Memory a group slot takes besides its saved bytes.
+const SLOT_OVERHEAD: u64 = 96;
 
 /// State keys: groups under `GROUP_PREFIX` + encoded group key; the closed-window bound
 /// under `CLOSED_BELOW_KEY`.
@@ -162,6 +188,7 @@ impl HashAggOperator {
             saved: Vec::new(),
             unsaved_deletes: Vec::new(),
             saved_closed_below: i64::MIN,
+            spill: Spill::default(),
         };
         if global {
             // The single group exists from the start: an empty input still has one result row.
@@ -182,6 +209,8 @@ impl HashAggOperator {
                 self.dirty.push(false);
                 self.unsaved.push(false);
                 self.saved.push(false);
+                self.spill.size.push(0);
+                self.spill.touched.push(false);
                 if let Some(w) = &mut self.window {
                     w.of_slot.push(i64::MIN);
                 }
@@ -226,8 +255,13 @@ impl HashAggOperator {
         let mut out = Vec::with_capacity(n);
         for (i, row) in rows.iter().enumerate() {
             let key = row.as_ref();
-            let slot = match self.slots.get(key) {
-                Some(s) => *s,
+            let existing = match self.slots.get(key) {
+                Some(s) => Some(*s),
+                None if !self.spill.evicted.is_empty() => self.load_evicted(key)?,
+                None => None,
+            };
+            let slot = match existing {
+                Some(s) => s,
                 None => {
                     let slot = self.allocate(Box::from(key));
                     if let (Some(w), Some(values)) = (&mut self.window, &window_values) {
@@ -348,7 +382,10 @@ impl Operator for HashAggOperator {
         Ok(())
     }
 
-    fn on_barrier(&mut self, _barrier: &Barrier, out: &mut Output) -> Result<()> {
+    fn on_barrier(&mut self, barrier: &Barrier, out: &mut Output) -> Result<()> {
+        if barrier.checkpoint {
+            self.spill.last_checkpoint = barrier.epoch;
+        }
         if self.window.as_ref().is_some_and(|w| w.emit_on_close) {
             // Windows leave only when they close.
             return Ok(());
@@ -406,7 +443,9 @@ impl Operator for HashAggOperator {
             for c in &self.calls {
                 c.acc.save(s, &mut value);
             }
-            state.put(&key, value.take());
+            let encoded = value.take();
+            self.set_saved_size(s, encoded.len());
+            state.put(&key, encoded);
             self.saved[s] = true;
         }
         if let Some(w) = &self.window
@@ -420,20 +459,23 @@ impl Operator for HashAggOperator {
 
     fn restore(&mut self, state: &StateReader) -> Result<()> {
         let mut restored = Vec::new();
+        let room = match &self.spill.budget {
+            Some(b) if self.spills() => b.limit().map(|limit| limit.saturating_sub(b.used())),
+            _ => None,
+        };
         state.for_each(|key, value| {
             match key.split_first() {
                 Some((&GROUP_PREFIX, group)) => {
+                    // Under a memory limit, groups past what fits stay in the store, evicted.
+                    if room.is_some_and(|room| self.spill.bytes > room) && !self.slots.contains_key(group) {
+                        *self.spill.evicted.entry(self.spill.hasher.hash_one(group)).or_default() += 1;
+                        return Ok(());
+                    }
                     let slot = match self.slots.get(group) {
                         Some(s) => *s,
                         None => self.allocate(Box::from(group)),
                     };
-                    let mut input = Decoder::new(value);
-                    self.row_counts[slot] = input.i64()?;
-                    self.emitted[slot] = input.opt_bytes()?.map(<[u8]>::to_vec);
-                    for c in &mut self.calls {
-                        c.acc.load(slot, &mut input)?;
-                    }
-                    self.saved[slot] = true;
+                    self.load_group(slot, value)?;
                     restored.push(slot);
                 }
                 _ if key == CLOSED_BELOW_KEY => {
@@ -464,7 +506,34 @@ impl Operator for HashAggOperator {
                 }
             }
         }
+        self.report_memory();
         Ok(())
+    }
+
+    fn attach_state(&mut self, state: StateReader) {
+        self.spill.state = Some(state);
+    }
+
+    fn wants_commit_notices(&self) -> bool {
+        self.spills()
+    }
+
+    fn checkpoint_committed(&mut self, epoch: Epoch) -> Result<()> {
+        self.report_memory();
+        if !self.spills() || epoch < self.spill.last_checkpoint {
+            // The groups the last checkpoint saved are not durable yet.
+            return Ok(());
+        }
+        if let Some(reader) = &mut self.spill.state {
+            reader.refresh()?;
+        }
+        self.evict();
+        Ok(())
+    }
+
+    fn state_size(&self) -> Option<crate::operator::StateSize> {
+        let groups = self.slot_keys.len() - self.free.len();
+        Some(crate::operator::StateSize { rows: groups as u64, bytes: self.spill.bytes })
     }
 }
 
@@ -607,6 +676,12 @@ impl HashAggOperator {
     fn free_slot(&mut self, s: usize) {
         let Some(key) = self.slot_keys[s].take() else { return };
         self.slots.remove(&key);
+        self.release_slot(s, key, true);
+    }
+
+    /// Forgets slot `s` (holding `key`) and frees it for reuse; with `deleted`, the group is
+    /// gone, otherwise it only leaves memory (it stays in the store, evicted).
+    fn release_slot(&mut self, s: usize, key: Box<[u8]>, deleted: bool) {
         for c in &mut self.calls {
             c.acc.reset(s);
         }
@@ -614,8 +689,9 @@ impl HashAggOperator {
         self.emitted[s] = None;
         self.dirty[s] = false;
         self.unsaved[s] = false;
-        if std::mem::take(&mut self.saved[s]) {
-            self.unsaved_deletes.push(key.clone());
+        self.spill.bytes = self.spill.bytes.saturating_sub(std::mem::take(&mut self.spill.size[s]));
+        if std::mem::take(&mut self.saved[s]) && deleted {
+            self.unsaved_deletes.push(key);
         }
         if let Some(w) = &mut self.window {
             let v = w.of_slot[s];
@@ -628,6 +704,101 @@ impl HashAggOperator {
             w.of_slot[s] = i64::MIN;
         }
         self.free.push(s);
+    }
+
+    /// Lets the aggregate evict clean groups to the store when operator state exceeds the
+    /// memory limit.
+    pub fn with_memory_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.spill.budget = Some(budget);
+        self
+    }
+
+    /// Windowed aggregates free closed windows anyway, and a global aggregate has one group:
+    /// only the others evict.
+    fn spills(&self) -> bool {
+        self.window.is_none() && !self.global && self.spill.budget.as_ref().is_some_and(|b| b.limit().is_some())
+    }
+
+    /// Reads an evicted group back into a slot; `None` when `key` was not evicted.
+    fn load_evicted(&mut self, key: &[u8]) -> Result<Option<usize>> {
+        if let Some(s) = self.slots.get(key) {
+            return Ok(Some(*s));
+        }
+        let hash = self.spill.hasher.hash_one(key);
+        if !self.spill.evicted.contains_key(&hash) {
+            return Ok(None);
+        }
+        let mut state_key = vec![GROUP_PREFIX];
+        state_key.extend_from_slice(key);
+        let Some(value) = self.spill.state.as_ref().map(|r| r.get(&state_key)).transpose()?.flatten() else {
+            return Ok(None);
+        };
+        if let Some(n) = self.spill.evicted.get_mut(&hash) {
+            *n -= 1;
+            if *n == 0 {
+                self.spill.evicted.remove(&hash);
+            }
+        }
+        let slot = self.allocate(Box::from(key));
+        self.load_group(slot, &value)?;
+        self.spill.touched[slot] = true;
+        Ok(Some(slot))
+    }
+
+    /// Fills a fresh slot from its saved state.
+    fn load_group(&mut self, slot: usize, value: &[u8]) -> Result<()> {
+        let mut input = Decoder::new(value);
+        self.row_counts[slot] = input.i64()?;
+        self.emitted[slot] = input.opt_bytes()?.map(<[u8]>::to_vec);
+        for c in &mut self.calls {
+            c.acc.load(slot, &mut input)?;
+        }
+        self.saved[slot] = true;
+        self.set_saved_size(slot, value.len());
+        Ok(())
+    }
+
+    fn set_saved_size(&mut self, slot: usize, encoded: usize) {
+        let key = self.slot_keys[slot].as_ref().map_or(0, |k| k.len());
+        let size = (key + encoded) as u64 + SLOT_OVERHEAD;
+        self.spill.bytes = self.spill.bytes - self.spill.size[slot] + size;
+        self.spill.size[slot] = size;
+    }
+
+    fn report_memory(&mut self) {
+        if let Some(b) = &self.spill.budget {
+            b.track(self.spill.tracked, self.spill.bytes);
+        }
+        self.spill.tracked = self.spill.bytes;
+    }
+
+    /// Evicts clean groups (saved by a durable checkpoint) down to the aggregate's share of
+    /// the memory limit; groups not used since the last pass go first.
+    fn evict(&mut self) {
+        let Some(target) = self.spill.budget.as_ref().and_then(|b| b.target_for(self.spill.bytes)) else { return };
+        let mut evicted = 0u64;
+        for pass in 0..2 {
+            for s in 0..self.slot_keys.len() {
+                if self.spill.bytes <= target {
+                    break;
+                }
+                if self.slot_keys[s].is_none() || self.unsaved[s] || self.dirty[s] || !self.saved[s] {
+                    continue;
+                }
+                if pass == 0 && std::mem::take(&mut self.spill.touched[s]) {
+                    continue;
+                }
+                let Some(key) = self.slot_keys[s].take() else { continue };
+                self.slots.remove(&key);
+                *self.spill.evicted.entry(self.spill.hasher.hash_one(&*key)).or_default() += 1;
+                self.release_slot(s, key, false);
+                evicted += 1;
+            }
+        }
+        if let Some(b) = &self.spill.budget {
+            b.record_evictions(evicted);
+        }
+        self.report_memory();
     }
 }
 
@@ -820,5 +991,49 @@ mod tests {
                 Step::Barrier,
             ],
         )
+    }
+
+    #[test]
+    fn evicted_groups_come_back_exactly() -> Result<()> {
+        use crate::state::testing::{Step, assert_spills};
+        let input = schema(vec![("k", DataType::Int64), ("v", DataType::Int64)]);
+        let output = schema(vec![
+            ("k", DataType::Int64),
+            ("n", DataType::Int64),
+            ("s", DataType::Int64),
+            ("m", DataType::Int64),
+        ]);
+        let calls = vec![
+            call(AggKind::CountRows, None, DataType::Int64),
+            call(AggKind::Sum, Some(1), DataType::Int64),
+            call(AggKind::Min, Some(1), DataType::Int64),
+        ];
+        let make = |budget: Option<Arc<MemoryBudget>>| -> Box<dyn Operator> {
+            let op = HashAggOperator::new(&[0], &calls, &input, &output, false, None, false)
+                .unwrap_or_else(|e| panic!("{e}"));
+            Box::new(match budget {
+                Some(b) => op.with_memory_budget(b),
+                None => op,
+            })
+        };
+        let evicted = assert_spills(
+            make,
+            &[
+                Step::Data(0, "I I\n + 1 10\n + 1 20\n + 2 5\n + 3 7"),
+                Step::Barrier,
+                Step::Barrier,
+                // Every group was evicted: each comes back from the store, min exact.
+                Step::Data(0, "I I\n - 1 10\n + 2 6"),
+                Step::Barrier,
+                Step::Barrier,
+                Step::Data(0, "I I\n - 2 5\n - 2 6\n + 4 1\n - 3 7"),
+                Step::Barrier,
+                Step::Barrier,
+                Step::Data(0, "I I\n + 3 8\n - 1 20\n + 1 1"),
+                Step::Barrier,
+            ],
+        )?;
+        assert!(evicted >= 4, "only {evicted} groups were evicted");
+        Ok(())
     }
 }
