@@ -26,11 +26,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-const GENERATOR: &str = "connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.event.num = '300000', \
-                         nexmark.min.event.gap.in.ns = '25000'";
+/// 5 000 events/s for 12 s: the generators are still producing during the first kills, at a
+/// rate a debug build keeps up with (a saturated pipeline would only slow the statements down).
+const GENERATOR: &str = "connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.event.num = '60000', \
+                         nexmark.min.event.gap.in.ns = '200000'";
 
 /// Expected bids: the generator's event mix has 46 bids in every 50 events.
-const EXPECTED_BIDS: i64 = 300_000 / 50 * 46;
+const EXPECTED_BIDS: i64 = 60_000 / 50 * 46;
 
 /// A view over tables and the batch query it must equal.
 struct Checked {
@@ -117,11 +119,16 @@ fn differ(view: &str, v: &[Row], b: &[Row]) -> String {
     )
 }
 
-/// What the client knows it committed.
+/// Concurrent writers, each on its own ids (`id % WRITERS`): their statements commit together
+/// (group commit), and each knows exactly what it committed.
+const WRITERS: i64 = 3;
+
+/// What one writer knows it committed.
 #[derive(Default, Clone)]
 struct Model {
     accounts: BTreeMap<i64, (i64, i64)>,
     transfers: BTreeMap<i64, (i64, i64)>,
+    /// The last id handed out; this writer's ids are `writer + k * WRITERS`.
     next_id: i64,
 }
 
@@ -162,7 +169,7 @@ impl Model {
         };
         match rng.random_range(0..10) {
             0..=2 => {
-                self.next_id += 1;
+                self.next_id += WRITERS;
                 let (id, g, b) = (self.next_id, rng.random_range(0..8), rng.random_range(-50..1000));
                 (format!("INSERT INTO accounts VALUES ({id}, {g}, {b})"), Change::PutAccount(id, g, b))
             }
@@ -179,7 +186,7 @@ impl Model {
                 None => ("SELECT 1".into(), Change::DeleteAccount(-1)),
             },
             6..=8 => {
-                self.next_id += 1;
+                self.next_id += WRITERS;
                 // Transfer ids sometimes equal account ids, for the outer join.
                 let (id, g, a) = (self.next_id, rng.random_range(0..8), rng.random_range(1..100));
                 (format!("INSERT INTO transfers VALUES ({id}, {g}, {a})"), Change::PutTransfer(id, g, a))
@@ -201,11 +208,12 @@ async fn table_rows(client: &Client, sql: &str) -> Result<BTreeMap<i64, (i64, i6
     Ok(out)
 }
 
-/// Checks the tables against the model (the statement in doubt applied or not) and returns
-/// the model that matched.
-async fn check_tables(client: &Client, model: &Model, in_doubt: Option<&Change>) -> Result<Model> {
-    let accounts = table_rows(client, "SELECT id, grp, balance FROM accounts").await?;
-    let transfers = table_rows(client, "SELECT id, grp, amount FROM transfers").await?;
+/// Checks the rows of writer `writer` against its model (its statement in doubt applied or
+/// not) and returns the model that matched.
+async fn check_tables(client: &Client, writer: i64, model: &Model, in_doubt: Option<&Change>) -> Result<Model> {
+    let mine = format!("WHERE id % {WRITERS} = {writer}");
+    let accounts = table_rows(client, &format!("SELECT id, grp, balance FROM accounts {mine}")).await?;
+    let transfers = table_rows(client, &format!("SELECT id, grp, amount FROM transfers {mine}")).await?;
     let mut candidates = vec![model.clone()];
     if let Some(c) = in_doubt {
         let mut applied = model.clone();
@@ -218,7 +226,8 @@ async fn check_tables(client: &Client, model: &Model, in_doubt: Option<&Change>)
         }
     }
     bail!(
-        "tables differ from the acknowledged statements: {} accounts (expected {}), {} transfers (expected {})",
+        "writer {writer}: tables differ from its acknowledged statements: {} accounts (expected {}), {} transfers \
+         (expected {})",
         accounts.len(),
         model.accounts.len(),
         transfers.len(),
@@ -273,14 +282,19 @@ async fn setup(client: &Client) -> Result<()> {
 }
 
 /// Runs statements until the connection breaks (the kill); returns the model of acknowledged
-/// statements and the statement in flight when the connection broke.
-async fn workload(client: Client, mut model: Model, seed: u64) -> (Model, Option<Change>) {
+/// statements, the statement in flight when the connection broke, and how many were
+/// acknowledged.
+async fn workload(client: Client, mut model: Model, seed: u64) -> (Model, Option<Change>, usize) {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut acknowledged = 0;
     loop {
         let (sql, change) = model.next_statement(&mut rng);
         match client.batch_execute(&sql).await {
-            Ok(()) => model.apply(&change),
-            Err(_) => return (model, Some(change)),
+            Ok(()) => {
+                model.apply(&change);
+                acknowledged += 1;
+            }
+            Err(_) => return (model, Some(change), acknowledged),
         }
     }
 }
@@ -306,11 +320,15 @@ async fn kill_nine_loses_nothing_and_counts_nothing_twice() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut server = TestServer::start_with(&["--barrier-interval-ms", "50", "--checkpoint-interval-ms", "200"])?;
     setup(&server.connect().await?).await?;
-    let mut model = Model::default();
+    let mut models: Vec<Model> = (0..WRITERS).map(|w| Model { next_id: w, ..Model::default() }).collect();
     let mut late_view = false;
+    let mut statements = 0usize;
     let started = Instant::now();
     for iteration in 0..iterations {
-        let worker = tokio::spawn(workload(server.connect().await?, model.clone(), rng.random()));
+        let mut workers = Vec::new();
+        for model in &models {
+            workers.push(tokio::spawn(workload(server.connect().await?, model.clone(), rng.random())));
+        }
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1200))).await;
         // Every third iteration the kill lands while a view is created (and backfilled).
         let creating = if !late_view && iteration % 3 == 1 {
@@ -322,16 +340,23 @@ async fn kill_nine_loses_nothing_and_counts_nothing_twice() -> Result<()> {
         };
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
         server.kill();
-        let (acked, in_doubt) = worker.await?;
+        let mut outcomes = Vec::new();
+        for w in workers {
+            outcomes.push(w.await?);
+        }
         if let Some(c) = creating {
             // Created or not, either is fine; what exists must be right.
             let _ = c.await;
         }
         server.restart().with_context(|| format!("iteration {iteration}: restart"))?;
         let client = server.connect().await?;
-        model = check_tables(&client, &acked, in_doubt.as_ref())
-            .await
-            .with_context(|| format!("iteration {iteration}; server log:\n{}", server.log()))?;
+        for (writer, (acked, in_doubt, count)) in outcomes.into_iter().enumerate() {
+            statements += count;
+            let matched = check_tables(&client, writer as i64, &acked, in_doubt.as_ref())
+                .await
+                .with_context(|| format!("iteration {iteration}; server log:\n{}", server.log()))?;
+            models[writer] = matched;
+        }
         late_view = !rows(client.simple_query("SHOW MATERIALIZED VIEWS").await?).iter().all(|r| r[0] != LATE_VIEW.name);
         check_views(&client, late_view)
             .await
@@ -348,10 +373,11 @@ async fn kill_nine_loses_nothing_and_counts_nothing_twice() -> Result<()> {
     }
     check_views(&client, late_view).await?;
     eprintln!(
-        "crash test: {iterations} kill -9 iterations survived (seed {seed}) in {:.1?}, {} accounts, {} transfers",
+        "crash test: {iterations} kill -9 iterations survived (seed {seed}) in {:.1?}; {statements} statements \
+         acknowledged to {WRITERS} writers, {} accounts and {} transfers left",
         started.elapsed(),
-        model.accounts.len(),
-        model.transfers.len()
+        models.iter().map(|m| m.accounts.len()).sum::<usize>(),
+        models.iter().map(|m| m.transfers.len()).sum::<usize>()
     );
     Ok(())
 }
