@@ -152,6 +152,29 @@ impl StateReader {
     }
 }
 
+/// Appends `part` after its length (u32, big-endian), so keys made of several variable-length
+/// parts sort part by part and split back unambiguously.
+pub fn push_prefixed(key: &mut Vec<u8>, part: &[u8]) {
+    key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    key.extend_from_slice(part);
+}
+
+/// Splits what [`push_prefixed`] wrote off the front of `key`: the part and the rest.
+///
+/// # Errors
+/// When `key` is too short for the length it claims.
+pub fn split_prefixed(key: &[u8]) -> Result<(&[u8], &[u8])> {
+    if key.len() < 4 {
+        return Err(corrupt("key part without its length"));
+    }
+    let (len, rest) = key.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if rest.len() < len {
+        return Err(corrupt("key part longer than the key"));
+    }
+    Ok(rest.split_at(len))
+}
+
 /// A small binary encoding for operator state values: fixed-width integers and
 /// length-prefixed byte strings, little-endian. Decoding checks every length, so a corrupt
 /// value is an error, never a panic.

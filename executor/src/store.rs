@@ -188,35 +188,14 @@ impl Store {
         for (job, entries) in &commit.state {
             let name = state_table_name(*job);
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
-            let mut table = txn.open_table(def).map_err(storage)?;
-            for (k, v) in entries {
-                match v {
-                    Some(v) => {
-                        table.insert(k.as_slice(), v.as_slice()).map_err(storage)?;
-                    }
-                    None => {
-                        table.remove(k.as_slice()).map_err(storage)?;
-                    }
-                }
-            }
+            put_or_remove(&mut txn.open_table(def).map_err(storage)?, entries)?;
         }
         for (id, delta) in &commit.relations {
             let name = relation_table_name(*id);
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
             let mut table = txn.open_table(def).map_err(storage)?;
             match delta {
-                RelationDelta::Keyed(entries) => {
-                    for (k, v) in entries {
-                        match v {
-                            Some(v) => {
-                                table.insert(k.as_slice(), v.as_slice()).map_err(storage)?;
-                            }
-                            None => {
-                                table.remove(k.as_slice()).map_err(storage)?;
-                            }
-                        }
-                    }
-                }
+                RelationDelta::Keyed(entries) => put_or_remove(&mut table, entries)?,
                 RelationDelta::Counted(entries) => {
                     for (k, d) in entries {
                         let current = match table.get(k.as_slice()).map_err(storage)? {
@@ -292,6 +271,21 @@ impl Store {
         let table = txn.open_table(META).map_err(storage)?;
         Ok(table.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
     }
+}
+
+/// Writes each entry's new value, or removes the key for `None`.
+fn put_or_remove(table: &mut redb::Table<'_, &[u8], &[u8]>, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+    for (k, v) in entries {
+        match v {
+            Some(v) => {
+                table.insert(k.as_slice(), v.as_slice()).map_err(storage)?;
+            }
+            None => {
+                table.remove(k.as_slice()).map_err(storage)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn decode_count(bytes: &[u8]) -> i64 {

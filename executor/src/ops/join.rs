@@ -35,7 +35,7 @@ use eddy_common::ids::Epoch;
 
 use crate::memory::MemoryBudget;
 use crate::operator::{Operator, Output};
-use crate::state::{Decoder, Encoder, StateReader, StateWriter};
+use crate::state::{Decoder, Encoder, StateReader, StateWriter, push_prefixed, split_prefixed};
 
 /// What one side contributes to the output besides matched pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,8 +217,7 @@ fn row_state_key(side: usize, key: &[u8], row: &[u8]) -> Vec<u8> {
 fn group_state_prefix(side: usize, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + key.len());
     k.push(side as u8);
-    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    k.extend_from_slice(key);
+    push_prefixed(&mut k, key);
     k
 }
 
@@ -972,15 +971,10 @@ impl Operator for JoinOperator {
             }
             let (side, rest) = key.split_first().ok_or_else(corrupt)?;
             let side = usize::from(*side);
-            if side > 1 || rest.len() < 4 {
+            if side > 1 {
                 return Err(corrupt());
             }
-            let (len, rest) = rest.split_at(4);
-            let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
-            if rest.len() < len {
-                return Err(corrupt());
-            }
-            let (group_key, row) = rest.split_at(len);
+            let (group_key, row) = split_prefixed(rest)?;
             let mut input = Decoder::new(value);
             let (count, degree, time) = (input.i64()?, input.i64()?, input.i64()?);
             let s = &mut self.sides[side];

@@ -22,7 +22,7 @@ use crate::error::{ExecError, Result};
 use crate::expr::nullable_schema;
 use crate::message::Barrier;
 use crate::operator::{Operator, Output};
-use crate::state::{Decoder, Encoder, StateReader, StateWriter};
+use crate::state::{Decoder, Encoder, StateReader, StateWriter, push_prefixed, split_prefixed};
 
 #[derive(Debug, Clone)]
 enum Acc {
@@ -247,24 +247,14 @@ const CLOSED_BELOW_KEY: &[u8] = &[1];
 fn session_state_key((key, start): &SessionId) -> Vec<u8> {
     let mut k = Vec::with_capacity(13 + key.len());
     k.push(0);
-    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    k.extend_from_slice(key);
+    push_prefixed(&mut k, key);
     k.extend_from_slice(&start.to_be_bytes());
     k
 }
 
 fn parse_session_key(bytes: &[u8]) -> Result<SessionId> {
     let corrupt = || ExecError::Storage("corrupt session state key".into());
-    let rest = bytes.strip_prefix(&[0u8]).ok_or_else(corrupt)?;
-    if rest.len() < 4 {
-        return Err(corrupt());
-    }
-    let (len, rest) = rest.split_at(4);
-    let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
-    if rest.len() != len + 8 {
-        return Err(corrupt());
-    }
-    let (key, start) = rest.split_at(len);
+    let (key, start) = split_prefixed(bytes.strip_prefix(&[0u8]).ok_or_else(corrupt)?)?;
     Ok((key.into(), i64::from_be_bytes(start.try_into().map_err(|_| corrupt())?)))
 }
 

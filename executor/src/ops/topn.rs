@@ -24,7 +24,7 @@ use crate::error::{ExecError, Result};
 use crate::expr::nullable_schema;
 use crate::message::Barrier;
 use crate::operator::{Operator, Output};
-use crate::state::{Decoder, StateReader, StateWriter};
+use crate::state::{Decoder, StateReader, StateWriter, push_prefixed, split_prefixed};
 
 /// An encoded row and its rank.
 type RankedRow = (Box<[u8]>, u64);
@@ -60,30 +60,13 @@ pub struct TopNOperator {
     unsaved: HashMap<(Box<[u8]>, SortedEntry), i64>,
 }
 
-/// The state key of one entry: `[partition length, u32 big-endian][partition][sort key
-/// length, u32 big-endian][sort key][row]`.
+/// The state key of one entry: partition, sort key and row, the first two length-prefixed.
 fn entry_state_key(partition: &[u8], (key, row): &SortedEntry) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + partition.len() + key.len() + row.len());
-    k.extend_from_slice(&(partition.len() as u32).to_be_bytes());
-    k.extend_from_slice(partition);
-    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    k.extend_from_slice(key);
+    push_prefixed(&mut k, partition);
+    push_prefixed(&mut k, key);
     k.extend_from_slice(row);
     k
-}
-
-/// Splits a length-prefixed part off the front of `bytes`.
-fn split_prefixed(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
-    let corrupt = || ExecError::Storage("corrupt top-N state entry".into());
-    if bytes.len() < 4 {
-        return Err(corrupt());
-    }
-    let (len, rest) = bytes.split_at(4);
-    let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
-    if rest.len() < len {
-        return Err(corrupt());
-    }
-    Ok(rest.split_at(len))
 }
 
 impl TopNOperator {
