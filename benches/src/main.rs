@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rand::{Rng, SeedableRng};
 
+mod cdc;
+
 #[derive(Debug, Parser)]
 #[command(about = "Eddy end-to-end benchmarks")]
 struct Args {
@@ -88,6 +90,24 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         rate: u64,
     },
+    /// Postgres CDC into a view: snapshot and streaming rows/s, commit-to-visible latency.
+    Cdc {
+        /// Upstream Postgres (libpq style, without dbname); needs wal_level=logical.
+        #[arg(long, default_value = "host=127.0.0.1 port=5432 user=postgres")]
+        upstream: String,
+        /// Rows in the snapshot, and again streamed.
+        #[arg(long, default_value_t = 200_000)]
+        rows: i64,
+        /// Rows per upstream transaction while streaming.
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        /// Single-row transactions timed for latency.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Barrier interval of the server, in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        barrier_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -122,6 +142,10 @@ fn main() -> Result<()> {
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(inserts(seconds, writers, batch, keys, rate))
+        }
+        Cmd::Cdc { upstream, rows, batch, samples, barrier_ms } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(cdc::run(upstream, rows, batch, samples, barrier_ms))
         }
     }
 }

@@ -4,7 +4,7 @@ use eddy_common::{ErrorClass, ErrorDomain, SqlState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    #[error("unknown connector \"{0}\"; available: nexmark, datagen, blackhole")]
+    #[error("unknown connector \"{0}\"; available: nexmark, datagen, postgres-cdc, blackhole")]
     UnknownConnector(String),
     #[error("{0}")]
     InvalidOption(String),
@@ -12,6 +12,9 @@ pub enum ConnectorError {
     Schema(String),
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The upstream system refused or is misconfigured; the message names cause and fix.
+    #[error("{message}")]
+    Upstream { state: SqlState, message: String },
 }
 
 impl ErrorClass for ConnectorError {
@@ -20,12 +23,14 @@ impl ErrorClass for ConnectorError {
             ConnectorError::UnknownConnector(_) | ConnectorError::InvalidOption(_) => SqlState::InvalidParameterValue,
             ConnectorError::Schema(_) => SqlState::DatatypeMismatch,
             ConnectorError::Arrow(_) => SqlState::Internal,
+            ConnectorError::Upstream { state, .. } => *state,
         }
     }
 
     fn domain(&self) -> ErrorDomain {
         match self {
             ConnectorError::Arrow(_) => ErrorDomain::System,
+            ConnectorError::Upstream { .. } => ErrorDomain::External,
             _ => ErrorDomain::User,
         }
     }

@@ -11,10 +11,11 @@
 //! position continues with exactly the next row. Generators are deterministic, so replaying
 //! from a position reproduces the same rows.
 
+pub mod cdc;
 pub mod datagen;
 pub mod error;
 pub mod nexmark;
 pub mod source;
 
 pub use error::{ConnectorError, Result};
-pub use source::{SourceInfo, SourceReader, SourceSpec, SourceStats, create_reader, validate_source};
+pub use source::{SourceInfo, SourceReader, SourceSpec, SourceStats, create_reader, drop_source, validate_source};

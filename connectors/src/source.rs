@@ -179,8 +179,58 @@ pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<Sou
             let config = DatagenConfig::parse(&spec.options, declared)?;
             Ok(SourceInfo { splits: config.splits, keyed_changes: false })
         }
+        "postgres-cdc" => {
+            let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
+            crate::cdc::postgres::validate(&config, declared).await?;
+            Ok(SourceInfo { splits: 1, keyed_changes: true })
+        }
         "" => Err(ConnectorError::InvalidOption("WITH (...) needs connector = '<name>'".into())),
         other => Err(ConnectorError::UnknownConnector(other.to_string())),
+    }
+}
+
+/// True for connectors that read an external system (which may be down while Eddy restarts).
+pub fn is_external(connector: &str) -> bool {
+    matches!(connector, "postgres-cdc")
+}
+
+/// The options of a table read from a shared source (`CREATE TABLE t (...) FROM source TABLE
+/// 'name'`).
+///
+/// # Errors
+/// When the source's connector has no tables, or the source names a table itself.
+pub fn table_from_source(spec: &SourceSpec, table: &str) -> Result<HashMap<String, String>> {
+    match spec.connector.as_str() {
+        "postgres-cdc" => {
+            if spec.options.contains_key("table.name") {
+                return Err(ConnectorError::InvalidOption(
+                    "this postgres-cdc source already names a table.name; create it without one to share it between tables"
+                        .into(),
+                ));
+            }
+            Ok(crate::cdc::postgres::PgCdcConfig::table_options(&spec.options, table))
+        }
+        other => Err(ConnectorError::InvalidOption(format!(
+            "connector \"{other}\" has no upstream tables; FROM source TABLE '...' works with postgres-cdc sources"
+        ))),
+    }
+}
+
+/// Releases what a source holds upstream once its table or source is dropped (a replication
+/// slot retains WAL until it is dropped).
+///
+/// # Errors
+/// When upstream cannot be reached; the message says what to drop by hand.
+pub async fn drop_source(spec: &SourceSpec) -> Result<()> {
+    match spec.connector.as_str() {
+        "postgres-cdc" => {
+            let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
+            if config.table.is_none() {
+                return Ok(());
+            }
+            crate::cdc::postgres::drop_upstream(&config).await
+        }
+        _ => Ok(()),
     }
 }
 
@@ -352,8 +402,7 @@ pub fn create_reader(
     position: Option<&[u8]>,
     stats: Arc<SourceStats>,
 ) -> Result<Box<dyn SourceReader>> {
-    // The generators have no records to reject; connectors of external systems count theirs.
-    let _ = stats;
+    let position_bytes = position;
     let position = match (spec.connector.as_str(), position) {
         ("nexmark" | "datagen", Some(p)) => Some(parse_counter_position(p)?),
         _ => None,
@@ -369,6 +418,10 @@ pub fn create_reader(
             }
             let conformer = Conformer::new(&generator.schema(), declared)?;
             Ok(Box::new(NexmarkReader { generator, conformer, pacer: Pacer::new(rate) }))
+        }
+        "postgres-cdc" => {
+            let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
+            Ok(Box::new(crate::cdc::postgres::PgCdcReader::new(config, declared, position_bytes, stats)?))
         }
         "datagen" => {
             let config = DatagenConfig::parse(&spec.options, &declared)?;

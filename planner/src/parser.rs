@@ -52,6 +52,8 @@ pub struct CreateRelation {
     pub append_only: bool,
     pub with_options: Vec<(String, String)>,
     pub format: Option<FormatSpec>,
+    /// `CREATE TABLE t (...) FROM source TABLE 'schema.table'`: a table of a shared CDC source.
+    pub from_source: Option<(ObjectName, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -878,6 +880,12 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
             }
         }
     }
+    let mut from_source = None;
+    if is_table && p.parse_keyword(Keyword::FROM) {
+        let source = p.parse_object_name(false)?;
+        p.expect_keyword(Keyword::TABLE)?;
+        from_source = Some((source, p.parse_literal_string()?));
+    }
     let mut append_only = false;
     if let Token::Word(w) = &p.peek_token().token
         && w.value.eq_ignore_ascii_case("append")
@@ -888,8 +896,17 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
     }
     let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
     let format = parse_format(p)?;
-    let _ = is_table;
-    Ok(CreateRelation { name, if_not_exists, columns, primary_key, watermark, append_only, with_options, format })
+    Ok(CreateRelation {
+        name,
+        if_not_exists,
+        columns,
+        primary_key,
+        watermark,
+        append_only,
+        with_options,
+        format,
+        from_source,
+    })
 }
 
 /// `name TYPE [PRIMARY KEY] [NOT NULL | NULL] [DEFAULT expr] [AS expr]`.
@@ -1178,6 +1195,19 @@ mod tests {
         assert_eq!(t.primary_key[0].value, "id");
         assert!(t.append_only);
         assert_eq!(t.watermark.map(|w| w.column.value), Some("ts".to_string()));
+    }
+
+    #[test]
+    fn create_table_from_cdc_source() {
+        let EddyStatement::CreateTable(t) =
+            one("CREATE TABLE orders (id INT PRIMARY KEY, note VARCHAR) FROM pg TABLE 'public.orders'")
+        else {
+            panic!("not a table")
+        };
+        let (source, table) = t.from_source.expect("FROM clause");
+        assert_eq!(source.to_string(), "pg");
+        assert_eq!(table, "public.orders");
+        assert_eq!(t.primary_key.len(), 1);
     }
 
     #[test]

@@ -279,12 +279,20 @@ pub async fn create_table(
     if replay_id.is_none() && check_name_free(engine, &name, create.if_not_exists)? {
         return Ok(StatementResult::command("CREATE TABLE"));
     }
-    let connector = connector_def(create);
-    let ColumnsPlan { schema, defaults, generated, watermark } = plan_columns(engine, create)?;
+    let (connector, dependencies) = match &create.from_source {
+        Some((source, table)) => crate::cdc::table_from_source(engine, create, source, table)?,
+        None => (connector_def(create), vec![]),
+    };
+    let columns = plan_columns(engine, create)?;
     if let Some(c) = &connector {
         // With a primary key, a row from the connector replaces the row with its key (and
-        // keyed formats can delete by key); without one, the table keeps every row.
-        let info = validate_connector(c, &schema, &generated).await?;
+        // keyed formats can delete by key); without one, the table keeps every row. A
+        // replayed CDC table was checked when it was created and must start even while its
+        // upstream is down.
+        if replay_id.is_some() && eddy_connectors::source::is_external(&c.connector) {
+            return finish_create_table(engine, create, sql, replay_id, name, connector, dependencies, columns).await;
+        }
+        let info = validate_connector(c, &columns.schema, &columns.generated).await?;
         if info.splits > 1 {
             return Err(ServerError::with_hint(
                 SqlState::FeatureNotSupported,
@@ -302,13 +310,29 @@ pub async fn create_table(
                 "declare PRIMARY KEY (...) on the columns that identify a row upstream",
             ));
         }
-    } else if generated.iter().any(Option::is_some) {
+    } else if columns.generated.iter().any(Option::is_some) {
         return Err(ServerError::with_hint(
             SqlState::FeatureNotSupported,
             "not supported: generated columns on a table fed by INSERT",
             "compute the value in a materialized view over the table",
         ));
     }
+    finish_create_table(engine, create, sql, replay_id, name, connector, dependencies, columns).await
+}
+
+/// Stores a checked table definition and starts its job.
+#[allow(clippy::too_many_arguments)]
+async fn finish_create_table(
+    engine: &Arc<Engine>,
+    create: &CreateRelation,
+    sql: &str,
+    replay_id: Option<ObjectId>,
+    name: String,
+    connector: Option<ConnectorDef>,
+    dependencies: Vec<ObjectId>,
+    columns: ColumnsPlan,
+) -> Result<StatementResult> {
+    let ColumnsPlan { schema, defaults, generated, watermark } = columns;
     let mut primary_key = Vec::new();
     for k in &create.primary_key {
         let col = normalize_ident(k);
@@ -332,7 +356,7 @@ pub async fn create_table(
         defaults,
         generated,
         connector,
-        dependencies: vec![],
+        dependencies,
         output_parallelism: 1,
         output_distribution: Distribution::Single,
         definition: sql.to_string(),
@@ -398,8 +422,19 @@ pub async fn create_source(
             "sources are append-only streams; use CREATE TABLE for keyed data",
         ));
     }
-    let ColumnsPlan { schema, generated, watermark, .. } = plan_columns(engine, create)?;
-    let splits = validate_connector(&connector, &schema, &generated).await?.splits;
+    let ColumnsPlan { schema, generated, watermark, .. } =
+        if create.columns.is_empty() && eddy_connectors::source::is_external(&connector.connector) {
+            // A shared CDC source: its tables declare the columns (`CREATE TABLE ... FROM`).
+            ColumnsPlan { schema: Arc::new(Schema::empty()), defaults: vec![], generated: vec![], watermark: None }
+        } else {
+            plan_columns(engine, create)?
+        };
+    let splits = if replay_id.is_some() && eddy_connectors::source::is_external(&connector.connector) {
+        // Checked when created; a restart must not depend on upstream being up.
+        1
+    } else {
+        validate_connector(&connector, &schema, &generated).await?.splits
+    };
     let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
     let def = RelationDef {
         id,
@@ -783,5 +818,6 @@ pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<Statemen
     for d in &ordered {
         engine.catalog.remove(d.id);
     }
+    crate::cdc::release_upstream(&ordered).await;
     Ok(StatementResult::command(&tag))
 }

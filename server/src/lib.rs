@@ -4,6 +4,7 @@
 //! through [`pg`] (the wire protocol) into [`session::Session::execute`].
 
 pub mod catalog;
+pub mod cdc;
 pub mod ddl;
 pub mod dml;
 pub mod engine;

@@ -14,6 +14,7 @@
 //! - `eddy_catalog.memory(limit_bytes, state_bytes, evicted_entries)`: operator state held in
 //!   memory by the operators that can evict it, the `--memory-limit`, and how many entries
 //!   were evicted to the store so far.
+//! - `eddy_catalog.cdc_progress(...)`: each CDC table's reader (see [`crate::cdc`]).
 
 use std::sync::Arc;
 
@@ -30,7 +31,8 @@ use crate::engine::Engine;
 
 pub const SCHEMA_NAME: &str = "eddy_catalog";
 
-const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs", "freshness", "operator_state", "memory"];
+const TABLES: &[&str] =
+    &["late_rows", "source_splits", "sink_rows", "jobs", "freshness", "operator_state", "memory", "cdc_progress"];
 
 pub struct SystemSchema {
     engine: std::sync::Weak<Engine>,
@@ -220,6 +222,7 @@ impl SchemaProvider for SystemSchema {
                 )
                 .map(Some)
             }
+            "cdc_progress" => crate::cdc::progress_table().map(Some),
             _ => Ok(None),
         }
     }
