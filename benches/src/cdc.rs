@@ -48,11 +48,12 @@ async fn wait_for_count(eddy: &Client, n: i64, timeout: Duration) -> Result<()> 
 pub async fn run(upstream: String, rows: i64, batch: i64, samples: usize, barrier_ms: u64) -> Result<()> {
     let admin = connect(&format!("{upstream} dbname=postgres")).await.context("connecting to upstream Postgres")?;
     admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'eddy_bench' AND NOT active;
-             DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE); CREATE DATABASE {DATABASE};"
-        ))
+        .batch_execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'eddy_bench' AND NOT active",
+        )
         .await?;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).await?;
+    admin.batch_execute(&format!("CREATE DATABASE {DATABASE}")).await?;
     let up = connect(&format!("{upstream} dbname={DATABASE}")).await?;
     up.batch_execute(&format!(
         "CREATE TABLE bench_events (id BIGINT PRIMARY KEY, k INT NOT NULL, v BIGINT NOT NULL, note TEXT);
