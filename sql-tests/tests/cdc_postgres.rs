@@ -253,6 +253,17 @@ async fn every_mapped_type_arrives_as_upstream_has_it() -> Result<()> {
     }
     let bad = rows(&eddy, "SELECT sum(bad_records) FROM eddy_catalog.source_splits").await?;
     assert_eq!(bad, vec![vec!["0".to_string()]]);
+
+    // A value Eddy cannot decode ('NaN' has no Decimal128 form): the row is counted with its
+    // LSN, the table is marked unhealthy, and the stream goes on.
+    up.batch_execute("INSERT INTO t (id, c) VALUES (4, 'NaN'); INSERT INTO t (id, c) VALUES (5, 1.5);").await?;
+    converges(&eddy, "SELECT id FROM t", &up, "SELECT id FROM t WHERE id <> 4", Duration::from_secs(30)).await?;
+    let bad = rows(&eddy, "SELECT bad_records, last_error FROM eddy_catalog.source_splits").await?;
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0][0], "1");
+    assert!(bad[0][1].contains("at LSN") && bad[0][1].contains("'NaN' cannot be read"), "{bad:?}");
+    let health = rows(&eddy, "SELECT healthy, phase FROM eddy_catalog.cdc_progress").await?;
+    assert_eq!(health, vec![vec!["f".to_string(), "streaming".to_string()]]);
     Ok(())
 }
 

@@ -876,6 +876,7 @@ impl Worker {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut builder = RowsBuilder::new(self.declared.clone());
         let mut skipping = false;
+        let mut in_transaction = false;
         let mut commit_lsn = 0;
         enum Wake {
             Message(std::result::Result<StreamMessage, WireError>),
@@ -900,6 +901,13 @@ impl Worker {
             let (wal_start, data) = match message {
                 StreamMessage::Keepalive { wal_end, reply } => {
                     self.progress.lock().server_lsn = wal_end;
+                    // Between transactions, everything committed before `wal_end` has been
+                    // sent: moving the position there lets the slot free WAL written by
+                    // tables we do not follow (pgoutput sends nothing for them).
+                    if !in_transaction && self.last_emitted.is_some_and(|done| done < wal_end) {
+                        self.last_emitted = Some(wal_end);
+                        self.send(Event::Committed(None, wal_end)).await?;
+                    }
                     if reply {
                         let acked = *self.acks.borrow();
                         conn.send_status(acked, false).await?;
@@ -921,6 +929,7 @@ impl Worker {
             };
             match message {
                 Message::Begin { final_lsn, .. } => {
+                    in_transaction = true;
                     commit_lsn = final_lsn;
                     // Already handed out before a reconnect or crash: skip it.
                     skipping = self.last_emitted.is_some_and(|done| final_lsn < done);
@@ -946,6 +955,7 @@ impl Worker {
                     )));
                 }
                 Message::Commit { end_lsn, .. } => {
+                    in_transaction = false;
                     if skipping {
                         skipping = false;
                         continue;
