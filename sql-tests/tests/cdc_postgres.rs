@@ -132,7 +132,7 @@ async fn snapshot_then_stream_through_a_shared_source() -> Result<()> {
          INSERT INTO customers SELECT i, 'c' || i FROM generate_series(0, 16) i;"
     ))
     .await?;
-    let server = TestServer::start_with(&["--barrier-interval-ms", "100", "--checkpoint-interval-ms", "300"])?;
+    let mut server = TestServer::start_with(&["--barrier-interval-ms", "100", "--checkpoint-interval-ms", "300"])?;
     let eddy = server.connect().await?;
     eddy.batch_execute(&format!("CREATE SOURCE pg WITH ({})", connection_options(&db, "eddy_shared"))).await?;
 
@@ -183,8 +183,20 @@ async fn snapshot_then_stream_through_a_shared_source() -> Result<()> {
         ]
     );
 
+    // A restart replays `FROM pg TABLE ...` and resumes both slots.
+    drop(eddy);
+    server.restart()?;
+    let eddy = server.connect().await?;
+    up.batch_execute("UPDATE orders SET amount = amount + 1 WHERE id % 5 = 0; DELETE FROM customers WHERE id = 3;")
+        .await?;
+    converges(&eddy, ORDER_ROWS, &up, ORDER_ROWS, Duration::from_secs(30)).await?;
+    converges(&eddy, "SELECT * FROM revenue", &up, REVENUE, Duration::from_secs(10)).await?;
+    converges(&eddy, "SELECT * FROM named", &up, named, Duration::from_secs(10)).await?;
+
     // Dropping the source with its tables releases the slots upstream.
     assert!(slot_exists(&up, "eddy_shared_public_orders").await?);
+    let refused = eddy.batch_execute("DROP SOURCE pg").await;
+    assert!(refused.is_err(), "tables read from the source depend on it");
     eddy.batch_execute("DROP SOURCE pg CASCADE").await?;
     assert!(!slot_exists(&up, "eddy_shared_public_orders").await?);
     assert!(!slot_exists(&up, "eddy_shared_public_customers").await?);
@@ -422,6 +434,10 @@ async fn bad_configurations_are_refused_at_create_with_the_fix() -> Result<()> {
     assert!(e.contains("WITH REPLICATION"), "{e}");
     let e = attempt("id INT PRIMARY KEY", base("eddy_repl", "hidden")).await?;
     assert!(e.contains("GRANT SELECT"), "{e}");
+    // May read and replicate, but does not own the table, so cannot publish it.
+    up.batch_execute("GRANT SELECT ON hidden TO eddy_repl").await?;
+    let e = attempt("id INT PRIMARY KEY", base("eddy_repl", "hidden")).await?;
+    assert!(e.contains("may not publish") && e.contains("CREATE PUBLICATION"), "{e}");
     let e = attempt("id INT PRIMARY KEY, nope INT", base("postgres", "hidden")).await?;
     assert!(e.contains("no column \"nope\""), "{e}");
     let e = attempt(
