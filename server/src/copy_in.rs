@@ -183,7 +183,8 @@ impl CopyIn {
             } else if c == '\n' {
                 end_field(&mut field, &mut was_quoted, &mut row);
                 let done = std::mem::take(&mut row);
-                if !(done.len() == 1 && done[0].as_deref() == Some("\\.")) && !(done.len() == 1 && done[0].is_none()) {
+                let end_marker_or_blank = done.len() == 1 && (done[0].is_none() || done[0].as_deref() == Some("\\."));
+                if !end_marker_or_blank {
                     rows.push(done);
                 }
             } else if c != '\r' {

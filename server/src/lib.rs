@@ -4,6 +4,7 @@
 //! through [`pg`] (the wire protocol) into [`session::Session::execute`].
 
 pub mod catalog;
+pub mod compat;
 pub mod copy_in;
 pub mod ddl;
 pub mod dml;

@@ -258,11 +258,16 @@ fn is_catalog_query(sql: &str) -> bool {
 /// Parses a query string, with the catalog rewrites for system-catalog queries.
 pub(crate) fn parse(sql: &str) -> Result<Vec<ParsedStatement>, ServerError> {
     if is_catalog_query(sql) {
+        let rewritten = crate::compat::rewrite(sql);
+        let sql = rewritten.as_deref().unwrap_or(sql);
         let rewriter = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new();
         if let Ok(statements) = rewriter.parse(sql) {
             return Ok(statements
                 .into_iter()
-                .map(|s| ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) })
+                .map(|mut s| {
+                    crate::compat::aggregate_scalar_subqueries(&mut s);
+                    ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) }
+                })
                 .collect());
         }
     }

@@ -181,7 +181,7 @@ impl ScalarUDFImpl for JsonBuildObject {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let n = args.number_rows.max(1);
-        if args.args.len() % 2 != 0 {
+        if !args.args.len().is_multiple_of(2) {
             return Err(datafusion::error::DataFusionError::Plan(
                 "json_build_object takes an even number of arguments (key, value, ...)".into(),
             ));
@@ -225,6 +225,28 @@ pub fn register(ctx: &SessionContext) {
     for name in ["pg_type_is_visible", "pg_function_is_visible", "pg_collation_is_visible", "pg_opclass_is_visible"] {
         ctx.register_udf(constant(name, ScalarValue::Boolean(Some(true))));
     }
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_table_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            if let ColumnarValue::Scalar(v) = &args[0] {
+                let oid = v.cast_to(&DataType::Int32)?;
+                let visible = match oid {
+                    ScalarValue::Int32(Some(o)) => Some(crate::pg_catalog::table_is_visible(o)),
+                    _ => None,
+                };
+                return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(visible)));
+            }
+            let oids = args[0].to_array(1)?;
+            let oids = datafusion::arrow::compute::cast(&oids, &DataType::Int32)?;
+            let oids = oids.as_any().downcast_ref::<Int32Array>().cloned().unwrap_or_else(|| Int32Array::new_null(0));
+            let out: datafusion::arrow::array::BooleanArray =
+                oids.iter().map(|o| o.map(crate::pg_catalog::table_is_visible)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    ));
     ctx.register_udf(ScalarUDF::from(ToRegtype { signature: Signature::any(1, Volatility::Stable) }));
     ctx.register_udf(ScalarUDF::from(SetConfig { signature: Signature::any(3, Volatility::Volatile) }));
     ctx.register_udf(ScalarUDF::from(JsonBuildObject { signature: Signature::variadic_any(Volatility::Stable) }));

@@ -31,7 +31,7 @@ use crate::engine::Engine;
 
 pub const SCHEMA_NAME: &str = "eddy_catalog";
 
-const TABLES: &[&str] =
+pub const TABLES: &[&str] =
     &["late_rows", "source_splits", "sink_rows", "jobs", "freshness", "operator_state", "memory", "subscriptions"];
 
 pub struct SystemSchema {
