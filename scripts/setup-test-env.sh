@@ -16,3 +16,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 bash "$(dirname "$0")/setup-cdc-upstreams.sh"
+bash "$(dirname "$0")/setup-client-tests.sh"

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use rand::{Rng, SeedableRng};
 
 mod cdc;
+mod freshness;
 
 #[derive(Debug, Parser)]
 #[command(about = "Eddy end-to-end benchmarks")]
@@ -70,6 +71,24 @@ enum Cmd {
         /// The server's --memory-limit while recovering (unlimited by default).
         #[arg(long)]
         memory_limit: Option<String>,
+    },
+    /// Freshness of live results: p50/p99 from an INSERT to its change arriving at a
+    /// SUBSCRIBE client at a steady rate, then p50/p99 of a point SELECT by key on the view.
+    Freshness {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Single-row INSERTs per second over all writers.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        #[arg(long, default_value_t = 1000)]
+        keys: i64,
+        /// Point SELECTs to time.
+        #[arg(long, default_value_t = 5000)]
+        reads: usize,
+        #[arg(long, default_value_t = 1000)]
+        barrier_ms: u64,
     },
     /// INSERT batches into a table behind a GROUP BY view; report rows/s, statement latency
     /// (an INSERT returns once its rows are visible in the view) and server memory.
@@ -138,6 +157,10 @@ fn main() -> Result<()> {
         Cmd::Recovery { rows, memory_limit } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(recovery(rows, memory_limit))
+        }
+        Cmd::Freshness { seconds, rate, writers, keys, reads, barrier_ms } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(freshness::run(seconds, rate, writers, keys, reads, barrier_ms))
         }
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -5,14 +5,19 @@
 
 pub mod catalog;
 pub mod cdc;
+pub mod compat;
+pub mod copy_in;
 pub mod ddl;
 pub mod dml;
 pub mod engine;
 pub mod error;
 pub mod functions;
+pub mod live;
 pub mod params;
 pub mod pg;
 pub mod pg_catalog;
+pub mod pg_functions;
+pub mod pg_live;
 pub mod query;
 pub mod session;
 pub mod show;
@@ -25,6 +30,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use engine::{Engine, EngineConfig};
+
+/// A second handle on a connection's socket (sharing the same file description), kept by its
+/// session to notice a client that went away while the server only writes to it.
+fn split_probe(socket: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, Option<std::net::TcpStream>)> {
+    let std_socket = socket.into_std()?;
+    let probe = std_socket.try_clone().ok();
+    Ok((tokio::net::TcpStream::from_std(std_socket)?, probe))
+}
 
 /// Starts the engine and serves Postgres clients on `listen` until `shutdown` resolves.
 ///
@@ -58,7 +71,14 @@ pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Futu
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                let factory = factory.clone();
+                let (socket, probe) = match split_probe(socket) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot set up the connection");
+                        continue;
+                    }
+                };
+                let factory = Arc::new(factory.for_connection(probe));
                 tokio::spawn(async move {
                     if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
