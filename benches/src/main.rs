@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rand::{Rng, SeedableRng};
 
+mod kafka;
+
 #[derive(Debug, Parser)]
 #[command(about = "Eddy end-to-end benchmarks")]
 struct Args {
@@ -69,6 +71,19 @@ enum Cmd {
         #[arg(long)]
         memory_limit: Option<String>,
     },
+    /// Nexmark bids through Kafka: pre-load a topic (in-process mock cluster) with JSON bids,
+    /// measure consume → view events/s, and compare with the built-in generator.
+    Kafka {
+        /// Bids to pre-load.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Topic partitions (= source splits).
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        /// The query measured, over `bid`.
+        #[arg(long, default_value = "SELECT auction, bidder, price, date_time FROM bid")]
+        query: String,
+    },
     /// INSERT batches into a table behind a GROUP BY view; report rows/s, statement latency
     /// (an INSERT returns once its rows are visible in the view) and server memory.
     Inserts {
@@ -118,6 +133,10 @@ fn main() -> Result<()> {
         Cmd::Recovery { rows, memory_limit } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(recovery(rows, memory_limit))
+        }
+        Cmd::Kafka { events, partitions, query } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(kafka::run(events, partitions, query))
         }
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
