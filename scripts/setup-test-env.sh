@@ -17,3 +17,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 bash "$(dirname "$0")/setup-cdc-upstreams.sh"
 bash "$(dirname "$0")/setup-client-tests.sh"
+bash "$(dirname "$0")/setup-kafka.sh"

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 mod cdc;
 mod freshness;
+mod kafka;
 
 #[derive(Debug, Parser)]
 #[command(about = "Eddy end-to-end benchmarks")]
@@ -90,6 +91,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         barrier_ms: u64,
     },
+    /// Nexmark bids through Kafka: pre-load a topic (in-process mock cluster) with JSON bids,
+    /// measure consume → view events/s, and compare with the built-in generator.
+    Kafka {
+        /// Bids to pre-load.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Topic partitions (= source splits).
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        /// The query measured, over `bid`.
+        #[arg(long, default_value = "SELECT auction, bidder, price, date_time FROM bid")]
+        query: String,
+    },
     /// INSERT batches into a table behind a GROUP BY view; report rows/s, statement latency
     /// (an INSERT returns once its rows are visible in the view) and server memory.
     Inserts {
@@ -161,6 +175,10 @@ fn main() -> Result<()> {
         Cmd::Freshness { seconds, rate, writers, keys, reads, barrier_ms } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(freshness::run(seconds, rate, writers, keys, reads, barrier_ms))
+        }
+        Cmd::Kafka { events, partitions, query } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(kafka::run(events, partitions, query))
         }
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -4,12 +4,15 @@ use eddy_common::{ErrorClass, ErrorDomain, SqlState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    #[error("unknown connector \"{0}\"; available: nexmark, datagen, postgres-cdc, blackhole")]
+    #[error("unknown connector \"{0}\"; available: kafka, postgres-cdc, nexmark, datagen, blackhole")]
     UnknownConnector(String),
     #[error("{0}")]
     InvalidOption(String),
     #[error("{0}")]
     Schema(String),
+    /// An external system (a Kafka broker) failed or cannot be reached.
+    #[error("{0}")]
+    External(String),
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),
     /// The upstream system refused or is misconfigured; the message names cause and fix.
@@ -24,6 +27,7 @@ impl ErrorClass for ConnectorError {
             ConnectorError::Schema(_) => SqlState::DatatypeMismatch,
             ConnectorError::Arrow(_) => SqlState::Internal,
             ConnectorError::Upstream { state, .. } => *state,
+            ConnectorError::External(_) => SqlState::IoError,
         }
     }
 
@@ -31,6 +35,7 @@ impl ErrorClass for ConnectorError {
         match self {
             ConnectorError::Arrow(_) => ErrorDomain::System,
             ConnectorError::Upstream { .. } => ErrorDomain::External,
+            ConnectorError::External(_) => ErrorDomain::External,
             _ => ErrorDomain::User,
         }
     }

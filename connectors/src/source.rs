@@ -16,11 +16,35 @@ use crate::datagen::{DatagenConfig, DatagenGenerator};
 use crate::error::{ConnectorError, Result};
 use crate::nexmark::{DEFAULT_BASE_TIME_MS, DEFAULT_INTER_EVENT_US, NexmarkConfig, NexmarkGenerator, TableType};
 
-/// A source as declared: connector name and `WITH` options.
-#[derive(Debug, Clone)]
+/// A source as declared: connector name, `WITH` options and `FORMAT`.
+#[derive(Debug, Clone, Default)]
 pub struct SourceSpec {
     pub connector: String,
     pub options: HashMap<String, String>,
+    /// `FORMAT ... ENCODE ... (options)`, for connectors that carry encoded records.
+    pub format: Option<SourceFormat>,
+    /// How many splits read the source: fixed when the source is created (positions and
+    /// plans depend on it), one for a table; `None` while validating a new source lets the
+    /// connector choose.
+    pub splits: Option<usize>,
+}
+
+/// `FORMAT <format> ENCODE <encode> (options)`.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFormat {
+    pub format: String,
+    pub encode: String,
+    pub options: HashMap<String, String>,
+}
+
+fn refuse_format(spec: &SourceSpec) -> Result<()> {
+    match &spec.format {
+        Some(_) => Err(ConnectorError::InvalidOption(format!(
+            "connector {} produces typed columns directly; leave out FORMAT ... ENCODE ...",
+            spec.connector
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Reads one split of a source.
@@ -169,6 +193,7 @@ fn check_known(options: &HashMap<String, String>, valid: &[&str], prefixes: &[&s
 pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<SourceInfo> {
     match spec.connector.as_str() {
         "nexmark" => {
+            refuse_format(spec)?;
             check_known(&spec.options, NEXMARK_OPTIONS, &[], "nexmark")?;
             let config = nexmark_config(spec, 0)?;
             let produced = crate::nexmark::schema(config.table);
@@ -176,6 +201,7 @@ pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<Sou
             Ok(SourceInfo { splits: config.splits as usize, keyed_changes: false })
         }
         "datagen" => {
+            refuse_format(spec)?;
             let config = DatagenConfig::parse(&spec.options, declared)?;
             Ok(SourceInfo { splits: config.splits, keyed_changes: false })
         }
@@ -184,6 +210,7 @@ pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<Sou
             crate::cdc::postgres::validate(&config, declared).await?;
             Ok(SourceInfo { splits: 1, keyed_changes: true })
         }
+        "kafka" => crate::kafka::validate(spec, declared).await,
         "" => Err(ConnectorError::InvalidOption("WITH (...) needs connector = '<name>'".into())),
         other => Err(ConnectorError::UnknownConnector(other.to_string())),
     }
@@ -403,6 +430,11 @@ pub fn create_reader(
     stats: Arc<SourceStats>,
 ) -> Result<Box<dyn SourceReader>> {
     let position_bytes = position;
+    if spec.connector == "kafka" {
+        let options = crate::kafka::KafkaOptions::parse(&spec.options, spec.format.as_ref())?;
+        let splits = spec.splits.unwrap_or(1);
+        return Ok(Box::new(crate::kafka::KafkaReader::new(options, declared, split, splits, position, stats)?));
+    }
     let position = match (spec.connector.as_str(), position) {
         ("nexmark" | "datagen", Some(p)) => Some(parse_counter_position(p)?),
         _ => None,
@@ -433,6 +465,22 @@ pub fn create_reader(
             Ok(Box::new(DatagenReader { generator, pacer: Pacer::new(rate) }))
         }
         other => Err(ConnectorError::UnknownConnector(other.to_string())),
+    }
+}
+
+/// How long a split may receive nothing before its watermark follows the source's other
+/// splits (see the executor's watermark filter); `None` when splits never go idle (the
+/// generators) or the user turned it off (`scan.watermark.idle.timeout.ms = 0`).
+pub fn idle_timeout(spec: &SourceSpec) -> Option<Duration> {
+    match spec.connector.as_str() {
+        "kafka" => {
+            let ms = match spec.options.get(crate::kafka::IDLE_TIMEOUT_OPTION) {
+                Some(v) => v.trim().parse::<u64>().ok()?,
+                None => crate::kafka::DEFAULT_IDLE_TIMEOUT_MS,
+            };
+            (ms > 0).then(|| Duration::from_millis(ms))
+        }
+        _ => None,
     }
 }
 

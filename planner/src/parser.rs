@@ -894,7 +894,9 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
         p.expect_keyword(Keyword::ONLY)?;
         append_only = true;
     }
-    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    let includes = parse_includes(p, &mut columns)?;
+    let mut with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    with_options.extend(includes);
     let format = parse_format(p)?;
     Ok(CreateRelation {
         name,
@@ -907,6 +909,47 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
         format,
         from_source,
     })
+}
+
+/// RisingWave's `INCLUDE key | partition | offset | timestamp [AS name] [type]` clauses: each
+/// adds a column holding that piece of a Kafka record's metadata and tells the connector
+/// with an `include.<what> = '<column>'` option.
+fn parse_includes(p: &mut Parser<'_>, columns: &mut Vec<ColumnSpec>) -> Result<Vec<(String, String)>, ParserError> {
+    let mut options = Vec::new();
+    while parse_word(p, "include") {
+        let what = p.parse_identifier()?.value.to_lowercase();
+        let default_type = match what.as_str() {
+            "key" => DataType::Bytea,
+            "partition" => DataType::Int(None),
+            "offset" => DataType::BigInt(None),
+            "timestamp" => DataType::Timestamp(None, sqlparser::ast::TimezoneInfo::WithTimeZone),
+            other => {
+                return Err(ParserError::ParserError(format!(
+                    "INCLUDE {other}: expected key, partition, offset or timestamp"
+                )));
+            }
+        };
+        let name = if p.parse_keyword(Keyword::AS) { p.parse_identifier()? } else { Ident::new(format!("_{what}")) };
+        let explicit_type = match &p.peek_token().token {
+            Token::Word(w)
+                if w.keyword != Keyword::WITH
+                    && w.keyword != Keyword::FORMAT
+                    && !w.value.eq_ignore_ascii_case("include") =>
+            {
+                Some(p.parse_data_type()?)
+            }
+            _ => None,
+        };
+        options.push((format!("include.{what}"), normalize_ident(&name)));
+        columns.push(ColumnSpec {
+            name,
+            data_type: explicit_type.unwrap_or(default_type),
+            not_null: false,
+            default: None,
+            generated: None,
+        });
+    }
+    Ok(options)
 }
 
 /// `name TYPE [PRIMARY KEY] [NOT NULL | NULL] [DEFAULT expr] [AS expr]`.
@@ -1208,6 +1251,18 @@ mod tests {
         assert_eq!(source.to_string(), "pg");
         assert_eq!(table, "public.orders");
         assert_eq!(t.primary_key.len(), 1);
+    }
+
+    #[test]
+    fn include_clauses_add_columns_and_options() {
+        let sql = "CREATE SOURCE s (v INT) INCLUDE key AS k VARCHAR INCLUDE offset AS o \
+                   WITH (connector = 'kafka', topic = 't') FORMAT PLAIN ENCODE JSON";
+        let EddyStatement::CreateSource(s) = one(sql) else { panic!("not a source") };
+        let names: Vec<String> = s.columns.iter().map(|c| c.name.value.clone()).collect();
+        assert_eq!(names, vec!["v", "k", "o"]);
+        assert_eq!(s.columns[1].data_type, DataType::Varchar(None));
+        assert!(s.with_options.contains(&("include.key".to_string(), "k".to_string())));
+        assert!(s.with_options.contains(&("include.offset".to_string(), "o".to_string())));
     }
 
     #[test]

@@ -45,8 +45,7 @@ pub fn table_from_source(
             "a table read FROM a source takes its connection from the source; leave out WITH (...)",
         ));
     }
-    let spec =
-        eddy_connectors::SourceSpec { connector: connector.connector.clone(), options: connector.options.clone() };
+    let spec = eddy_executor::build::source_spec(connector, 1);
     let options = eddy_connectors::source::table_from_source(&spec, table).map_err(|e| {
         use eddy_common::ErrorClass;
         ServerError::new(e.sqlstate(), e.to_string())
@@ -62,7 +61,7 @@ pub async fn release_upstream(dropped: &[Arc<RelationDef>]) {
         if def.kind != RelationKind::Table || !eddy_connectors::source::is_external(&c.connector) {
             continue;
         }
-        let spec = eddy_connectors::SourceSpec { connector: c.connector.clone(), options: c.options.clone() };
+        let spec = eddy_executor::build::source_spec(c, 1);
         if let Err(e) = eddy_connectors::drop_source(&spec).await {
             tracing::warn!(table = %def.name, error = %e, "could not release the upstream replication slot");
         }
