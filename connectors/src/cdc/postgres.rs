@@ -124,14 +124,14 @@ impl PgCdcConfig {
         })
     }
 
-    /// The options of a table read `FROM` a shared source: the source's connection, the
-    /// table's name, and a slot of its own named after the source's.
+    /// The options of a table read `FROM` a shared source: the source's connection (and
+    /// publication, when it names one; the table is added to it), the table's name, and a slot
+    /// of its own named after the source's.
     pub fn table_options(source: &HashMap<String, String>, table: &str) -> HashMap<String, String> {
         let mut options = source.clone();
         options.insert("table.name".into(), table.to_string());
         let base = source.get("slot.name").cloned().unwrap_or_else(|| "eddy".into());
         options.insert("slot.name".into(), sanitize(&format!("{base}_{}", table.replace('.', "_"))));
-        options.remove("publication.name");
         options
     }
 
