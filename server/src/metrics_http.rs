@@ -27,10 +27,21 @@ pub async fn spawn(addr: SocketAddr, engine: Weak<Engine>) -> std::io::Result<()
             let Ok((mut socket, _)) = listener.accept().await else { continue };
             let Some(engine) = engine.upgrade() else { return };
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
-                let Ok(Ok(n)) = read else { return };
-                let request = String::from_utf8_lossy(&buf[..n]);
+                // The request line and headers, up to the blank line (they may come in pieces).
+                let mut buf = Vec::with_capacity(1024);
+                let read_head = async {
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(5), read_head).await.is_err() {
+                    return;
+                }
+                let request = String::from_utf8_lossy(&buf);
                 let path = request.split_whitespace().nth(1).unwrap_or("");
                 let response = if request.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
                     let body = render(&engine).await;

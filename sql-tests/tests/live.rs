@@ -281,7 +281,7 @@ async fn prometheus_metrics() -> Result<()> {
     let scrape = |path: &str| -> Result<String> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
         Ok(body)
