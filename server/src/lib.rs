@@ -13,12 +13,14 @@ pub mod engine;
 pub mod error;
 pub mod functions;
 pub mod live;
+pub mod metrics_http;
 pub mod params;
 pub mod pg;
 pub mod pg_catalog;
 pub mod pg_functions;
 pub mod pg_live;
 pub mod query;
+pub mod retained;
 pub mod session;
 pub mod show;
 pub mod system;
@@ -44,6 +46,19 @@ fn split_probe(socket: tokio::net::TcpStream) -> std::io::Result<(tokio::net::Tc
 /// # Errors
 /// When the data directory cannot be opened or the address cannot be bound.
 pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    serve_with_metrics(listen, None, config, shutdown).await
+}
+
+/// [`serve`], plus Prometheus metrics at `http://<metrics_listen>/metrics` when given.
+///
+/// # Errors
+/// As [`serve`], and when the metrics address cannot be bound.
+pub async fn serve_with_metrics(
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    config: EngineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     // Reading a damaged store can panic deep inside the storage engine; say what it means
     // instead of dying with a backtrace.
@@ -56,6 +71,9 @@ pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Futu
         ),
         Err(e) => anyhow::bail!("starting the engine failed: {e}"),
     };
+    if let Some(addr) = metrics_listen {
+        metrics_http::spawn(addr, Arc::downgrade(&engine)).await?;
+    }
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
     let factory = Arc::new(pg::HandlerFactory::new(engine.clone()));

@@ -54,6 +54,17 @@ pub enum FetchCount {
     Rows(usize),
 }
 
+/// Where a subscription cursor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorStart {
+    /// At the next change.
+    Now,
+    /// At the retained changes with `eddy_timestamp >=` this.
+    Since(i64),
+    /// At the relation's current rows, then every change.
+    Full,
+}
+
 /// The statements this module runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LiveStatement {
@@ -62,6 +73,22 @@ pub enum LiveStatement {
     DeclareSubscribe {
         cursor: String,
         spec: SubscribeSpec,
+    },
+    /// `CREATE SUBSCRIPTION name FROM relation [WITH (retention = '1h')]`.
+    CreateSubscription {
+        name: String,
+        relation: String,
+        retention: Duration,
+    },
+    DropSubscription {
+        name: String,
+        if_exists: bool,
+    },
+    /// `DECLARE c SUBSCRIPTION CURSOR FOR s [SINCE t | FULL]`.
+    DeclareSubscriptionCursor {
+        cursor: String,
+        subscription: String,
+        start: CursorStart,
     },
     /// `DECLARE c CURSOR FOR <query>`: the query's text.
     DeclareQuery {
@@ -163,6 +190,7 @@ fn starts_live(t: &[Token]) -> bool {
         || keyword(first, "fetch")
         || keyword(first, "close")
         || keyword(first, "declare")
+        || ((keyword(first, "create") || keyword(first, "drop")) && keyword(t.get(1), "subscription"))
         || (keyword(first, "copy") && t.get(1) == Some(&Token::LParen) && keyword(t.get(2), "subscribe"))
 }
 
@@ -409,8 +437,62 @@ fn parse_tokens(c: &mut Cursor<'_>) -> Result<LiveStatement> {
         c.done()?;
         return Ok(LiveStatement::CopySubscribe(spec));
     }
+    if c.eat("create") {
+        c.expect("subscription")?;
+        let name = c.name()?;
+        c.expect("from")?;
+        let relation = c.name()?;
+        let mut retention = Duration::from_secs(24 * 3600);
+        for (option, value) in c.options()? {
+            if option != "retention" {
+                return Err(ServerError::new(
+                    SqlState::InvalidParameterValue,
+                    format!("unknown subscription option {}: RETENTION is known", option.to_uppercase()),
+                ));
+            }
+            retention = parse_duration(&value)?;
+        }
+        c.done()?;
+        return Ok(LiveStatement::CreateSubscription { name, relation, retention });
+    }
+    if c.eat("drop") {
+        c.expect("subscription")?;
+        let if_exists = c.eat("if");
+        if if_exists {
+            c.expect("exists")?;
+        }
+        let name = c.name()?;
+        c.done()?;
+        return Ok(LiveStatement::DropSubscription { name, if_exists });
+    }
     if c.eat("declare") {
         let cursor = c.name()?;
+        if c.eat("subscription") {
+            c.expect("cursor")?;
+            c.expect("for")?;
+            let subscription = c.name()?;
+            let start = if c.eat("full") {
+                CursorStart::Full
+            } else if c.eat("since") {
+                match c.next() {
+                    Some(Token::Number(n, _)) => {
+                        CursorStart::Since(n.parse().map_err(|_| syntax(format!("invalid SINCE timestamp {n}")))?)
+                    }
+                    Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("now") => {
+                        if c.peek() == Some(&Token::LParen) {
+                            c.at += 1;
+                            c.expect_token(&Token::RParen)?;
+                        }
+                        CursorStart::Now
+                    }
+                    _ => return Err(syntax("SINCE takes an eddy_timestamp (milliseconds since the Unix epoch)")),
+                }
+            } else {
+                CursorStart::Now
+            };
+            c.done()?;
+            return Ok(LiveStatement::DeclareSubscriptionCursor { cursor, subscription, start });
+        }
         // Postgres's cursor options; none changes what a subscription does.
         while c.eat("binary") || c.eat("insensitive") || c.eat("asensitive") || c.eat("scroll") || c.eat("no") {}
         c.expect("cursor")?;
@@ -739,6 +821,7 @@ impl ClientProbe {
 /// A cursor declared in a session.
 pub enum LiveCursor {
     Subscribe(Box<LiveSubscription>),
+    Retained(Box<crate::retained::RetainedCursor>),
     Rows { schema: SchemaRef, rows: VecDeque<RecordBatch> },
 }
 
@@ -746,6 +829,7 @@ impl LiveCursor {
     pub fn schema(&self) -> SchemaRef {
         match self {
             LiveCursor::Subscribe(s) => s.schema.clone(),
+            LiveCursor::Retained(r) => r.schema(),
             LiveCursor::Rows { schema, .. } => schema.clone(),
         }
     }
@@ -835,6 +919,14 @@ impl LiveState {
                     }
                 }
                 datafusion::arrow::compute::concat_batches(schema, &out).map_err(internal)
+            }
+            LiveCursor::Retained(retained) => {
+                let fetched = retained.fetch(count, timeout, &self.probe).await;
+                if fetched.is_err() {
+                    drop(cursor);
+                    self.cursors.lock().remove(name);
+                }
+                fetched
             }
             LiveCursor::Subscribe(live) => {
                 let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -932,6 +1024,27 @@ mod tests {
         assert!(parse("SUBSCRIBE v WITH (colour = red)").is_err());
         assert!(parse("FETCH ALL c WITH (timeout = 'soon')").is_err());
         assert!(is_live("BEGIN; DECLARE c CURSOR FOR SUBSCRIBE v"));
+        assert_eq!(
+            p("CREATE SUBSCRIPTION s FROM v WITH (retention = '1h')"),
+            LiveStatement::CreateSubscription {
+                name: "s".into(),
+                relation: "v".into(),
+                retention: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(
+            p("DECLARE c SUBSCRIPTION CURSOR FOR s SINCE 1732290000123"),
+            LiveStatement::DeclareSubscriptionCursor {
+                cursor: "c".into(),
+                subscription: "s".into(),
+                start: CursorStart::Since(1732290000123)
+            }
+        );
+        assert_eq!(
+            p("drop subscription if exists s"),
+            LiveStatement::DropSubscription { name: "s".into(), if_exists: true }
+        );
+        assert!(!is_live("CREATE TABLE subscription (a INT)"));
         assert!(!is_live("SELECT 'subscribe'"));
     }
 

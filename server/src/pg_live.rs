@@ -73,6 +73,33 @@ where
             state.declare(cursor, LiveCursor::Subscribe(Box::new(live))).map_err(err)?;
             Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
         }
+        LiveStatement::CreateSubscription { name, relation, retention } => {
+            crate::retained::create(engine, name, relation, *retention).await.map_err(err)?;
+            Ok(Response::Execution(Tag::new("CREATE_SUBSCRIPTION")))
+        }
+        LiveStatement::DropSubscription { name, if_exists } => {
+            crate::retained::drop_subscription(name, *if_exists).map_err(err)?;
+            Ok(Response::Execution(Tag::new("DROP_SUBSCRIPTION")))
+        }
+        LiveStatement::DeclareSubscriptionCursor { cursor, subscription, start } => {
+            let log = crate::retained::get(subscription).map_err(err)?;
+            let declared = match start {
+                crate::live::CursorStart::Full => {
+                    let spec =
+                        crate::live::SubscribeSpec { relation: log.relation.clone(), snapshot: true, progress: false };
+                    LiveCursor::Subscribe(Box::new(LiveSubscription::open(engine, &spec).await.map_err(err)?))
+                }
+                crate::live::CursorStart::Now => {
+                    LiveCursor::Retained(Box::new(crate::retained::RetainedCursor::new(log, vec![])))
+                }
+                crate::live::CursorStart::Since(t) => {
+                    let initial = log.since(*t).map_err(err)?;
+                    LiveCursor::Retained(Box::new(crate::retained::RetainedCursor::new(log, initial)))
+                }
+            };
+            state.declare(cursor, declared).map_err(err)?;
+            Ok(Response::Execution(Tag::new("DECLARE SUBSCRIPTION CURSOR")))
+        }
         LiveStatement::DeclareQuery { cursor, query } => {
             let mut statements = crate::pg::parse(query).map_err(err)?;
             let is_query = statements.len() == 1

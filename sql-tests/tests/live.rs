@@ -267,3 +267,71 @@ async fn copy_subscribe_over_extended_protocol() -> Result<()> {
     assert!(text.ends_with("\t-1\t7\t2\t13.5\n"), "{text:?}");
     Ok(())
 }
+
+/// `--metrics-listen` serves Prometheus text that follows the server's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics() -> Result<()> {
+    use std::io::{Read, Write};
+    let port = eddy_sql_tests::free_port()?;
+    let server = TestServer::start_with(&["--metrics-listen", &format!("127.0.0.1:{port}")])?;
+    let writer = server.connect().await?;
+    seed(&writer).await?;
+    let reader = server.connect().await?;
+    reader.batch_execute("DECLARE c CURSOR FOR SUBSCRIBE revenue").await?;
+    let scrape = |path: &str| -> Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    };
+    let body = scrape("/metrics")?;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("eddy_subscriptions{relation=\"revenue\"} 1"), "{body}");
+    let epoch: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("eddy_committed_epoch "))
+        .context("committed epoch")?
+        .trim()
+        .parse()?;
+    assert!(epoch > 0);
+    assert!(scrape("/nope")?.starts_with("HTTP/1.1 404"));
+    Ok(())
+}
+
+/// RisingWave's subscriptions: changes are retained, and a new cursor resumes from a
+/// timestamp after a disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_cursor_resumes_since_a_timestamp() -> Result<()> {
+    let server = TestServer::start()?;
+    let writer = server.connect().await?;
+    seed(&writer).await?;
+    writer.batch_execute("CREATE SUBSCRIPTION s FROM revenue WITH (retention = '1h')").await?;
+    writer.batch_execute("INSERT INTO orders VALUES (3, 8, 5, 'paid')").await?;
+    let first = server.connect().await?;
+    first.batch_execute("DECLARE c SUBSCRIPTION CURSOR FOR s SINCE 0").await?;
+    let got = fetch_rows(&first, 1).await?;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0][1..], &["1", "8", "1", "5"]);
+    let seen_ts: i64 = got[0][0].parse()?;
+    drop(first);
+
+    // While nobody reads: two more changes.
+    writer.batch_execute("INSERT INTO orders VALUES (4, 8, 1, 'paid')").await?;
+    let second = server.connect().await?;
+    second.batch_execute(&format!("DECLARE c SUBSCRIPTION CURSOR FOR s SINCE {}", seen_ts + 1)).await?;
+    let resumed = fetch_rows(&second, 2).await?;
+    assert_eq!(resumed.len(), 2, "{resumed:?}");
+    assert_eq!(&resumed[0][1..], &["-1", "8", "1", "5"]);
+    assert_eq!(&resumed[1][1..], &["1", "8", "2", "6"]);
+    // A cursor without SINCE starts at the next change; FULL starts with the current rows.
+    second.batch_execute("DECLARE d SUBSCRIPTION CURSOR FOR s; DECLARE e SUBSCRIPTION CURSOR FOR s FULL").await?;
+    assert!(rows(&second, "FETCH ALL d WITH (timeout = '200ms')").await?.is_empty());
+    let full = rows(&second, "FETCH ALL e WITH (timeout = '5s')").await?;
+    assert_eq!(full.len(), 2, "{full:?}");
+    writer.batch_execute("DROP SUBSCRIPTION s").await?;
+    let err = second.simple_query("DECLARE f SUBSCRIPTION CURSOR FOR s").await.err().context("dropped")?;
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42704"), "{err}");
+    Ok(())
+}
