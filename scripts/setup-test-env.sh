@@ -15,3 +15,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+bash "$(dirname "$0")/setup-cdc-upstreams.sh"
+bash "$(dirname "$0")/setup-client-tests.sh"
+bash "$(dirname "$0")/setup-kafka.sh"

@@ -12,6 +12,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rand::{Rng, SeedableRng};
 
+mod cdc;
+mod freshness;
+mod kafka;
+
 #[derive(Debug, Parser)]
 #[command(about = "Eddy end-to-end benchmarks")]
 struct Args {
@@ -69,6 +73,37 @@ enum Cmd {
         #[arg(long)]
         memory_limit: Option<String>,
     },
+    /// Freshness of live results: p50/p99 from an INSERT to its change arriving at a
+    /// SUBSCRIBE client at a steady rate, then p50/p99 of a point SELECT by key on the view.
+    Freshness {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Single-row INSERTs per second over all writers.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        #[arg(long, default_value_t = 1000)]
+        keys: i64,
+        /// Point SELECTs to time.
+        #[arg(long, default_value_t = 5000)]
+        reads: usize,
+        #[arg(long, default_value_t = 1000)]
+        barrier_ms: u64,
+    },
+    /// Nexmark bids through Kafka: pre-load a topic (in-process mock cluster) with JSON bids,
+    /// measure consume → view events/s, and compare with the built-in generator.
+    Kafka {
+        /// Bids to pre-load.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Topic partitions (= source splits).
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        /// The query measured, over `bid`.
+        #[arg(long, default_value = "SELECT auction, bidder, price, date_time FROM bid")]
+        query: String,
+    },
     /// INSERT batches into a table behind a GROUP BY view; report rows/s, statement latency
     /// (an INSERT returns once its rows are visible in the view) and server memory.
     Inserts {
@@ -87,6 +122,24 @@ enum Cmd {
         /// Target rows per second over all writers (0 = as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+    },
+    /// Postgres CDC into a view: snapshot and streaming rows/s, commit-to-visible latency.
+    Cdc {
+        /// Upstream Postgres (libpq style, without dbname); needs wal_level=logical.
+        #[arg(long, default_value = "host=127.0.0.1 port=5432 user=postgres")]
+        upstream: String,
+        /// Rows in the snapshot, and again streamed.
+        #[arg(long, default_value_t = 200_000)]
+        rows: i64,
+        /// Rows per upstream transaction while streaming.
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        /// Single-row transactions timed for latency.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Barrier interval of the server, in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        barrier_ms: u64,
     },
 }
 
@@ -119,9 +172,21 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(recovery(rows, memory_limit))
         }
+        Cmd::Freshness { seconds, rate, writers, keys, reads, barrier_ms } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(freshness::run(seconds, rate, writers, keys, reads, barrier_ms))
+        }
+        Cmd::Kafka { events, partitions, query } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(kafka::run(events, partitions, query))
+        }
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(inserts(seconds, writers, batch, keys, rate))
+        }
+        Cmd::Cdc { upstream, rows, batch, samples, barrier_ms } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(cdc::run(upstream, rows, batch, samples, barrier_ms))
         }
     }
 }

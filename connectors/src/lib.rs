@@ -1,6 +1,6 @@
 //! Eddy's connectors: where rows come from and where they go.
 //!
-//! A source is a *transport* (nexmark, datagen; Kafka and CDC later) that produces Arrow
+//! A source is a *transport* (nexmark, datagen, Kafka; CDC later) that produces Arrow
 //! batches for a split; the runtime turns them into insert-only change batches, stamps
 //! barriers between them and records each split's position with every checkpoint. Options
 //! are validated when the source is created, and unknown options are refused with the list
@@ -11,10 +11,15 @@
 //! position continues with exactly the next row. Generators are deterministic, so replaying
 //! from a position reproduces the same rows.
 
+pub mod cdc;
 pub mod datagen;
 pub mod error;
+pub mod kafka;
 pub mod nexmark;
 pub mod source;
 
 pub use error::{ConnectorError, Result};
-pub use source::{SourceInfo, SourceReader, SourceSpec, SourceStats, create_reader, validate_source};
+pub use source::{
+    SourceFormat, SourceInfo, SourceReader, SourceSpec, SourceStats, create_reader, drop_source, idle_timeout,
+    validate_source,
+};

@@ -16,11 +16,35 @@ use crate::datagen::{DatagenConfig, DatagenGenerator};
 use crate::error::{ConnectorError, Result};
 use crate::nexmark::{DEFAULT_BASE_TIME_MS, DEFAULT_INTER_EVENT_US, NexmarkConfig, NexmarkGenerator, TableType};
 
-/// A source as declared: connector name and `WITH` options.
-#[derive(Debug, Clone)]
+/// A source as declared: connector name, `WITH` options and `FORMAT`.
+#[derive(Debug, Clone, Default)]
 pub struct SourceSpec {
     pub connector: String,
     pub options: HashMap<String, String>,
+    /// `FORMAT ... ENCODE ... (options)`, for connectors that carry encoded records.
+    pub format: Option<SourceFormat>,
+    /// How many splits read the source: fixed when the source is created (positions and
+    /// plans depend on it), one for a table; `None` while validating a new source lets the
+    /// connector choose.
+    pub splits: Option<usize>,
+}
+
+/// `FORMAT <format> ENCODE <encode> (options)`.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFormat {
+    pub format: String,
+    pub encode: String,
+    pub options: HashMap<String, String>,
+}
+
+fn refuse_format(spec: &SourceSpec) -> Result<()> {
+    match &spec.format {
+        Some(_) => Err(ConnectorError::InvalidOption(format!(
+            "connector {} produces typed columns directly; leave out FORMAT ... ENCODE ...",
+            spec.connector
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Reads one split of a source.
@@ -169,6 +193,7 @@ fn check_known(options: &HashMap<String, String>, valid: &[&str], prefixes: &[&s
 pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<SourceInfo> {
     match spec.connector.as_str() {
         "nexmark" => {
+            refuse_format(spec)?;
             check_known(&spec.options, NEXMARK_OPTIONS, &[], "nexmark")?;
             let config = nexmark_config(spec, 0)?;
             let produced = crate::nexmark::schema(config.table);
@@ -176,11 +201,63 @@ pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<Sou
             Ok(SourceInfo { splits: config.splits as usize, keyed_changes: false })
         }
         "datagen" => {
+            refuse_format(spec)?;
             let config = DatagenConfig::parse(&spec.options, declared)?;
             Ok(SourceInfo { splits: config.splits, keyed_changes: false })
         }
+        "postgres-cdc" => {
+            let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
+            crate::cdc::postgres::validate(&config, declared).await?;
+            Ok(SourceInfo { splits: 1, keyed_changes: true })
+        }
+        "kafka" => crate::kafka::validate(spec, declared).await,
         "" => Err(ConnectorError::InvalidOption("WITH (...) needs connector = '<name>'".into())),
         other => Err(ConnectorError::UnknownConnector(other.to_string())),
+    }
+}
+
+/// True for connectors that read an external system (which may be down while Eddy restarts).
+pub fn is_external(connector: &str) -> bool {
+    matches!(connector, "postgres-cdc")
+}
+
+/// The options of a table read from a shared source (`CREATE TABLE t (...) FROM source TABLE
+/// 'name'`).
+///
+/// # Errors
+/// When the source's connector has no tables, or the source names a table itself.
+pub fn table_from_source(spec: &SourceSpec, table: &str) -> Result<HashMap<String, String>> {
+    match spec.connector.as_str() {
+        "postgres-cdc" => {
+            if spec.options.contains_key("table.name") {
+                return Err(ConnectorError::InvalidOption(
+                    "this postgres-cdc source already names a table.name; create it without one to share it between tables"
+                        .into(),
+                ));
+            }
+            Ok(crate::cdc::postgres::PgCdcConfig::table_options(&spec.options, table))
+        }
+        other => Err(ConnectorError::InvalidOption(format!(
+            "connector \"{other}\" has no upstream tables; FROM source TABLE '...' works with postgres-cdc sources"
+        ))),
+    }
+}
+
+/// Releases what a source holds upstream once its table or source is dropped (a replication
+/// slot retains WAL until it is dropped).
+///
+/// # Errors
+/// When upstream cannot be reached; the message says what to drop by hand.
+pub async fn drop_source(spec: &SourceSpec) -> Result<()> {
+    match spec.connector.as_str() {
+        "postgres-cdc" => {
+            let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
+            if config.table.is_none() {
+                return Ok(());
+            }
+            crate::cdc::postgres::drop_upstream(&config).await
+        }
+        _ => Ok(()),
     }
 }
 
@@ -352,8 +429,12 @@ pub fn create_reader(
     position: Option<&[u8]>,
     stats: Arc<SourceStats>,
 ) -> Result<Box<dyn SourceReader>> {
-    // The generators have no records to reject; connectors of external systems count theirs.
-    let _ = stats;
+    let position_bytes = position;
+    if spec.connector == "kafka" {
+        let options = crate::kafka::KafkaOptions::parse(&spec.options, spec.format.as_ref())?;
+        let splits = spec.splits.unwrap_or(1);
+        return Ok(Box::new(crate::kafka::KafkaReader::new(options, declared, split, splits, position, stats)?));
+    }
     let position = match (spec.connector.as_str(), position) {
         ("nexmark" | "datagen", Some(p)) => Some(parse_counter_position(p)?),
         _ => None,
@@ -370,6 +451,10 @@ pub fn create_reader(
             let conformer = Conformer::new(&generator.schema(), declared)?;
             Ok(Box::new(NexmarkReader { generator, conformer, pacer: Pacer::new(rate) }))
         }
+        "postgres-cdc" => {
+            let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
+            Ok(Box::new(crate::cdc::postgres::PgCdcReader::new(config, declared, position_bytes, stats)?))
+        }
         "datagen" => {
             let config = DatagenConfig::parse(&spec.options, &declared)?;
             let rate = config.rows_per_second.map(|r| r / config.splits as f64);
@@ -380,6 +465,22 @@ pub fn create_reader(
             Ok(Box::new(DatagenReader { generator, pacer: Pacer::new(rate) }))
         }
         other => Err(ConnectorError::UnknownConnector(other.to_string())),
+    }
+}
+
+/// How long a split may receive nothing before its watermark follows the source's other
+/// splits (see the executor's watermark filter); `None` when splits never go idle (the
+/// generators) or the user turned it off (`scan.watermark.idle.timeout.ms = 0`).
+pub fn idle_timeout(spec: &SourceSpec) -> Option<Duration> {
+    match spec.connector.as_str() {
+        "kafka" => {
+            let ms = match spec.options.get(crate::kafka::IDLE_TIMEOUT_OPTION) {
+                Some(v) => v.trim().parse::<u64>().ok()?,
+                None => crate::kafka::DEFAULT_IDLE_TIMEOUT_MS,
+            };
+            (ms > 0).then(|| Duration::from_millis(ms))
+        }
+        _ => None,
     }
 }
 

@@ -31,7 +31,7 @@ use crate::ops::materialize::MaterializeOperator;
 use crate::ops::sink::BlackholeSink;
 use crate::ops::stateless::{FilterOperator, ProjectOperator, ScanOperator, UnionOperator, ValuesOperator};
 use crate::ops::unnest::UnnestOperator;
-use crate::ops::watermark::WatermarkFilterOperator;
+use crate::ops::watermark::{SplitClocks, WatermarkFilterOperator};
 use crate::state::{SOURCE_POSITION, StateReader, StateScope};
 use crate::store::{RowCodec, Snapshot};
 
@@ -100,11 +100,29 @@ impl BuildContext<'_> {
 }
 
 /// The watermark generator of a relation with `WATERMARK FOR`, counting late rows for `job`.
-fn watermark_filter(def: &RelationDef, job: ObjectId, ctx: &BuildContext<'_>) -> Result<Option<Box<dyn Operator>>> {
+fn watermark_filter(
+    def: &RelationDef,
+    job: ObjectId,
+    ctx: &BuildContext<'_>,
+    idle: Option<(Arc<SplitClocks>, usize)>,
+) -> Result<Option<Box<dyn Operator>>> {
     let Some(wm) = &def.watermark else { return Ok(None) };
     let schema = DFSchema::try_from(def.schema.as_ref().clone())?;
     let late = ctx.metrics.late_counter(job, def.id);
-    Ok(Some(Box::new(WatermarkFilterOperator::new(wm.column, &wm.expr, &schema, late)?)))
+    let mut op = WatermarkFilterOperator::new(wm.column, &wm.expr, &schema, late)?;
+    if let Some((clocks, split)) = idle {
+        op = op.with_idle_splits(clocks, split);
+    }
+    Ok(Some(Box::new(op)))
+}
+
+/// The shared event-time clocks of a source's splits in one fragment, when its connector
+/// lets idle splits follow the others.
+fn split_clocks(source: &RelationDef, splits: usize) -> Option<Arc<SplitClocks>> {
+    let connector = source.connector.as_ref()?;
+    source.watermark.as_ref()?;
+    let timeout = eddy_connectors::idle_timeout(&source_spec(connector, splits))?;
+    (splits > 1).then(|| Arc::new(SplitClocks::new(splits, timeout)))
 }
 
 /// Builds the single actor of a table: DML and barriers in, rows stored, changes out.
@@ -126,7 +144,7 @@ pub fn build_table(def: &RelationDef, ctx: &BuildContext<'_>) -> Result<BuiltJob
         inputs: vec![Input { index: 0, receiver: rx }],
         source: match &def.connector {
             Some(c) => {
-                let spec = SourceSpec { connector: c.connector.clone(), options: c.options.clone() };
+                let spec = source_spec(c, 1);
                 let stats = ctx.metrics.register_source(id, def.id, def.id);
                 Some(ctx.source_input(&spec, physical_schema(def), 0, def.id, scope, stats)?)
             }
@@ -231,8 +249,7 @@ pub fn build_graph(
                         .connector
                         .as_ref()
                         .ok_or_else(|| ExecError::Internal(format!("source {name} has no connector")))?;
-                    let spec =
-                        SourceSpec { connector: connector.connector.clone(), options: connector.options.clone() };
+                    let spec = source_spec(connector, source.output_parallelism);
                     let physical = physical_schema(&source);
                     source_prefix[f] = Some(*id);
                     for (i, actor) in actor_ids[f].iter().enumerate() {
@@ -331,6 +348,7 @@ pub fn build_graph(
 
     let mut actors = Vec::new();
     let last = n.saturating_sub(1);
+    let mut clocks: Vec<Option<Arc<SplitClocks>>> = vec![None; n];
     for (f, fragment) in graph.fragments.iter().enumerate() {
         for i in 0..fragment.parallelism {
             let mut chain: Vec<Box<dyn Operator>> = Vec::new();
@@ -338,10 +356,14 @@ pub fn build_graph(
                 let source = resolver
                     .relation_by_id(source_id)
                     .ok_or_else(|| ExecError::Internal(format!("source {source_id} is not in the catalog")))?;
-                chain.extend(source_operators(&source, def.id, ctx)?);
+                if clocks[f].is_none() {
+                    clocks[f] = split_clocks(&source, fragment.parallelism);
+                }
+                let idle = clocks[f].clone().map(|c| (c, i));
+                chain.extend(source_operators(&source, def.id, ctx, idle)?);
             }
             for spec in &fragment.chain {
-                chain.push(build_operator(spec, def, ctx)?);
+                chain.push(build_operator(spec, def, ctx, i)?);
             }
             let scope = actor_scope(f, i)?;
             ctx.prepare_chain(&mut chain, def.id, scope)?;
@@ -376,6 +398,20 @@ pub fn build_graph(
     })
 }
 
+/// What a connector needs to open the splits of a table or source read by `splits` actors.
+pub fn source_spec(c: &eddy_planner::catalog::ConnectorDef, splits: usize) -> SourceSpec {
+    SourceSpec {
+        connector: c.connector.clone(),
+        options: c.options.clone(),
+        format: c.format.as_ref().map(|format| eddy_connectors::SourceFormat {
+            format: format.clone(),
+            encode: c.encode.clone().unwrap_or_default(),
+            options: c.format_options.clone(),
+        }),
+        splits: Some(splits.max(1)),
+    }
+}
+
 /// The state scope of actor `index` of fragment `fragment`.
 fn actor_scope(fragment: usize, index: usize) -> Result<StateScope> {
     let narrow = |v: usize| u16::try_from(v).map_err(|_| ExecError::Internal("too many fragments or actors".into()));
@@ -397,12 +433,17 @@ fn physical_schema(source: &RelationDef) -> SchemaRef {
 
 /// Turns a source's connector rows into the source's rows: computes generated columns, then
 /// generates watermarks (dropping late rows).
-fn source_operators(source: &RelationDef, job: ObjectId, ctx: &BuildContext<'_>) -> Result<Vec<Box<dyn Operator>>> {
+fn source_operators(
+    source: &RelationDef,
+    job: ObjectId,
+    ctx: &BuildContext<'_>,
+    idle: Option<(Arc<SplitClocks>, usize)>,
+) -> Result<Vec<Box<dyn Operator>>> {
     let mut ops: Vec<Box<dyn Operator>> = Vec::new();
     if source.generated.iter().any(|g| g.is_some()) {
         ops.push(generated_columns(source)?);
     }
-    ops.extend(watermark_filter(source, job, ctx)?);
+    ops.extend(watermark_filter(source, job, ctx, idle)?);
     Ok(ops)
 }
 
@@ -429,7 +470,12 @@ fn generated_columns(source: &RelationDef) -> Result<Box<dyn Operator>> {
 }
 
 /// The one place that maps an operator description to its implementation.
-fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>) -> Result<Box<dyn Operator>> {
+fn build_operator(
+    spec: &OperatorSpec,
+    def: &RelationDef,
+    ctx: &BuildContext<'_>,
+    actor_index: usize,
+) -> Result<Box<dyn Operator>> {
     Ok(match spec {
         OperatorSpec::Scan { projection, schema, .. } => Box::new(ScanOperator::new(projection.clone(), schema)),
         OperatorSpec::Filter { predicate, input_schema } => Box::new(FilterOperator::new(predicate, input_schema)?),
@@ -538,6 +584,9 @@ fn build_operator(spec: &OperatorSpec, def: &RelationDef, ctx: &BuildContext<'_>
         }
         OperatorSpec::Sink { sink, connector, .. } => match connector.as_str() {
             "blackhole" => Box::new(BlackholeSink::new(ctx.metrics.sink_counter(*sink))),
+            "kafka" => {
+                crate::ops::kafka_sink::KafkaSink::build(def, *sink, actor_index, ctx.metrics.sink_counter(*sink))?
+            }
             other => return Err(ExecError::InvalidInput(format!("unknown sink connector \"{other}\""))),
         },
         OperatorSpec::Values { rows, schema } => Box::new(ValuesOperator::new(rows, schema)?),

@@ -140,6 +140,7 @@ struct InFlight {
 
 pub struct Coordinator {
     store: Arc<Store>,
+    feed: Arc<crate::changefeed::ChangeFeed>,
     metrics: Arc<crate::metrics::Metrics>,
     requests: mpsc::UnboundedReceiver<Request>,
     reports: mpsc::UnboundedReceiver<ActorReport>,
@@ -181,6 +182,7 @@ pub struct Intervals {
 /// returned receiver follows the last durable (checkpoint) epoch.
 pub fn spawn(
     store: Arc<Store>,
+    feed: Arc<crate::changefeed::ChangeFeed>,
     metrics: Arc<crate::metrics::Metrics>,
     intervals: Intervals,
     first_epoch: Epoch,
@@ -190,6 +192,7 @@ pub fn spawn(
     let (durable_tx, durable_rx) = watch::channel(first_epoch.saturating_sub(1));
     let coordinator = Coordinator {
         store,
+        feed,
         metrics,
         requests: req_rx,
         reports: rep_rx,
@@ -389,6 +392,9 @@ impl Coordinator {
             commit.catalog.extend(std::mem::take(&mut change.catalog));
         }
         commit.catalog.push(CatalogChange::PutMeta { key: "epoch".into(), value: flight.epoch.to_le_bytes().to_vec() });
+        let feed = self.feed.clone();
+        let _gate = feed.commit_gate().await;
+        let captured = feed.capture(&self.store, &commit.relations);
         let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || store.commit(&commit))
             .await
@@ -396,6 +402,7 @@ impl Coordinator {
         match result {
             Ok(()) => {
                 self.committed_epoch = flight.epoch;
+                feed.publish(flight.epoch, captured);
                 for (job, _) in &flight.markers {
                     self.unmarked.remove(job);
                 }

@@ -9,6 +9,7 @@
 
 pub mod actor;
 pub mod build;
+pub mod changefeed;
 pub mod coordinator;
 pub mod dispatch;
 pub mod error;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actor::ActorReport;
 use crate::build::{BuildContext, BuiltJob, build_graph, build_table};
+use crate::changefeed::{ChangeFeed, FeedError};
 use crate::coordinator::{self, Change, CoordinatorHandle, CoordinatorStatus};
 use crate::error::{ExecError, Result};
 use crate::memory::MemoryBudget;
@@ -78,6 +79,7 @@ pub struct Runtime {
     tables: Mutex<HashMap<ObjectId, TableHandle>>,
     jobs: Mutex<HashMap<ObjectId, Vec<ActorId>>>,
     metrics: Arc<Metrics>,
+    feed: Arc<ChangeFeed>,
     config: RuntimeConfig,
 }
 
@@ -106,8 +108,9 @@ impl Runtime {
         let metrics = Arc::new(Metrics::default());
         let intervals =
             coordinator::Intervals { barrier: config.barrier_interval, checkpoint: config.checkpoint_interval };
+        let feed = ChangeFeed::start(last_epoch);
         let (coordinator, reports, durable_epochs) =
-            coordinator::spawn(store.clone(), metrics.clone(), intervals, last_epoch + 1);
+            coordinator::spawn(store.clone(), feed.clone(), metrics.clone(), intervals, last_epoch + 1);
         Ok(Arc::new(Self {
             store,
             coordinator,
@@ -119,6 +122,7 @@ impl Runtime {
             tables: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             metrics,
+            feed,
             config,
         }))
     }
@@ -129,6 +133,11 @@ impl Runtime {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Live changes of stored relations, for `SUBSCRIBE`.
+    pub fn feed(&self) -> &Arc<ChangeFeed> {
+        &self.feed
     }
 
     fn build_context(&self, mode: StartMode) -> Result<BuildContext<'_>> {
@@ -275,6 +284,7 @@ impl Runtime {
             tables.remove(id);
             self.metrics.forget_job(*id);
         }
+        self.feed.end_relations(ids.iter().copied(), |id| FeedError::Dropped(format!("relation {id}")));
         Ok(epoch)
     }
 

@@ -52,6 +52,8 @@ pub struct CreateRelation {
     pub append_only: bool,
     pub with_options: Vec<(String, String)>,
     pub format: Option<FormatSpec>,
+    /// `CREATE TABLE t (...) FROM source TABLE 'schema.table'`: a table of a shared CDC source.
+    pub from_source: Option<(ObjectName, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -878,6 +880,12 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
             }
         }
     }
+    let mut from_source = None;
+    if is_table && p.parse_keyword(Keyword::FROM) {
+        let source = p.parse_object_name(false)?;
+        p.expect_keyword(Keyword::TABLE)?;
+        from_source = Some((source, p.parse_literal_string()?));
+    }
     let mut append_only = false;
     if let Token::Word(w) = &p.peek_token().token
         && w.value.eq_ignore_ascii_case("append")
@@ -886,10 +894,62 @@ fn parse_create_relation(p: &mut Parser<'_>, is_table: bool) -> Result<CreateRel
         p.expect_keyword(Keyword::ONLY)?;
         append_only = true;
     }
-    let with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    let includes = parse_includes(p, &mut columns)?;
+    let mut with_options = if p.parse_keyword(Keyword::WITH) { parse_with_options(p)? } else { Vec::new() };
+    with_options.extend(includes);
     let format = parse_format(p)?;
-    let _ = is_table;
-    Ok(CreateRelation { name, if_not_exists, columns, primary_key, watermark, append_only, with_options, format })
+    Ok(CreateRelation {
+        name,
+        if_not_exists,
+        columns,
+        primary_key,
+        watermark,
+        append_only,
+        with_options,
+        format,
+        from_source,
+    })
+}
+
+/// RisingWave's `INCLUDE key | partition | offset | timestamp [AS name] [type]` clauses: each
+/// adds a column holding that piece of a Kafka record's metadata and tells the connector
+/// with an `include.<what> = '<column>'` option.
+fn parse_includes(p: &mut Parser<'_>, columns: &mut Vec<ColumnSpec>) -> Result<Vec<(String, String)>, ParserError> {
+    let mut options = Vec::new();
+    while parse_word(p, "include") {
+        let what = p.parse_identifier()?.value.to_lowercase();
+        let default_type = match what.as_str() {
+            "key" => DataType::Bytea,
+            "partition" => DataType::Int(None),
+            "offset" => DataType::BigInt(None),
+            "timestamp" => DataType::Timestamp(None, sqlparser::ast::TimezoneInfo::WithTimeZone),
+            other => {
+                return Err(ParserError::ParserError(format!(
+                    "INCLUDE {other}: expected key, partition, offset or timestamp"
+                )));
+            }
+        };
+        let name = if p.parse_keyword(Keyword::AS) { p.parse_identifier()? } else { Ident::new(format!("_{what}")) };
+        let explicit_type = match &p.peek_token().token {
+            Token::Word(w)
+                if w.keyword != Keyword::WITH
+                    && w.keyword != Keyword::FORMAT
+                    && !w.value.eq_ignore_ascii_case("include") =>
+            {
+                Some(p.parse_data_type()?)
+            }
+            _ => None,
+        };
+        options.push((format!("include.{what}"), normalize_ident(&name)));
+        columns.push(ColumnSpec {
+            name,
+            data_type: explicit_type.unwrap_or(default_type),
+            not_null: false,
+            default: None,
+            generated: None,
+        });
+    }
+    Ok(options)
 }
 
 /// `name TYPE [PRIMARY KEY] [NOT NULL | NULL] [DEFAULT expr] [AS expr]`.
@@ -1178,6 +1238,31 @@ mod tests {
         assert_eq!(t.primary_key[0].value, "id");
         assert!(t.append_only);
         assert_eq!(t.watermark.map(|w| w.column.value), Some("ts".to_string()));
+    }
+
+    #[test]
+    fn create_table_from_cdc_source() {
+        let EddyStatement::CreateTable(t) =
+            one("CREATE TABLE orders (id INT PRIMARY KEY, note VARCHAR) FROM pg TABLE 'public.orders'")
+        else {
+            panic!("not a table")
+        };
+        let (source, table) = t.from_source.expect("FROM clause");
+        assert_eq!(source.to_string(), "pg");
+        assert_eq!(table, "public.orders");
+        assert_eq!(t.primary_key.len(), 1);
+    }
+
+    #[test]
+    fn include_clauses_add_columns_and_options() {
+        let sql = "CREATE SOURCE s (v INT) INCLUDE key AS k VARCHAR INCLUDE offset AS o \
+                   WITH (connector = 'kafka', topic = 't') FORMAT PLAIN ENCODE JSON";
+        let EddyStatement::CreateSource(s) = one(sql) else { panic!("not a source") };
+        let names: Vec<String> = s.columns.iter().map(|c| c.name.value.clone()).collect();
+        assert_eq!(names, vec!["v", "k", "o"]);
+        assert_eq!(s.columns[1].data_type, DataType::Varchar(None));
+        assert!(s.with_options.contains(&("include.key".to_string(), "k".to_string())));
+        assert!(s.with_options.contains(&("include.offset".to_string(), "o".to_string())));
     }
 
     #[test]

@@ -279,36 +279,39 @@ pub async fn create_table(
     if replay_id.is_none() && check_name_free(engine, &name, create.if_not_exists)? {
         return Ok(StatementResult::command("CREATE TABLE"));
     }
-    let connector = connector_def(create);
-    let ColumnsPlan { schema, defaults, generated, watermark } = plan_columns(engine, create)?;
+    let (connector, dependencies) = match &create.from_source {
+        Some((source, table)) => crate::cdc::table_from_source(engine, create, source, table)?,
+        None => (connector_def(create), vec![]),
+    };
+    let columns = plan_columns(engine, create)?;
     if let Some(c) = &connector {
-        // With a primary key, a row from the connector replaces the row with its key (and
-        // keyed formats can delete by key); without one, the table keeps every row.
-        let info = validate_connector(c, &schema, &generated).await?;
-        if info.splits > 1 {
-            return Err(ServerError::with_hint(
-                SqlState::FeatureNotSupported,
-                "not supported: a table read from several splits",
-                "tables read one split; use CREATE SOURCE for parallel reads",
-            ));
+        // Checked at CREATE; a restart must not wait for the external system.
+        if replay_id.is_none() {
+            check_table_connector(c, create, &columns.schema, &columns.generated).await?;
         }
-        if info.keyed_changes && create.primary_key.is_empty() {
-            return Err(ServerError::with_hint(
-                SqlState::InvalidTableDefinition,
-                format!(
-                    "connector \"{}\" sends updates and deletes by key, so the table needs a primary key",
-                    c.connector
-                ),
-                "declare PRIMARY KEY (...) on the columns that identify a row upstream",
-            ));
-        }
-    } else if generated.iter().any(Option::is_some) {
+    } else if columns.generated.iter().any(Option::is_some) {
         return Err(ServerError::with_hint(
             SqlState::FeatureNotSupported,
             "not supported: generated columns on a table fed by INSERT",
             "compute the value in a materialized view over the table",
         ));
     }
+    finish_create_table(engine, create, sql, replay_id, name, connector, dependencies, columns).await
+}
+
+/// Stores a checked table definition and starts its job.
+#[allow(clippy::too_many_arguments)]
+async fn finish_create_table(
+    engine: &Arc<Engine>,
+    create: &CreateRelation,
+    sql: &str,
+    replay_id: Option<ObjectId>,
+    name: String,
+    connector: Option<ConnectorDef>,
+    dependencies: Vec<ObjectId>,
+    columns: ColumnsPlan,
+) -> Result<StatementResult> {
+    let ColumnsPlan { schema, defaults, generated, watermark } = columns;
     let mut primary_key = Vec::new();
     for k in &create.primary_key {
         let col = normalize_ident(k);
@@ -332,7 +335,7 @@ pub async fn create_table(
         defaults,
         generated,
         connector,
-        dependencies: vec![],
+        dependencies,
         output_parallelism: 1,
         output_distribution: Distribution::Single,
         definition: sql.to_string(),
@@ -345,19 +348,41 @@ pub async fn create_table(
     Ok(StatementResult::command("CREATE TABLE"))
 }
 
+/// Checks the connector of a new table: it must read one split, and keyed formats need a
+/// primary key.
+async fn check_table_connector(
+    c: &ConnectorDef,
+    create: &CreateRelation,
+    schema: &SchemaRef,
+    generated: &[Option<datafusion::logical_expr::Expr>],
+) -> Result<()> {
+    // With a primary key, a row from the connector replaces the row with its key (and
+    // keyed formats can delete by key); without one, the table keeps every row.
+    let info = validate_connector(c, schema, generated, Some(1)).await?;
+    if info.splits > 1 {
+        return Err(ServerError::with_hint(
+            SqlState::FeatureNotSupported,
+            "not supported: a table read from several splits",
+            "tables read one split; use CREATE SOURCE for parallel reads",
+        ));
+    }
+    if info.keyed_changes && create.primary_key.is_empty() {
+        return Err(ServerError::with_hint(
+            SqlState::InvalidTableDefinition,
+            format!("connector \"{}\" sends updates and deletes by key, so the table needs a primary key", c.connector),
+            "declare PRIMARY KEY (...) on the columns that identify a row upstream",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a connector's options against the columns it must produce.
 async fn validate_connector(
     c: &ConnectorDef,
     schema: &SchemaRef,
     generated: &[Option<datafusion::logical_expr::Expr>],
+    splits: Option<usize>,
 ) -> Result<eddy_connectors::SourceInfo> {
-    if c.format.is_some() {
-        return Err(ServerError::with_hint(
-            SqlState::FeatureNotSupported,
-            format!("not supported: FORMAT ... ENCODE ... for connector \"{}\"", c.connector),
-            "the nexmark and datagen connectors produce typed columns directly; leave out FORMAT",
-        ));
-    }
     let physical: Vec<Field> = schema
         .fields()
         .iter()
@@ -365,7 +390,8 @@ async fn validate_connector(
         .filter(|(i, _)| generated.get(*i).is_none_or(|g| g.is_none()))
         .map(|(_, f)| f.as_ref().clone())
         .collect();
-    let spec = eddy_connectors::SourceSpec { connector: c.connector.clone(), options: c.options.clone() };
+    let mut spec = eddy_executor::build::source_spec(c, 1);
+    spec.splits = splits;
     eddy_connectors::validate_source(&spec, &Schema::new(physical)).await.map_err(|e| {
         use eddy_common::ErrorClass;
         ServerError::new(e.sqlstate(), e.to_string())
@@ -398,8 +424,20 @@ pub async fn create_source(
             "sources are append-only streams; use CREATE TABLE for keyed data",
         ));
     }
-    let ColumnsPlan { schema, generated, watermark, .. } = plan_columns(engine, create)?;
-    let splits = validate_connector(&connector, &schema, &generated).await?.splits;
+    let ColumnsPlan { schema, generated, watermark, .. } =
+        if create.columns.is_empty() && eddy_connectors::source::is_external(&connector.connector) {
+            // A shared CDC source: its tables declare the columns (`CREATE TABLE ... FROM`).
+            ColumnsPlan { schema: Arc::new(Schema::empty()), defaults: vec![], generated: vec![], watermark: None }
+        } else {
+            plan_columns(engine, create)?
+        };
+    // The split count is fixed at CREATE (positions and plans depend on it); a restart reuses
+    // it without asking the external system, which may be down for a while.
+    let splits = match replay_id.and_then(|id| engine.replay_parallelism(id)) {
+        Some(splits) => splits,
+        None if replay_id.is_some() && eddy_connectors::source::is_external(&connector.connector) => 1,
+        None => validate_connector(&connector, &schema, &generated, None).await?.splits,
+    };
     let id = replay_id.unwrap_or_else(|| engine.catalog.allocate_id());
     let def = RelationDef {
         id,
@@ -421,7 +459,7 @@ pub async fn create_source(
         emit_on_window_close: false,
     };
     if replay_id.is_none() {
-        engine.runtime.commit_catalog(vec![persist(&def, None)]).await?;
+        engine.runtime.commit_catalog(vec![persist(&def, Some(splits.max(1)))]).await?;
     }
     engine.catalog.insert(Arc::new(def));
     Ok(StatementResult::command("CREATE SOURCE"))
@@ -556,20 +594,26 @@ pub async fn create_sink(
     }
     let options: HashMap<String, String> = create.with_options.iter().cloned().collect();
     let connector = options.get("connector").cloned().unwrap_or_default();
-    if connector != "blackhole" {
-        return Err(ServerError::with_hint(
-            SqlState::FeatureNotSupported,
-            format!("not supported: sink connector \"{connector}\""),
-            "available sink connectors: blackhole (Kafka and Postgres sinks arrive with their connectors)",
-        ));
-    }
-    for key in options.keys() {
-        if !matches!(key.as_str(), "connector" | "type" | "force_append_only" | "primary_key") {
-            return Err(ServerError::new(
-                SqlState::InvalidParameterValue,
-                format!(
-                    "unknown option \"{key}\" for sink connector blackhole; valid options: connector, type, force_append_only"
-                ),
+    match connector.as_str() {
+        "blackhole" => {
+            for key in options.keys() {
+                if !matches!(key.as_str(), "connector" | "type" | "force_append_only" | "primary_key") {
+                    return Err(ServerError::new(
+                        SqlState::InvalidParameterValue,
+                        format!(
+                            "unknown option \"{key}\" for sink connector blackhole; valid options: connector, type, force_append_only"
+                        ),
+                    ));
+                }
+            }
+        }
+        // Checked against the sink's columns once the query is planned.
+        "kafka" => {}
+        _ => {
+            return Err(ServerError::with_hint(
+                SqlState::FeatureNotSupported,
+                format!("not supported: sink connector \"{connector}\""),
+                "available sink connectors: kafka, blackhole",
             ));
         }
     }
@@ -607,7 +651,20 @@ pub async fn create_sink(
         create.emit_on_window_close,
         &target,
     )?;
-    let append_only_sink = options.get("type").is_some_and(|t| t.eq_ignore_ascii_case("append-only"));
+    let sink_connector = ConnectorDef {
+        connector: connector.clone(),
+        options: options.clone(),
+        format: create.format.as_ref().map(|f| f.format.clone()),
+        encode: create.format.as_ref().map(|f| f.encode.clone()),
+        format_options: create.format.as_ref().map(|f| f.options.iter().cloned().collect()).unwrap_or_default(),
+    };
+    let mut append_only_sink = options.get("type").is_some_and(|t| t.eq_ignore_ascii_case("append-only"));
+    if connector == "kafka" {
+        let format = eddy_executor::build::source_spec(&sink_connector, 1).format;
+        let kafka = eddy_connectors::kafka::sink::KafkaSinkOptions::parse(&options, format.as_ref(), &schema)
+            .map_err(|e| ServerError::new(SqlState::InvalidParameterValue, e.to_string()))?;
+        append_only_sink |= kafka.envelope == eddy_connectors::kafka::sink::SinkEnvelope::Plain;
+    }
     let forced = options.get("force_append_only").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if append_only_sink && !graph.append_only && !forced {
         return Err(ServerError::with_hint(
@@ -627,7 +684,7 @@ pub async fn create_sink(
         watermark: None,
         defaults: vec![],
         generated: vec![],
-        connector: Some(ConnectorDef { connector, options, ..Default::default() }),
+        connector: Some(sink_connector),
         dependencies,
         output_parallelism: graph.output_parallelism(),
         output_distribution: graph.output_distribution.clone(),
@@ -783,5 +840,6 @@ pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<Statemen
     for d in &ordered {
         engine.catalog.remove(d.id);
     }
+    crate::cdc::release_upstream(&ordered).await;
     Ok(StatementResult::command(&tag))
 }

@@ -245,6 +245,7 @@ fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
     context.register_catalog(DATABASE, dev);
     crate::pg_catalog::install(&context)?;
     functions::register(&context);
+    crate::pg_functions::register(&context);
     for udf in eddy_planner::windows::window_udfs() {
         context.register_udf(udf);
     }

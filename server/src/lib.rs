@@ -4,15 +4,23 @@
 //! through [`pg`] (the wire protocol) into [`session::Session::execute`].
 
 pub mod catalog;
+pub mod cdc;
+pub mod compat;
+pub mod copy_in;
 pub mod ddl;
 pub mod dml;
 pub mod engine;
 pub mod error;
 pub mod functions;
+pub mod live;
+pub mod metrics_http;
 pub mod params;
 pub mod pg;
 pub mod pg_catalog;
+pub mod pg_functions;
+pub mod pg_live;
 pub mod query;
+pub mod retained;
 pub mod session;
 pub mod show;
 pub mod system;
@@ -25,11 +33,32 @@ use tokio::net::TcpListener;
 
 pub use engine::{Engine, EngineConfig};
 
+/// A second handle on a connection's socket (sharing the same file description), kept by its
+/// session to notice a client that went away while the server only writes to it.
+fn split_probe(socket: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, Option<std::net::TcpStream>)> {
+    let std_socket = socket.into_std()?;
+    let probe = std_socket.try_clone().ok();
+    Ok((tokio::net::TcpStream::from_std(std_socket)?, probe))
+}
+
 /// Starts the engine and serves Postgres clients on `listen` until `shutdown` resolves.
 ///
 /// # Errors
 /// When the data directory cannot be opened or the address cannot be bound.
 pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    serve_with_metrics(listen, None, config, shutdown).await
+}
+
+/// [`serve`], plus Prometheus metrics at `http://<metrics_listen>/metrics` when given.
+///
+/// # Errors
+/// As [`serve`], and when the metrics address cannot be bound.
+pub async fn serve_with_metrics(
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    config: EngineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     // Reading a damaged store can panic deep inside the storage engine; say what it means
     // instead of dying with a backtrace.
@@ -42,6 +71,9 @@ pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Futu
         ),
         Err(e) => anyhow::bail!("starting the engine failed: {e}"),
     };
+    if let Some(addr) = metrics_listen {
+        metrics_http::spawn(addr, Arc::downgrade(&engine)).await?;
+    }
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
     let factory = Arc::new(pg::HandlerFactory::new(engine.clone()));
@@ -57,7 +89,14 @@ pub async fn serve(listen: SocketAddr, config: EngineConfig, shutdown: impl Futu
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                let factory = factory.clone();
+                let (socket, probe) = match split_probe(socket) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot set up the connection");
+                        continue;
+                    }
+                };
+                let factory = Arc::new(factory.for_connection(probe));
                 tokio::spawn(async move {
                     if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -40,6 +40,9 @@ struct Args {
     /// Unlimited when absent.
     #[arg(long, value_parser = eddy_executor::memory::parse_size)]
     memory_limit: Option<u64>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); off when absent.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Actors per parallel operator; defaults to the number of cores.
     #[arg(long)]
     parallelism: Option<usize>,
@@ -61,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         parallelism: parallelism.max(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(eddy_server::serve(args.listen, config, shutdown_signal()))
+    runtime.block_on(eddy_server::serve_with_metrics(args.listen, args.metrics_listen, config, shutdown_signal()))
 }
 
 async fn shutdown_signal() {

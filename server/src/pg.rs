@@ -52,8 +52,23 @@ impl HandlerFactory {
             startup: Arc::new(EddyStartup {
                 connections: connections.clone(),
                 pids: RandomPidSecretKeyGenerator::default(),
+                probe: parking_lot::Mutex::new(None),
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        }
+    }
+
+    /// The handlers for one connection; `probe` is a second handle on its socket, which
+    /// subscriptions use to notice a client that went away while they only write.
+    pub fn for_connection(&self, probe: Option<std::net::TcpStream>) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            startup: Arc::new(EddyStartup {
+                connections: self.startup.connections.clone(),
+                pids: RandomPidSecretKeyGenerator::default(),
+                probe: parking_lot::Mutex::new(probe),
+            }),
+            cancel: self.cancel.clone(),
         }
     }
 }
@@ -78,6 +93,71 @@ impl PgWireServerHandlers for HandlerFactory {
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(LogErrors)
     }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        self.handler.clone()
+    }
+}
+
+/// The `COPY ... FROM STDIN` a connection is receiving data for.
+type PendingCopy = parking_lot::Mutex<Option<crate::copy_in::CopyIn>>;
+
+fn pending_copy<C: ClientInfo>(client: &C) -> Arc<PendingCopy> {
+    match client.session_extensions().get::<Arc<PendingCopy>>() {
+        Some(p) => p.as_ref().clone(),
+        None => {
+            let p: Arc<PendingCopy> = Arc::new(parking_lot::Mutex::new(None));
+            client.session_extensions().insert::<Arc<PendingCopy>>(p.clone());
+            p
+        }
+    }
+}
+
+/// Starts `COPY ... FROM STDIN` when `statement` is one: the response asks for the data.
+fn start_copy_in<C: ClientInfo>(
+    engine: &Arc<Engine>,
+    client: &C,
+    statement: &ParsedStatement,
+) -> Result<Option<Response>, ServerError> {
+    let EddyStatement::Sql(stmt) = &statement.statement else { return Ok(None) };
+    let Some(copy) = crate::copy_in::start(engine, stmt)? else { return Ok(None) };
+    let columns = copy.column_count(engine);
+    *pending_copy(client).lock() = Some(copy);
+    Ok(Some(Response::CopyIn(pgwire::api::results::CopyResponse::new(0, columns, stream::empty()))))
+}
+
+#[async_trait]
+impl pgwire::api::copy::CopyHandler for EddyHandler {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: pgwire::messages::copy::CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(copy) = pending_copy(client).lock().as_mut() {
+            copy.push(&copy_data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: pgwire::messages::copy::CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let Some(copy) = pending_copy(client).lock().take() else {
+            return Err(to_pg_error(
+                &ServerError::new(eddy_common::SqlState::ProtocolViolation, "no COPY in progress"),
+                "",
+            ));
+        };
+        let session = session_of(client);
+        let rows = copy.finish(&self.engine, &session).await.map_err(|e| to_pg_error(&e, ""))?;
+        client.send(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(rows).into())).await?;
+        Ok(())
+    }
 }
 
 struct LogErrors;
@@ -98,6 +178,7 @@ impl ErrorHandler for LogErrors {
 pub struct EddyStartup {
     connections: Arc<ConnectionManager>,
     pids: RandomPidSecretKeyGenerator,
+    probe: parking_lot::Mutex<Option<std::net::TcpStream>>,
 }
 
 fn server_parameters() -> DefaultServerParameterProvider {
@@ -135,6 +216,10 @@ impl StartupHandler for EddyStartup {
             client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
             let app = client.metadata().get("application_name").cloned().unwrap_or_default();
             client.session_extensions().insert::<Arc<Session>>(Session::new(&app));
+            let probe = crate::live::ClientProbe::new(self.probe.lock().take());
+            client
+                .session_extensions()
+                .insert::<Arc<crate::live::LiveState>>(Arc::new(crate::live::LiveState::new(probe)));
             finish_authentication(client, &server_parameters()).await?;
             client.set_state(PgWireConnectionState::ReadyForQuery);
         }
@@ -171,13 +256,18 @@ fn is_catalog_query(sql: &str) -> bool {
 }
 
 /// Parses a query string, with the catalog rewrites for system-catalog queries.
-fn parse(sql: &str) -> Result<Vec<ParsedStatement>, ServerError> {
+pub(crate) fn parse(sql: &str) -> Result<Vec<ParsedStatement>, ServerError> {
     if is_catalog_query(sql) {
+        let rewritten = crate::compat::rewrite(sql);
+        let sql = rewritten.as_deref().unwrap_or(sql);
         let rewriter = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new();
         if let Ok(statements) = rewriter.parse(sql) {
             return Ok(statements
                 .into_iter()
-                .map(|s| ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) })
+                .map(|mut s| {
+                    crate::compat::aggregate_scalar_subqueries(&mut s);
+                    ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) }
+                })
                 .collect());
         }
     }
@@ -194,6 +284,9 @@ impl SimpleQueryHandler for EddyHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = session_of(client);
+        if crate::live::is_live(query) {
+            return self.simple_with_live(client, &session, query).await;
+        }
         let statements = match parse(query) {
             Ok(s) => s,
             Err(e) => return Err(to_pg_error(&e, query)),
@@ -203,6 +296,20 @@ impl SimpleQueryHandler for EddyHandler {
         }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in &statements {
+            match start_copy_in(&self.engine, client, statement) {
+                Ok(Some(response)) => {
+                    responses.push(response);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let PgWireError::UserError(info) = to_pg_error(&e, query) else {
+                        return Err(PgWireError::ApiError(Box::new(e)));
+                    };
+                    responses.push(Response::Error(info));
+                    break;
+                }
+            }
             match session.execute(&self.engine, statement, None).await {
                 Ok(result) => responses.push(to_response(result, &Format::UnifiedText)?),
                 Err(e) => {
@@ -218,9 +325,66 @@ impl SimpleQueryHandler for EddyHandler {
     }
 }
 
+impl EddyHandler {
+    /// A simple query holding live statements (`SUBSCRIBE`, cursors): each statement in
+    /// turn, stopping at the first error.
+    async fn simple_with_live<C>(
+        &self,
+        client: &mut C,
+        session: &Arc<Session>,
+        query: &str,
+    ) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = crate::live::split(query).map_err(|e| to_pg_error(&e, query))?;
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let results = match statement {
+                Ok(live) => {
+                    vec![crate::pg_live::run(&self.engine, session, client, &live, &Format::UnifiedText, query).await]
+                }
+                Err(text) => match parse(&text) {
+                    Err(e) => vec![Err(to_pg_error(&e, &text))],
+                    Ok(parsed) => {
+                        let mut results = Vec::with_capacity(parsed.len());
+                        for p in &parsed {
+                            let result = match session.execute(&self.engine, p, None).await {
+                                Ok(r) => to_response(r, &Format::UnifiedText),
+                                Err(e) => Err(to_pg_error(&e, &text)),
+                            };
+                            let failed = result.is_err();
+                            results.push(result);
+                            if failed {
+                                break;
+                            }
+                        }
+                        results
+                    }
+                },
+            };
+            for result in results {
+                match result {
+                    Ok(r) => responses.push(r),
+                    Err(PgWireError::UserError(info)) => {
+                        responses.push(Response::Error(info));
+                        return Ok(responses);
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
 /// A statement prepared with `Parse`: planned once, so `Describe` knows its shape.
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// `SUBSCRIBE`, cursors and `FETCH`, which the SQL parser does not know.
+    live: Option<crate::live::LiveStatement>,
     statement: Option<ParsedStatement>,
     /// The plan of a query or DML statement, with `$n` placeholders.
     plan: Option<Arc<LogicalPlan>>,
@@ -245,6 +409,15 @@ impl QueryParser for EddyQueryParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        if let Some(live) = crate::live::parse(sql).map_err(|e| to_pg_error(&e, sql))? {
+            return Ok(Some(Prepared {
+                live: Some(live),
+                statement: None,
+                plan: None,
+                param_types: vec![],
+                result: None,
+            }));
+        }
         let mut statements = parse(sql).map_err(|e| to_pg_error(&e, sql))?;
         if statements.is_empty() {
             return Ok(None);
@@ -259,7 +432,7 @@ impl QueryParser for EddyQueryParser {
             ));
         }
         let statement = statements.remove(0);
-        let mut prepared = Prepared { statement: None, plan: None, param_types: vec![], result: None };
+        let mut prepared = Prepared { live: None, statement: None, plan: None, param_types: vec![], result: None };
         match &statement.statement {
             EddyStatement::Sql(stmt) => match stmt.as_ref() {
                 sqlparser::ast::Statement::Query(q) => {
@@ -355,9 +528,17 @@ impl ExtendedQueryHandler for EddyHandler {
     {
         let session = session_of(client);
         let prepared = &portal.statement.statement;
+        if let Some(live) = &prepared.live {
+            return crate::pg_live::run(&self.engine, &session, client, live, &portal.result_column_format, "").await;
+        }
         let Some(statement) = &prepared.statement else {
             return Ok(Response::EmptyQuery);
         };
+        if let Some(response) =
+            start_copy_in(&self.engine, client, statement).map_err(|e| to_pg_error(&e, &statement.text))?
+        {
+            return Ok(response);
+        }
         let params =
             if portal.parameter_len() > 0 { Some(crate::params::decode(portal, &prepared.param_types)?) } else { None };
         let result = session.execute(&self.engine, statement, params.as_ref()).await;
@@ -369,7 +550,7 @@ impl ExtendedQueryHandler for EddyHandler {
 
     async fn do_describe_statement<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         target: &StoredStatement<Prepared>,
     ) -> PgWireResult<DescribeStatementResponse>
     where
@@ -392,13 +573,20 @@ impl ExtendedQueryHandler for EddyHandler {
                     .unwrap_or(Type::UNKNOWN)
             })
             .collect();
+        if let Some(live) = &target.statement.live {
+            let fields = match crate::pg_live::fetch_schema(client, live).await {
+                Some(schema) => arrow_pg::datatypes::arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?,
+                None => vec![],
+            };
+            return Ok(DescribeStatementResponse::new(types, fields));
+        }
         let fields = self.parser.get_result_schema(&target.statement, None)?;
         Ok(DescribeStatementResponse::new(types, fields))
     }
 
     async fn do_describe_portal<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         target: &Portal<Prepared>,
     ) -> PgWireResult<DescribePortalResponse>
     where
@@ -407,6 +595,15 @@ impl ExtendedQueryHandler for EddyHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(live) = &target.statement.statement.live {
+            let fields = match crate::pg_live::fetch_schema(client, live).await {
+                Some(schema) => {
+                    arrow_pg::datatypes::arrow_schema_to_pg_fields(&schema, &target.result_column_format, None)?
+                }
+                None => vec![],
+            };
+            return Ok(DescribePortalResponse::new(fields));
+        }
         let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
         Ok(DescribePortalResponse::new(fields))
     }
@@ -495,7 +692,11 @@ fn float_text(array: &ArrayRef) -> Option<ArrayRef> {
     Some(Arc::new(out))
 }
 
-fn encode_batches(schema: &SchemaRef, batches: Vec<RecordBatch>, format: &Format) -> PgWireResult<QueryResponse> {
+pub(crate) fn encode_batches(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    format: &Format,
+) -> PgWireResult<QueryResponse> {
     let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)?);
     let mut rows = Vec::new();
     for batch in batches {
@@ -514,6 +715,27 @@ fn encode_batches(schema: &SchemaRef, batches: Vec<RecordBatch>, format: &Format
         rows.extend(arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch));
     }
     Ok(QueryResponse::new(fields, stream::iter(rows)))
+}
+
+/// The text form Postgres gives a column's values (`COPY`, text results), NULLs kept.
+///
+/// # Errors
+/// When a value has no text form.
+pub(crate) fn text_column(array: &ArrayRef) -> Result<ArrayRef, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::BooleanArray;
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    if let Some(text) = trim_decimal_text(array).or_else(|| float_text(array)).or_else(|| timestamp_text(array)) {
+        return Ok(text);
+    }
+    if let Some(bools) = array.as_any().downcast_ref::<BooleanArray>() {
+        let out: StringArray = bools.iter().map(|v| v.map(|b| if b { "t" } else { "f" })).collect();
+        return Ok(Arc::new(out));
+    }
+    let options = FormatOptions::default();
+    let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
+    let out: StringArray =
+        (0..array.len()).map(|i| array.is_valid(i).then(|| formatter.value(i).to_string())).collect();
+    Ok(Arc::new(out))
 }
 
 fn to_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {

@@ -76,6 +76,48 @@ impl SchemaProvider for EddyPgCatalog {
     }
 }
 
+/// OIDs of relations outside the search path (`eddy_catalog`'s views), which
+/// `pg_table_is_visible` reports as invisible so `\d` and ORM reflection list only the
+/// user's relations. Refreshed on every scan of `pg_class`, which the queries calling the
+/// function read first.
+static INVISIBLE: std::sync::LazyLock<parking_lot::RwLock<std::collections::HashSet<i32>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// True unless `oid` is a relation outside the search path.
+pub fn table_is_visible(oid: i32) -> bool {
+    !INVISIBLE.read().contains(&oid)
+}
+
+fn note_invisible(
+    batches: &[RecordBatch],
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    user_names: &std::collections::HashSet<String>,
+) -> DfResult<()> {
+    use datafusion::arrow::array::Int32Array;
+    let (oid_idx, name_idx, ns_idx) =
+        (schema.index_of("oid")?, schema.index_of("relname")?, schema.index_of("relnamespace")?);
+    let mut rows = Vec::new();
+    for batch in batches {
+        let oids = batch.column(oid_idx).as_any().downcast_ref::<Int32Array>();
+        let names = batch.column(name_idx).as_any().downcast_ref::<StringArray>();
+        let namespaces = batch.column(ns_idx).as_any().downcast_ref::<Int32Array>();
+        let (Some(oids), Some(names), Some(namespaces)) = (oids, names, namespaces) else { continue };
+        for i in 0..batch.num_rows() {
+            if oids.is_valid(i) && names.is_valid(i) && namespaces.is_valid(i) {
+                rows.push((oids.value(i), names.value(i).to_string(), namespaces.value(i)));
+            }
+        }
+    }
+    let public_ns = rows.iter().find(|(_, name, _)| user_names.contains(name)).map(|(_, _, ns)| *ns);
+    let invisible = rows
+        .iter()
+        .filter(|(_, name, ns)| crate::system::TABLES.contains(&name.as_str()) && Some(*ns) != public_ns)
+        .map(|(oid, _, _)| *oid)
+        .collect();
+    *INVISIBLE.write() = invisible;
+    Ok(())
+}
+
 /// `pg_class` with materialized views marked `relkind = 'm'`.
 struct PgClass {
     inner: Arc<dyn TableProvider>,
@@ -122,10 +164,17 @@ impl PgClass {
                 }
             }
         }
+        let mut user_names = std::collections::HashSet::new();
+        if let Some(public) = self.catalog.schema(crate::engine::SCHEMA)
+            && let Some(public) = public.downcast_ref::<crate::catalog::PublicSchema>()
+        {
+            user_names.extend(public.catalog.all().iter().map(|d| d.name.clone()));
+        }
         let schema = self.inner.schema();
         let ctx = SessionContext::new();
         ctx.register_table("t", self.inner.clone())?;
         let batches = ctx.table("t").await?.collect().await?;
+        note_invisible(&batches, &schema, &user_names)?;
         let name_idx = schema.index_of("relname")?;
         let kind_idx = schema.index_of("relkind")?;
         let mut patched = Vec::with_capacity(batches.len());

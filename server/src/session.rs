@@ -52,6 +52,29 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Settings clients set that have no default in [`default_settings`] (they are accepted and
+/// remembered; `SHOW` answers them once set).
+const SETTABLE: &[&str] = &[
+    "work_mem",
+    "maintenance_work_mem",
+    "idle_session_timeout",
+    "tcp_keepalives_idle",
+    "tcp_keepalives_interval",
+    "tcp_keepalives_count",
+    "synchronous_commit",
+    "enable_seqscan",
+    "geqo",
+    "session_replication_role",
+    "log_statement",
+    "cursor_tuple_fraction",
+    "default_transaction_deferrable",
+    "transaction_deferrable",
+    "session_authorization",
+    "role",
+    "xmloption",
+    "plan_cache_mode",
+];
+
 /// Settings every session starts with, and that `SHOW` answers.
 pub fn default_settings(application_name: &str) -> HashMap<String, String> {
     let mut s = HashMap::new();
@@ -201,6 +224,14 @@ impl Session {
         match set {
             Set::SingleAssignment { variable, values, .. } => {
                 let name = variable.to_string().to_lowercase();
+                // Postgres accepts any dotted name (extension and application settings); any
+                // other name must be a setting Eddy knows.
+                if !name.contains('.') && self.setting(&name).is_none() && !SETTABLE.contains(&name.as_str()) {
+                    return Err(ServerError::new(
+                        SqlState::UndefinedObject,
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    ));
+                }
                 let value = values
                     .iter()
                     .map(|v| literal_to_string(v).unwrap_or_else(|| v.to_string()))

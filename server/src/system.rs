@@ -13,7 +13,9 @@
 //!   until the epoch holding them was committed (visible), over recent epochs;
 //! - `eddy_catalog.memory(limit_bytes, state_bytes, evicted_entries)`: operator state held in
 //!   memory by the operators that can evict it, the `--memory-limit`, and how many entries
-//!   were evicted to the store so far.
+//!   were evicted to the store so far;
+//! - `eddy_catalog.cdc_progress(...)`: each CDC table's reader (see [`crate::cdc`]);
+//! - `eddy_catalog.subscriptions(relation, subscribers)`: live `SUBSCRIBE`s per relation.
 
 use std::sync::Arc;
 
@@ -30,7 +32,17 @@ use crate::engine::Engine;
 
 pub const SCHEMA_NAME: &str = "eddy_catalog";
 
-const TABLES: &[&str] = &["late_rows", "source_splits", "sink_rows", "jobs", "freshness", "operator_state", "memory"];
+pub const TABLES: &[&str] = &[
+    "late_rows",
+    "source_splits",
+    "sink_rows",
+    "jobs",
+    "freshness",
+    "operator_state",
+    "memory",
+    "cdc_progress",
+    "subscriptions",
+];
 
 pub struct SystemSchema {
     engine: std::sync::Weak<Engine>,
@@ -216,6 +228,22 @@ impl SchemaProvider for SystemSchema {
                         Arc::new(Int64Array::from(vec![budget.limit().map(|l| l as i64)])),
                         Arc::new(Int64Array::from(vec![budget.used() as i64])),
                         Arc::new(Int64Array::from(vec![budget.evicted_entries() as i64])),
+                    ],
+                )
+                .map(Some)
+            }
+            "cdc_progress" => crate::cdc::progress_table().map(Some),
+            "subscriptions" => {
+                let rows = engine.runtime.feed().subscribers();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("relation", DataType::Utf8, false),
+                    Field::new("subscribers", DataType::Int64, false),
+                ]));
+                table(
+                    schema,
+                    vec![
+                        text(rows.iter().map(|r| name_of(r.0)).collect()),
+                        Arc::new(Int64Array::from(rows.iter().map(|r| r.1 as i64).collect::<Vec<_>>())),
                     ],
                 )
                 .map(Some)

@@ -132,14 +132,50 @@ impl MaterializeOperator {
     }
 }
 
+/// The columns a CDC change says to keep from the current row (see
+/// [`eddy_connectors::cdc::KEEP_COLUMNS_METADATA`]).
+fn kept_columns(batch: &ChangeBatch) -> Option<Vec<usize>> {
+    let list = batch.data().schema_ref().metadata().get(eddy_connectors::cdc::KEEP_COLUMNS_METADATA)?.clone();
+    Some(list.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+}
+
+impl MaterializeOperator {
+    /// Replaces the `keep` columns of each row with the values of the key's current row (an
+    /// upstream UPDATE left them unchanged and did not send them).
+    fn fill_kept_columns(&self, batch: ChangeBatch, keep: &[usize]) -> Result<ChangeBatch> {
+        let keys = self.codec.encode_keys(batch.data())?;
+        let mut rows = Vec::with_capacity(keys.len());
+        for (i, key) in keys.into_iter().enumerate() {
+            let row = batch.data().slice(i, 1);
+            let Some(current) = self.current_value(&key)? else {
+                tracing::warn!(relation = %self.relation, "an unchanged upstream value has no current row to come from");
+                rows.push(row);
+                continue;
+            };
+            let current = self.codec.decode(&[key], &[current])?;
+            let columns = (0..row.num_columns())
+                .map(|c| if keep.contains(&c) { current.column(c).clone() } else { row.column(c).clone() })
+                .collect();
+            rows.push(datafusion::arrow::array::RecordBatch::try_new(self.schema.clone(), columns)?);
+        }
+        let data = concat_batches(&self.schema, &rows)?;
+        Ok(ChangeBatch::try_new(data, batch.weights().clone())?)
+    }
+}
+
 impl Operator for MaterializeOperator {
     fn name(&self) -> &'static str {
         "Materialize"
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch, out: &mut Output) -> Result<()> {
+        let keep = kept_columns(&batch);
         let batch = conform(&batch, &self.schema, batch.data().columns().to_vec())?;
         if self.upsert.is_some() {
+            let batch = match keep {
+                Some(columns) => self.fill_kept_columns(batch, &columns)?,
+                None => batch,
+            };
             return self.process_upserts(batch, out);
         }
         let keys = self.codec.encode_keys(batch.data())?;

@@ -3,6 +3,7 @@
 
 pub mod agg;
 pub mod join;
+pub mod kafka_sink;
 pub mod materialize;
 pub mod session;
 pub mod sink;

@@ -3,6 +3,14 @@
 //! For each batch the operator drops rows already behind the watermark (late rows: counted,
 //! never silently lost), then advances the watermark to the largest value of the watermark
 //! expression (`ts - INTERVAL '5' SECOND`) over the batch, and emits it after the batch.
+//!
+//! # Idle splits
+//! Each split of a source generates its own watermark, and readers downstream take the
+//! minimum over splits; a split that receives nothing (an idle Kafka partition) would hold
+//! that minimum back forever. When the connector sets an idle timeout, the splits of a source
+//! share [`SplitClocks`]: at each barrier, a split that has had no row for the timeout adopts
+//! the smallest watermark of the splits that are still active, so the minimum follows the
+//! active ones. Rows it receives later behind that watermark are late (counted, dropped).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +27,41 @@ use crate::expr::CompiledExpr;
 use crate::operator::{Operator, Output};
 use crate::state::{Decoder, StateReader, StateWriter};
 
+/// The watermarks and last activity of the splits of one source, shared by their filters.
+pub struct SplitClocks {
+    idle_after: std::time::Duration,
+    splits: parking_lot::Mutex<Vec<(i64, std::time::Instant)>>,
+}
+
+impl SplitClocks {
+    pub fn new(splits: usize, idle_after: std::time::Duration) -> Self {
+        let now = std::time::Instant::now();
+        Self { idle_after, splits: parking_lot::Mutex::new(vec![(i64::MIN, now); splits]) }
+    }
+
+    fn saw_rows(&self, split: usize, watermark: i64) {
+        if let Some(slot) = self.splits.lock().get_mut(split) {
+            *slot = (watermark, std::time::Instant::now());
+        }
+    }
+
+    /// For an idle split: the smallest watermark of the active splits, if any is active.
+    fn follow(&self, split: usize) -> Option<i64> {
+        let splits = self.splits.lock();
+        let now = std::time::Instant::now();
+        let (_, last) = splits.get(split)?;
+        if now.duration_since(*last) < self.idle_after {
+            return None;
+        }
+        splits
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, seen))| *i != split && now.duration_since(*seen) < self.idle_after)
+            .map(|(_, (w, _))| *w)
+            .min()
+    }
+}
+
 pub struct WatermarkFilterOperator {
     column: usize,
     expr: CompiledExpr,
@@ -28,6 +71,9 @@ pub struct WatermarkFilterOperator {
     unannounced: bool,
     /// The watermark the last checkpoint stored.
     checkpointed: i64,
+    /// The clocks of this source's splits and this split's number, when idle splits follow
+    /// the active ones.
+    idle: Option<(Arc<SplitClocks>, usize)>,
 }
 
 impl WatermarkFilterOperator {
@@ -41,7 +87,14 @@ impl WatermarkFilterOperator {
             late,
             unannounced: false,
             checkpointed: i64::MIN,
+            idle: None,
         })
+    }
+
+    /// Lets this split's watermark follow the other splits' while it receives nothing.
+    pub fn with_idle_splits(mut self, clocks: Arc<SplitClocks>, split: usize) -> Self {
+        self.idle = Some((clocks, split));
+        self
     }
 
     /// The watermark the rows of `batch` (already stored) imply; used to resume a table's
@@ -74,6 +127,13 @@ impl Operator for WatermarkFilterOperator {
     }
 
     fn on_barrier(&mut self, _barrier: &crate::message::Barrier, out: &mut Output) -> Result<()> {
+        if let Some((clocks, split)) = &self.idle
+            && let Some(active) = clocks.follow(*split)
+            && active > self.current
+        {
+            self.current = active;
+            self.unannounced = true;
+        }
         if self.unannounced {
             self.unannounced = false;
             out.push_watermark(self.column, self.current);
@@ -118,6 +178,9 @@ impl Operator for WatermarkFilterOperator {
         }
         let candidates = as_i64(&self.expr.evaluate(batch.data())?)?;
         let max = candidates.as_primitive::<Int64Type>().iter().flatten().max();
+        if let Some((clocks, split)) = &self.idle {
+            clocks.saw_rows(*split, max.unwrap_or(self.current).max(self.current));
+        }
         out.push(batch);
         if let Some(max) = max
             && max > self.current

@@ -367,7 +367,7 @@ pub fn build_graph(
     target: &Target,
 ) -> Result<OperatorGraph> {
     let mut builder = Builder { fragments: Vec::new(), parallelism: parallelism.max(1) };
-    let top = builder.place(root)?;
+    let mut top = builder.place(root)?;
     let layout = match (&root.props.unique_key, &root.props.distribution) {
         (Some(key), Distribution::Single) => StorageLayout::Keyed { key: key.clone() },
         (Some(key), Distribution::HashBy(h)) if !h.is_empty() && h.iter().all(|c| key.contains(c)) => {
@@ -375,6 +375,15 @@ pub fn build_graph(
         }
         _ => StorageLayout::Counted,
     };
+    // An external sink of updates must see each key's changes in order, so they come from
+    // one actor unless the stream is already spread by its key.
+    if let Target::Sink { connector, .. } = target
+        && connector != "blackhole"
+        && !root.props.append_only
+        && layout == StorageLayout::Counted
+    {
+        top = builder.on_one_actor(top);
+    }
     builder.fragments[top].chain.push(match target {
         Target::Materialize => {
             OperatorSpec::Materialize { relation, layout: layout.clone(), schema: root.schema.clone() }

@@ -1,0 +1,139 @@
+//! `freshness`: how soon a change reaches a `SUBSCRIBE` client, and how fast a point `SELECT`
+//! on a view answers.
+//!
+//! Writers `INSERT` single rows at a steady rate into a table behind a `GROUP BY` view; each
+//! row carries its send time (microseconds since the Unix epoch, same machine), and the view
+//! keeps the newest per key. A subscriber reads `COPY (SUBSCRIBE ...) TO STDOUT`; for every
+//! `+1` row it takes the difference between its arrival and the send time it carries. Then a
+//! prepared `SELECT ... WHERE k = $1` runs against the view's key.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use super::{ServeOptions, Server, percentile};
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Runs the benchmark and prints its figures.
+///
+/// # Errors
+/// When the server cannot be started or a statement fails.
+pub async fn run(seconds: u64, rate: u64, writers: usize, keys: i64, reads: usize, barrier_ms: u64) -> Result<()> {
+    let server = Server::start_with(ServeOptions { barrier_ms, ..ServeOptions::default() })?;
+    let admin = server.connect().await?;
+    admin
+        .batch_execute(
+            "CREATE TABLE events (id BIGINT PRIMARY KEY, k BIGINT, sent_us BIGINT);
+             CREATE MATERIALIZED VIEW latest AS
+               SELECT k, count(*) AS n, max(sent_us) AS last_sent_us FROM events GROUP BY k;",
+        )
+        .await?;
+
+    // The subscriber: one COPY stream, rows parsed as they arrive.
+    let subscriber = server.connect().await?;
+    let arrivals: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::new()));
+    let collected = arrivals.clone();
+    let reader = tokio::spawn(async move {
+        let stream = subscriber.copy_out("COPY (SUBSCRIBE latest WITH (SNAPSHOT = false)) TO STDOUT").await?;
+        futures::pin_mut!(stream);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let arrived = now_us();
+            let text = String::from_utf8_lossy(&chunk);
+            for line in text.lines() {
+                let fields: Vec<&str> = line.split('\t').collect();
+                if fields.get(1) != Some(&"1") {
+                    continue;
+                }
+                if let Some(sent) = fields.get(4).and_then(|s| s.parse::<i64>().ok()) {
+                    collected.lock().await.push(Duration::from_micros((arrived - sent).max(0) as u64));
+                }
+            }
+        }
+        anyhow::Ok(())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Writers at a steady rate: each sends one row per tick.
+    let per_writer = (rate as f64 / writers.max(1) as f64).max(0.001);
+    let interval = Duration::from_secs_f64(1.0 / per_writer);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..writers.max(1) {
+        let client = server.connect().await?;
+        tasks.push(tokio::spawn(async move {
+            let insert = client.prepare("INSERT INTO events VALUES ($1, $2, $3)").await?;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut latencies = Vec::new();
+            let mut i: i64 = 0;
+            while Instant::now() < deadline {
+                ticker.tick().await;
+                let id = i * 1000 + w as i64;
+                let started = Instant::now();
+                client.execute(&insert, &[&id, &(id % keys.max(1)), &now_us()]).await?;
+                latencies.push(started.elapsed());
+                i += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut statement = Vec::new();
+    for t in tasks {
+        statement.extend(t.await.context("writer task")??);
+    }
+    // Let the last changes arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+    let mut fresh = arrivals.lock().await.clone();
+    fresh.sort();
+    statement.sort();
+    let written = statement.len();
+    let elapsed = seconds.max(1) as f64;
+    println!(
+        "freshness: {written} single-row INSERTs in {seconds} s ({:.0}/s) by {writers} writers",
+        written as f64 / elapsed
+    );
+    println!(
+        "  INSERT -> SUBSCRIBE client: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} changes",
+        ms(percentile(&fresh, 0.5)),
+        ms(percentile(&fresh, 0.99)),
+        ms(fresh.last().copied().unwrap_or_default()),
+        fresh.len()
+    );
+    println!(
+        "  INSERT statement (returns once durable and visible): p50 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(&statement, 0.5)),
+        ms(percentile(&statement, 0.99))
+    );
+
+    // Point reads on the view's key.
+    let select = admin.prepare("SELECT n, last_sent_us FROM latest WHERE k = $1").await?;
+    let mut reads_taken = Vec::with_capacity(reads);
+    for i in 0..reads {
+        let k = (i as i64 * 7919) % keys.max(1);
+        let started = Instant::now();
+        let rows = admin.query(&select, &[&k]).await?;
+        reads_taken.push(started.elapsed());
+        if rows.len() > 1 {
+            anyhow::bail!("key {k} returned {} rows", rows.len());
+        }
+    }
+    reads_taken.sort();
+    println!(
+        "  point SELECT by key on the view: p50 {:.3} ms, p99 {:.3} ms over {reads} reads",
+        ms(percentile(&reads_taken, 0.5)),
+        ms(percentile(&reads_taken, 0.99))
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,60 @@
+//! What CDC readers are doing, for `eddy_catalog.cdc_progress`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
+
+/// The state of one CDC table's reader.
+#[derive(Debug, Clone, Default)]
+pub struct CdcProgress {
+    /// `schema.table` upstream.
+    pub upstream_table: String,
+    pub slot: String,
+    /// `connecting`, `snapshot`, `streaming`, `reconnecting` or `stopped`.
+    pub phase: String,
+    pub snapshot_rows_copied: u64,
+    pub snapshot_rows_estimated: u64,
+    /// The LSN acknowledged to the slot (durable here).
+    pub confirmed_lsn: u64,
+    /// The newest WAL position the server reported.
+    pub server_lsn: u64,
+    /// False once a row could not be decoded or the stream stopped on an error.
+    pub healthy: bool,
+    pub last_error: Option<String>,
+}
+
+impl CdcProgress {
+    /// Bytes of WAL the slot retains beyond what is acknowledged.
+    pub fn slot_lag_bytes(&self) -> u64 {
+        self.server_lsn.saturating_sub(self.confirmed_lsn)
+    }
+}
+
+static READERS: LazyLock<Mutex<BTreeMap<String, Arc<Mutex<CdcProgress>>>>> = LazyLock::new(Default::default);
+
+/// Registers a reader under its slot name (replacing an older reader of the same slot).
+pub fn register(slot: &str, upstream_table: &str) -> Arc<Mutex<CdcProgress>> {
+    let entry = Arc::new(Mutex::new(CdcProgress {
+        upstream_table: upstream_table.to_string(),
+        slot: slot.to_string(),
+        phase: "connecting".into(),
+        healthy: true,
+        ..Default::default()
+    }));
+    READERS.lock().insert(slot.to_string(), entry.clone());
+    entry
+}
+
+/// Forgets a reader's entry, unless a newer reader took the slot over.
+pub fn unregister(slot: &str, entry: &Arc<Mutex<CdcProgress>>) {
+    let mut readers = READERS.lock();
+    if readers.get(slot).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+        readers.remove(slot);
+    }
+}
+
+/// Every running CDC reader.
+pub fn all() -> Vec<CdcProgress> {
+    READERS.lock().values().map(|e| e.lock().clone()).collect()
+}

@@ -1,0 +1,630 @@
+//! The `kafka` sink: change batches → Kafka records, delivered exactly once with Kafka
+//! transactions tied to Eddy's checkpoints.
+//!
+//! # Formats
+//! - `FORMAT PLAIN ENCODE JSON`: one record per inserted row (the value is the row as a JSON
+//!   object; the key is the `primary_key` columns when given). A stream with updates or
+//!   deletes is refused unless `force_append_only = 'true'`, which drops the deletes and keeps
+//!   the new side of updates.
+//! - `FORMAT UPSERT ENCODE JSON`: key = the `primary_key` columns as a JSON object; an insert
+//!   or update writes the new row as the value, a delete writes a tombstone (no value).
+//! - `FORMAT DEBEZIUM ENCODE JSON`: the value is `{"before", "after", "op", "ts_ms"}` with
+//!   `op` = `c` (insert), `u` (an update: the `-old, +new` pair of one key) or `d` (delete).
+//!
+//! # Exactly once
+//! Each sink actor owns one transactional producer (`transactional.id` =
+//! `eddy-<sink>-<actor>-<topic>`) and one key in the progress topic
+//! (`sink.progress.topic`, default `eddy_sink_progress`). The protocol:
+//!
+//! 1. Records produced by the view between two checkpoints are buffered by the sink
+//!    operator. At the checkpoint barrier of epoch `E` they become part of the sink's
+//!    checkpointed state under the key `E`, committed with everything else of the checkpoint.
+//! 2. Once checkpoint `E` is durable, the records of every staged epoch `<= E` are sent in
+//!    one Kafka transaction together with a progress record `(transactional.id → E)`, and the
+//!    transaction is committed. Consumers with `isolation.level = read_committed` see all of
+//!    them or none.
+//! 3. When the commit is confirmed, the staged epochs `<= E` are deleted from the sink's state
+//!    at the next checkpoint.
+//! 4. After a crash the sink restores the staged epochs of the last durable checkpoint. Its
+//!    producer's `init_transactions` fences the previous incarnation and resolves any
+//!    transaction it left open; the sink then reads its last progress record `M` (committed
+//!    transactions only): staged epochs `<= M` reached Kafka and are dropped, epochs `> M` are
+//!    sent again in a new transaction. A transaction's records and its progress record commit
+//!    atomically, so every epoch is in Kafka exactly once.
+//!
+//! Epochs after a restart are always larger than the restored checkpoint's, so progress only
+//! grows. With `sink.delivery.guarantee = 'at-least-once'` no transactions are used: staged
+//! epochs are sent (idempotent producer) once durable, and after a crash every restored epoch
+//! is sent again, so a record may appear twice but is never lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{Array, RecordBatch, StructArray};
+use arrow::datatypes::{Field, Fields, Schema, SchemaRef};
+
+use arrow::json::writer::{EncoderOptions, make_encoder};
+use eddy_common::ChangeBatch;
+use eddy_common::change::Op;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::error::{ConnectorError, Result};
+use crate::source::SourceFormat;
+
+const OPTIONS: &[&str] = &[
+    "connector",
+    "topic",
+    "properties.bootstrap.server",
+    "properties.bootstrap.servers",
+    "primary_key",
+    "force_append_only",
+    "type",
+    "sink.delivery.guarantee",
+    "sink.progress.topic",
+];
+
+/// The default progress topic of exactly-once sinks.
+pub const DEFAULT_PROGRESS_TOPIC: &str = "eddy_sink_progress";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkEnvelope {
+    Plain,
+    Upsert,
+    Debezium,
+}
+
+/// The options of a Kafka sink, checked against the sink's columns.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkOptions {
+    pub topic: String,
+    pub bootstrap: String,
+    pub properties: Vec<(String, String)>,
+    pub envelope: SinkEnvelope,
+    /// Column indices of the record key.
+    pub key: Vec<usize>,
+    pub force_append_only: bool,
+    pub exactly_once: bool,
+    pub progress_topic: String,
+}
+
+fn invalid(message: impl Into<String>) -> ConnectorError {
+    ConnectorError::InvalidOption(message.into())
+}
+
+impl KafkaSinkOptions {
+    /// # Errors
+    /// Unknown or missing options, a format other than PLAIN/UPSERT/DEBEZIUM with JSON,
+    /// key columns that do not exist, UPSERT without a key.
+    pub fn parse(options: &HashMap<String, String>, format: Option<&SourceFormat>, schema: &Schema) -> Result<Self> {
+        for key in options.keys() {
+            if !OPTIONS.contains(&key.as_str()) && !key.starts_with("properties.") {
+                return Err(invalid(format!(
+                    "unknown option \"{key}\" for sink connector kafka; valid options: {}, properties.<librdkafka setting>",
+                    OPTIONS.join(", ")
+                )));
+            }
+        }
+        let topic = options.get("topic").cloned().ok_or_else(|| invalid("sink connector kafka needs topic = '...'"))?;
+        let bootstrap = options
+            .get("properties.bootstrap.server")
+            .or_else(|| options.get("properties.bootstrap.servers"))
+            .cloned()
+            .ok_or_else(|| invalid("sink connector kafka needs properties.bootstrap.server = 'host:port'"))?;
+        let format =
+            format.ok_or_else(|| invalid("sink connector kafka needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON"))?;
+        let envelope = match format.format.to_ascii_uppercase().as_str() {
+            "PLAIN" => SinkEnvelope::Plain,
+            "UPSERT" => SinkEnvelope::Upsert,
+            "DEBEZIUM" => SinkEnvelope::Debezium,
+            other => return Err(invalid(format!("FORMAT {other}: expected PLAIN, UPSERT or DEBEZIUM"))),
+        };
+        if !format.encode.eq_ignore_ascii_case("json") {
+            return Err(invalid(format!("ENCODE {}: the Kafka sink writes JSON", format.encode)));
+        }
+        let mut key = Vec::new();
+        if let Some(list) = options.get("primary_key") {
+            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                key.push(schema.index_of(name).map_err(|_| {
+                    invalid(format!("primary_key names column \"{name}\", which the sink's input does not have"))
+                })?);
+            }
+        }
+        if envelope == SinkEnvelope::Upsert && key.is_empty() {
+            return Err(invalid("FORMAT UPSERT needs primary_key = 'col[,col...]'"));
+        }
+        let exactly_once = match options.get("sink.delivery.guarantee").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("exactly-once") => true,
+            Some("at-least-once") => false,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "sink.delivery.guarantee = '{other}': expected exactly-once or at-least-once"
+                )));
+            }
+        };
+        Ok(Self {
+            topic,
+            bootstrap,
+            properties: options
+                .iter()
+                .filter(|(k, _)| k.starts_with("properties.") && !k.starts_with("properties.bootstrap.server"))
+                .map(|(k, v)| (k["properties.".len()..].to_string(), v.clone()))
+                .collect(),
+            envelope,
+            key,
+            force_append_only: options.get("force_append_only").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            exactly_once,
+            progress_topic: options
+                .get("sink.progress.topic")
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_PROGRESS_TOPIC.into()),
+        })
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
+/// One Kafka record: key and value (a tombstone has no value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Serializes records for the sink's checkpointed state.
+pub fn encode_records(records: &[SinkRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let put = |b: &Option<Vec<u8>>, out: &mut Vec<u8>| match b {
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+        Some(b) => {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+    };
+    for r in records {
+        put(&r.key, &mut out);
+        put(&r.value, &mut out);
+    }
+    out
+}
+
+/// Reads [`encode_records`] back.
+///
+/// # Errors
+/// When the bytes are truncated.
+pub fn decode_records(mut bytes: &[u8]) -> Result<Vec<SinkRecord>> {
+    let corrupt = || ConnectorError::InvalidOption("corrupt Kafka sink state".into());
+    let take = |bytes: &mut &[u8]| -> Result<Option<Vec<u8>>> {
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let len = u32::from_le_bytes(*len);
+        *bytes = rest;
+        if len == u32::MAX {
+            return Ok(None);
+        }
+        let len = len as usize;
+        if bytes.len() < len {
+            return Err(corrupt());
+        }
+        let (v, rest) = bytes.split_at(len);
+        *bytes = rest;
+        Ok(Some(v.to_vec()))
+    };
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let key = take(&mut bytes)?;
+        let value = take(&mut bytes)?;
+        out.push(SinkRecord { key, value });
+    }
+    Ok(out)
+}
+
+/// Turns change batches into records of the sink's format.
+pub struct RecordEncoder {
+    options: KafkaSinkOptions,
+    schema: SchemaRef,
+}
+
+/// Each row of `batch` (or of its `columns`) as a JSON object, named by `schema`.
+fn json_rows(schema: &Schema, batch: &RecordBatch, columns: Option<&[usize]>) -> Result<Vec<Vec<u8>>> {
+    let named = |c: usize| -> Result<(Arc<Field>, Arc<dyn Array>)> {
+        let name = schema.fields().get(c).map(|f| f.name().clone()).unwrap_or_else(|| format!("c{c}"));
+        let array = batch.column(c).clone();
+        Ok((Arc::new(Field::new(name, array.data_type().clone(), true)), array))
+    };
+    let picked: Vec<(Arc<Field>, Arc<dyn Array>)> = match columns {
+        Some(cols) => cols.iter().map(|c| named(*c)).collect::<Result<_>>()?,
+        None => (0..batch.num_columns()).map(named).collect::<Result<_>>()?,
+    };
+    let (fields, arrays): (Vec<Arc<Field>>, Vec<Arc<dyn Array>>) = picked.into_iter().unzip();
+    let structs = StructArray::try_new(Fields::from(fields), arrays, None)?;
+    let field = Arc::new(Field::new("row", structs.data_type().clone(), false));
+    let options = EncoderOptions::default().with_explicit_nulls(true);
+    let mut encoder = make_encoder(&field, &structs, &options)?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let mut row = Vec::with_capacity(64);
+        encoder.encode(i, &mut row);
+        out.push(row);
+    }
+    Ok(out)
+}
+
+impl RecordEncoder {
+    pub fn new(options: KafkaSinkOptions, schema: SchemaRef) -> Self {
+        Self { options, schema }
+    }
+
+    /// The records of one change batch, in order.
+    ///
+    /// # Errors
+    /// When a PLAIN sink without `force_append_only` receives a retraction, or encoding fails.
+    pub fn encode(&self, changes: &ChangeBatch) -> Result<Vec<SinkRecord>> {
+        let batch = changes.data();
+        let values = json_rows(&self.schema, batch, None)?;
+        let keys = if self.options.key.is_empty() {
+            None
+        } else {
+            Some(json_rows(&self.schema, batch, Some(&self.options.key))?)
+        };
+        let ops = changes.ops(|a, b| keys.as_ref().is_some_and(|k| k[a] == k[b]));
+        let weights = changes.weights().values();
+        let key = |i: usize| keys.as_ref().map(|k| k[i].clone());
+        let mut out = Vec::with_capacity(values.len());
+        let mut i = 0;
+        while i < ops.len() {
+            let copies = weights[i].unsigned_abs() as usize;
+            match (self.options.envelope, ops[i]) {
+                (SinkEnvelope::Plain, Op::Insert | Op::UpdateInsert) => {
+                    for _ in 0..copies {
+                        out.push(SinkRecord { key: key(i), value: Some(values[i].clone()) });
+                    }
+                }
+                (SinkEnvelope::Plain, Op::Delete | Op::UpdateDelete) => {
+                    if !self.options.force_append_only {
+                        return Err(ConnectorError::InvalidOption(
+                            "the sink's input deletes a row, but FORMAT PLAIN is append-only".into(),
+                        ));
+                    }
+                }
+                (SinkEnvelope::Upsert, Op::Insert | Op::UpdateInsert) => {
+                    out.push(SinkRecord { key: key(i), value: Some(values[i].clone()) });
+                }
+                (SinkEnvelope::Upsert, Op::UpdateDelete) => {}
+                (SinkEnvelope::Upsert, Op::Delete) => out.push(SinkRecord { key: key(i), value: None }),
+                (SinkEnvelope::Debezium, op) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0);
+                    let envelope = |before: Option<&[u8]>, after: Option<&[u8]>, op: &str| {
+                        let mut v = Vec::with_capacity(128);
+                        v.extend_from_slice(b"{\"before\":");
+                        v.extend_from_slice(before.unwrap_or(b"null"));
+                        v.extend_from_slice(b",\"after\":");
+                        v.extend_from_slice(after.unwrap_or(b"null"));
+                        v.extend_from_slice(format!(",\"op\":\"{op}\",\"ts_ms\":{now}}}").as_bytes());
+                        v
+                    };
+                    match op {
+                        Op::UpdateDelete if i + 1 < ops.len() => {
+                            let v = envelope(Some(&values[i]), Some(&values[i + 1]), "u");
+                            out.push(SinkRecord { key: key(i + 1), value: Some(v) });
+                            i += 1;
+                        }
+                        Op::Delete | Op::UpdateDelete => {
+                            for _ in 0..copies {
+                                out.push(SinkRecord {
+                                    key: key(i),
+                                    value: Some(envelope(Some(&values[i]), None, "d")),
+                                });
+                            }
+                        }
+                        Op::Insert | Op::UpdateInsert => {
+                            for _ in 0..copies {
+                                out.push(SinkRecord {
+                                    key: key(i),
+                                    value: Some(envelope(None, Some(&values[i]), "c")),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// What the sink operator asks its delivery thread to do.
+enum Command {
+    /// Deliver these staged epochs (ascending) in one transaction marked with the last one.
+    Deliver(Vec<(u64, Arc<Vec<SinkRecord>>)>),
+    /// After a restart: deliver the staged epochs Kafka does not have yet.
+    Recover(Vec<(u64, Arc<Vec<SinkRecord>>)>),
+}
+
+/// The delivery side of one sink actor: a thread owning the producer.
+pub struct KafkaDelivery {
+    commands: std::sync::mpsc::Sender<Command>,
+    /// The newest epoch known to be in Kafka (0 before any).
+    delivered: Arc<AtomicU64>,
+    failed: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+impl KafkaDelivery {
+    /// Starts the delivery thread of actor `actor` of sink `sink`.
+    ///
+    /// # Errors
+    /// When the thread cannot start.
+    pub fn start(options: KafkaSinkOptions, sink: u64, actor: usize) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(parking_lot::Mutex::new(None));
+        let transactional_id = format!("eddy-{sink}-{actor}-{}", options.topic);
+        let worker = Worker { options, transactional_id, producer: None, delivered: delivered.clone() };
+        let failed_flag = failed.clone();
+        std::thread::Builder::new()
+            .name(format!("kafka-sink-{sink}-{actor}"))
+            .spawn(move || worker.run(rx, failed_flag))
+            .map_err(|e| ConnectorError::External(format!("cannot start the Kafka sink thread: {e}")))?;
+        Ok(Self { commands: tx, delivered, failed })
+    }
+
+    /// Delivers durable staged epochs.
+    pub fn deliver(&self, epochs: Vec<(u64, Arc<Vec<SinkRecord>>)>) {
+        if !epochs.is_empty() {
+            let _ = self.commands.send(Command::Deliver(epochs));
+        }
+    }
+
+    /// Delivers what a restored checkpoint staged and Kafka does not have.
+    pub fn recover(&self, epochs: Vec<(u64, Arc<Vec<SinkRecord>>)>) {
+        let _ = self.commands.send(Command::Recover(epochs));
+    }
+
+    /// The newest epoch known to be in Kafka.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    /// Why delivery stopped, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().clone()
+    }
+}
+
+struct Worker {
+    options: KafkaSinkOptions,
+    transactional_id: String,
+    producer: Option<BaseProducer>,
+    delivered: Arc<AtomicU64>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Worker {
+    fn run(mut self, commands: std::sync::mpsc::Receiver<Command>, failed: Arc<parking_lot::Mutex<Option<String>>>) {
+        while let Ok(command) = commands.recv() {
+            let (epochs, recovering) = match command {
+                Command::Deliver(e) => (e, false),
+                Command::Recover(e) => (e, true),
+            };
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.deliver(&epochs, recovering) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(topic = %self.options.topic, error = %e, "Kafka sink delivery failed; retrying");
+                        *failed.lock() = Some(e.to_string());
+                        // Start over with a new producer: it fences and resolves the failed
+                        // transaction, and progress tells what reached Kafka.
+                        self.producer = None;
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            *failed.lock() = None;
+        }
+    }
+
+    fn producer(&mut self) -> Result<&BaseProducer> {
+        if self.producer.is_none() {
+            let mut config = self.options.client_config();
+            config.set("enable.idempotence", "true");
+            if self.options.exactly_once {
+                config.set("transactional.id", &self.transactional_id);
+            }
+            let producer: BaseProducer =
+                config.create().map_err(|e| invalid(format!("invalid Kafka client settings: {e}")))?;
+            if self.options.exactly_once {
+                producer
+                    .init_transactions(TIMEOUT)
+                    .map_err(|e| ConnectorError::External(format!("Kafka init_transactions failed: {e}")))?;
+                // The previous incarnation is fenced and its open transaction resolved: what
+                // progress says now is final.
+                let progress = self.read_progress()?;
+                self.delivered.fetch_max(progress, Ordering::AcqRel);
+            }
+            self.producer = Some(producer);
+        }
+        self.producer.as_ref().ok_or_else(|| ConnectorError::External("Kafka producer missing".into()))
+    }
+
+    /// The last epoch this sink actor's committed transactions recorded.
+    fn read_progress(&self) -> Result<u64> {
+        let mut config = self.options.client_config();
+        config.set("isolation.level", "read_committed");
+        config.set("enable.auto.commit", "false");
+        config.set("group.id", format!("{}-progress", self.transactional_id));
+        let consumer: BaseConsumer =
+            config.create().map_err(|e| invalid(format!("invalid Kafka client settings: {e}")))?;
+        let topic = &self.options.progress_topic;
+        let (low, high) = match consumer.fetch_watermarks(topic, 0, TIMEOUT) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "no progress topic yet");
+                return Ok(0);
+            }
+        };
+        if high <= low {
+            return Ok(0);
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, 0, Offset::Offset(low))
+            .map_err(|e| ConnectorError::External(e.to_string()))?;
+        consumer.assign(&list).map_err(|e| ConnectorError::External(e.to_string()))?;
+        let mut last = 0u64;
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let position = consumer
+                .position()
+                .ok()
+                .and_then(|p| p.find_partition(topic, 0).and_then(|e| e.offset().to_raw()))
+                .unwrap_or(-1);
+            if position >= high {
+                return Ok(last);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ConnectorError::External(format!("timed out reading the progress topic \"{topic}\"")));
+            }
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
+                && m.key() == Some(self.transactional_id.as_bytes())
+                && let Some(epoch) = m.payload().and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok())
+            {
+                last = epoch;
+            }
+        }
+    }
+
+    fn deliver(&mut self, epochs: &[(u64, Arc<Vec<SinkRecord>>)], recovering: bool) -> Result<()> {
+        let exactly_once = self.options.exactly_once;
+        self.producer()?;
+        let delivered = self.delivered.load(Ordering::Acquire);
+        // Epochs Kafka already has (known from progress) are skipped, unless at-least-once
+        // recovery sends everything it restored again.
+        let todo: Vec<&(u64, Arc<Vec<SinkRecord>>)> =
+            epochs.iter().filter(|(e, _)| !exactly_once && recovering || *e > delivered).collect();
+        let Some(last) = todo.last().map(|(e, _)| *e) else { return Ok(()) };
+        let topic = self.options.topic.clone();
+        let progress_topic = self.options.progress_topic.clone();
+        let id = self.transactional_id.clone();
+        let producer = self.producer()?;
+        let fail =
+            |what: &str, e: rdkafka::error::KafkaError| ConnectorError::External(format!("Kafka {what} failed: {e}"));
+        if exactly_once {
+            producer.begin_transaction().map_err(|e| fail("begin_transaction", e))?;
+        }
+        for (_, records) in &todo {
+            for r in records.iter() {
+                let mut record = BaseRecord::<[u8], [u8]>::to(&topic);
+                if let Some(k) = &r.key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(v) = &r.value {
+                    record = record.payload(v.as_slice());
+                }
+                send_with_retry(producer, record)?;
+            }
+        }
+        if exactly_once {
+            let marker = last.to_string();
+            let record = BaseRecord::<[u8], [u8]>::to(&progress_topic)
+                .key(id.as_bytes())
+                .payload(marker.as_bytes())
+                .partition(0);
+            send_with_retry(producer, record)?;
+            producer.commit_transaction(TIMEOUT).map_err(|e| fail("commit_transaction", e))?;
+        } else {
+            producer.flush(TIMEOUT).map_err(|e| fail("flush", e))?;
+        }
+        self.delivered.fetch_max(last, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+fn send_with_retry(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => {
+                producer.poll(Duration::ZERO);
+                return Ok(());
+            }
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(ConnectorError::External(format!("Kafka produce failed: {e}"))),
+        }
+    }
+}
+
+/// Staged epochs, for the operator: epoch → its records.
+pub type Staged = BTreeMap<u64, Arc<Vec<SinkRecord>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(format: &str, extra: &[(&str, &str)], schema: &Schema) -> Result<KafkaSinkOptions> {
+        let mut o: HashMap<String, String> =
+            [("connector", "kafka"), ("topic", "out"), ("properties.bootstrap.server", "127.0.0.1:1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        for (k, v) in extra {
+            o.insert(k.to_string(), v.to_string());
+        }
+        let f = SourceFormat { format: format.into(), encode: "JSON".into(), options: HashMap::new() };
+        KafkaSinkOptions::parse(&o, Some(&f), schema)
+    }
+
+    fn text(records: &[SinkRecord]) -> Vec<String> {
+        let s = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or("-".into());
+        records.iter().map(|r| format!("{} {}", s(&r.key), s(&r.value))).collect()
+    }
+
+    #[test]
+    fn formats_encode_changes() -> Result<()> {
+        let changes = ChangeBatch::from_pretty("I T\n + 1 a\n - 1 a\n + 1 b\n - 2 c");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", arrow::datatypes::DataType::Int64, true),
+            Field::new("name", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        let upsert = RecordEncoder::new(options("UPSERT", &[("primary_key", "id")], &schema)?, schema.clone());
+        assert_eq!(
+            text(&upsert.encode(&changes)?),
+            vec!["{\"id\":1} {\"id\":1,\"name\":\"a\"}", "{\"id\":1} {\"id\":1,\"name\":\"b\"}", "{\"id\":2} -"]
+        );
+        let debezium = RecordEncoder::new(options("DEBEZIUM", &[("primary_key", "id")], &schema)?, schema.clone());
+        let out = text(&debezium.encode(&changes)?);
+        assert_eq!(out.len(), 3);
+        assert!(
+            out[1].starts_with(
+                "{\"id\":1} {\"before\":{\"id\":1,\"name\":\"a\"},\"after\":{\"id\":1,\"name\":\"b\"},\"op\":\"u\""
+            ),
+            "{out:?}"
+        );
+        assert!(out[2].contains("\"after\":null,\"op\":\"d\""), "{out:?}");
+        let plain = RecordEncoder::new(options("PLAIN", &[], &schema)?, schema.clone());
+        assert!(plain.encode(&changes).is_err());
+        let forced = RecordEncoder::new(options("PLAIN", &[("force_append_only", "true")], &schema)?, schema.clone());
+        assert_eq!(text(&forced.encode(&changes)?), vec!["- {\"id\":1,\"name\":\"a\"}", "- {\"id\":1,\"name\":\"b\"}"]);
+        assert!(options("UPSERT", &[], &schema).is_err());
+        let records = upsert.encode(&changes)?;
+        assert_eq!(decode_records(&encode_records(&records))?, records);
+        Ok(())
+    }
+}

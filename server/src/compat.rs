@@ -1,0 +1,140 @@
+//! Rewrites of specific catalog queries that clients send verbatim and that use SQL shapes
+//! DataFusion cannot plan (`ARRAY(SELECT ...)`, correlated scalar subqueries). Each rewrite
+//! keeps the query's meaning for Eddy's catalog: no reloptions, no role memberships, no
+//! composite types.
+//!
+//! Patterns are matched with whitespace collapsed, since clients indent their SQL freely.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, GroupByExpr, Ident,
+    ObjectName, SelectItem, SetExpr, Statement, visit_expressions, visit_expressions_mut,
+};
+
+/// (pattern, replacement), both with single spaces.
+const REWRITES: &[(&str, &str)] = &[
+    // psql `\d+ name`: TOAST options of the table (Eddy has none).
+    (
+        "pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')",
+        "''",
+    ),
+    // psql `\du`: role memberships (Eddy has no role hierarchy).
+    (
+        "ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) as memberof",
+        "'{}' as memberof",
+    ),
+    // psql `\dT`: types of composite relations, written as a correlated scalar subquery.
+    (
+        "(SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)",
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c')",
+    ),
+];
+
+fn collapse(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `sql` with the known rewrites applied, or `None` when none applies.
+pub fn rewrite(sql: &str) -> Option<String> {
+    let mut collapsed: Option<String> = None;
+    for (pattern, replacement) in REWRITES {
+        let text = collapsed.get_or_insert_with(|| collapse(sql));
+        if text.contains(pattern) {
+            *text = text.replace(pattern, replacement);
+        } else {
+            continue;
+        }
+    }
+    collapsed.filter(|c| *c != collapse(sql))
+}
+
+const AGGREGATES: &[&str] =
+    &["count", "sum", "max", "min", "avg", "array_agg", "string_agg", "bool_and", "bool_or", "every", "json_agg"];
+
+fn has_aggregate(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(expr, |e| {
+        if let Expr::Function(f) = e
+            && f.name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| AGGREGATES.contains(&i.value.to_lowercase().as_str()))
+        {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// Wraps the single column of every scalar subquery that is not aggregated in `max(...)`.
+///
+/// Catalog queries (SQLAlchemy's column reflection, psql) use correlated scalar subqueries
+/// that return at most one row; DataFusion only plans correlated scalar subqueries that are
+/// aggregated. For at most one row, `max(x)` is `x`, and no row gives NULL as before.
+pub fn aggregate_scalar_subqueries(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |e| -> ControlFlow<()> {
+        if let Expr::Subquery(query) = e
+            && let SetExpr::Select(select) = query.body.as_mut()
+            && select.projection.len() == 1
+            && matches!(select.group_by, GroupByExpr::Expressions(ref g, _) if g.is_empty())
+            && query.limit_clause.is_none()
+        {
+            let item = &mut select.projection[0];
+            let (expr, alias) = match item {
+                SelectItem::UnnamedExpr(expr) => (expr.clone(), None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr.clone(), Some(alias.clone())),
+                _ => return ControlFlow::Continue(()),
+            };
+            if has_aggregate(&expr) {
+                return ControlFlow::Continue(());
+            }
+            let wrapped = Expr::Function(Function {
+                name: ObjectName::from(vec![Ident::new("max")]),
+                uses_odbc_syntax: false,
+                parameters: FunctionArguments::None,
+                args: FunctionArguments::List(FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(expr))],
+                    clauses: vec![],
+                }),
+                filter: None,
+                null_treatment: None,
+                over: None,
+                within_group: vec![],
+            });
+            *item = match alias {
+                Some(alias) => SelectItem::ExprWithAlias { expr: wrapped, alias },
+                None => SelectItem::UnnamedExpr(wrapped),
+            };
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_only_known_shapes() {
+        let du = "SELECT r.rolname,\n  ARRAY(SELECT b.rolname\n        FROM pg_catalog.pg_auth_members m\n        JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid)\n        WHERE m.member = r.oid) as memberof\nFROM pg_catalog.pg_roles r";
+        assert_eq!(rewrite(du).as_deref(), Some("SELECT r.rolname, '{}' as memberof FROM pg_catalog.pg_roles r"));
+        assert_eq!(rewrite("SELECT 1"), None);
+    }
+
+    #[test]
+    fn scalar_subqueries_are_aggregated() {
+        let dialect = sqlparser::dialect::PostgreSqlDialect {};
+        let sql = "SELECT (SELECT a FROM t WHERE t.k = u.k), (SELECT count(*) FROM t) AS n FROM u";
+        let mut statements = sqlparser::parser::Parser::parse_sql(&dialect, sql).expect("parses");
+        aggregate_scalar_subqueries(&mut statements[0]);
+        assert_eq!(
+            statements[0].to_string(),
+            "SELECT (SELECT max(a) FROM t WHERE t.k = u.k), (SELECT count(*) FROM t) AS n FROM u"
+        );
+    }
+}
