@@ -8,13 +8,9 @@ need_apt=()
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing: ${need_apt[*]}"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
-fi
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+apt_install ${need_apt[@]+"${need_apt[@]}"}
 bash "$(dirname "$0")/setup-cdc-upstreams.sh"
 bash "$(dirname "$0")/setup-client-tests.sh"
 bash "$(dirname "$0")/setup-kafka.sh"

@@ -764,26 +764,36 @@ impl LiveSubscription {
 
     /// Up to `count` pending rows, as one batch.
     fn take(&mut self, count: FetchCount) -> Result<RecordBatch> {
-        let limit = match count {
-            FetchCount::All => usize::MAX,
-            FetchCount::Rows(n) => n,
-        };
-        let mut out = Vec::new();
-        let mut taken = 0usize;
-        while taken < limit {
-            let Some(batch) = self.pending.pop_front() else { break };
-            let room = limit - taken;
-            if batch.num_rows() > room {
-                out.push(batch.slice(0, room));
-                self.pending.push_front(batch.slice(room, batch.num_rows() - room));
-                taken += room;
-            } else {
-                taken += batch.num_rows();
-                out.push(batch);
-            }
-        }
-        datafusion::arrow::compute::concat_batches(&self.schema, &out).map_err(internal)
+        take_pending(&mut self.pending, &self.schema, count)
     }
+}
+
+/// Up to `count` rows from the front of `pending`, as one batch; a batch that straddles the
+/// limit is split and its rest stays pending.
+pub(crate) fn take_pending(
+    pending: &mut VecDeque<RecordBatch>,
+    schema: &SchemaRef,
+    count: FetchCount,
+) -> Result<RecordBatch> {
+    let limit = match count {
+        FetchCount::All => usize::MAX,
+        FetchCount::Rows(n) => n,
+    };
+    let mut out = Vec::new();
+    let mut taken = 0usize;
+    while taken < limit {
+        let Some(batch) = pending.pop_front() else { break };
+        let room = limit - taken;
+        if batch.num_rows() > room {
+            out.push(batch.slice(0, room));
+            pending.push_front(batch.slice(room, batch.num_rows() - room));
+            taken += room;
+        } else {
+            taken += batch.num_rows();
+            out.push(batch);
+        }
+    }
+    datafusion::arrow::compute::concat_batches(schema, &out).map_err(internal)
 }
 
 fn internal(e: impl std::fmt::Display) -> ServerError {

@@ -226,25 +226,6 @@ impl RetainedCursor {
                 }
             }
         }
-        let limit = match count {
-            FetchCount::All => usize::MAX,
-            FetchCount::Rows(n) => n,
-        };
-        let mut out = Vec::new();
-        let mut taken = 0;
-        while taken < limit {
-            let Some(batch) = self.pending.pop_front() else { break };
-            let room = limit - taken;
-            if batch.num_rows() > room {
-                out.push(batch.slice(0, room));
-                self.pending.push_front(batch.slice(room, batch.num_rows() - room));
-                taken += room;
-            } else {
-                taken += batch.num_rows();
-                out.push(batch);
-            }
-        }
-        datafusion::arrow::compute::concat_batches(&self.log.schema, &out)
-            .map_err(|e| ServerError::new(SqlState::Internal, e.to_string()))
+        crate::live::take_pending(&mut self.pending, &self.log.schema, count)
     }
 }
