@@ -24,6 +24,8 @@ pub mod retained;
 pub mod session;
 pub mod show;
 pub mod system;
+pub mod tls;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +34,21 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use engine::{Engine, EngineConfig};
+pub use users::AuthMode;
+
+/// How clients connect: authentication and TLS.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    pub auth: AuthMode,
+    /// Offered to clients that ask for TLS; none means TLS requests are declined.
+    pub tls: Option<pgwire::tokio::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions").field("auth", &self.auth).field("tls", &self.tls.is_some()).finish()
+    }
+}
 
 /// A second handle on a connection's socket (sharing the same file description), kept by its
 /// session to notice a client that went away while the server only writes to it.
@@ -59,6 +76,20 @@ pub async fn serve_with_metrics(
     config: EngineConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_with_options(listen, metrics_listen, ConnectOptions::default(), config, shutdown).await
+}
+
+/// [`serve_with_metrics`] with authentication and TLS as `connect` says.
+///
+/// # Errors
+/// As [`serve_with_metrics`].
+pub async fn serve_with_options(
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    connect: ConnectOptions,
+    config: EngineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     // Reading a damaged store can panic deep inside the storage engine; say what it means
     // instead of dying with a backtrace.
@@ -76,7 +107,8 @@ pub async fn serve_with_metrics(
     }
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
-    let factory = Arc::new(pg::HandlerFactory::new(engine.clone()));
+    let factory = Arc::new(pg::HandlerFactory::new(engine.clone(), connect.auth));
+    let tls = connect.tls;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -97,8 +129,9 @@ pub async fn serve_with_metrics(
                     }
                 };
                 let factory = Arc::new(factory.for_connection(probe));
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, factory).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
