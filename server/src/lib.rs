@@ -24,7 +24,6 @@ pub mod retained;
 pub mod session;
 pub mod show;
 pub mod system;
-pub mod tls;
 pub mod users;
 
 use std::future::Future;
@@ -36,18 +35,10 @@ use tokio::net::TcpListener;
 pub use engine::{Engine, EngineConfig};
 pub use users::AuthMode;
 
-/// How clients connect: authentication and TLS.
-#[derive(Clone, Default)]
+/// How clients connect: authentication.
+#[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     pub auth: AuthMode,
-    /// Offered to clients that ask for TLS; none means TLS requests are declined.
-    pub tls: Option<pgwire::tokio::TlsAcceptor>,
-}
-
-impl std::fmt::Debug for ConnectOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectOptions").field("auth", &self.auth).field("tls", &self.tls.is_some()).finish()
-    }
 }
 
 /// A second handle on a connection's socket (sharing the same file description), kept by its
@@ -79,7 +70,7 @@ pub async fn serve_with_metrics(
     serve_with_options(listen, metrics_listen, ConnectOptions::default(), config, shutdown).await
 }
 
-/// [`serve_with_metrics`] with authentication and TLS as `connect` says.
+/// [`serve_with_metrics`] with authentication as `connect` says.
 ///
 /// # Errors
 /// As [`serve_with_metrics`].
@@ -108,7 +99,6 @@ pub async fn serve_with_options(
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
     let factory = Arc::new(pg::HandlerFactory::new(engine.clone(), connect.auth));
-    let tls = connect.tls;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -129,9 +119,8 @@ pub async fn serve_with_options(
                     }
                 };
                 let factory = Arc::new(factory.for_connection(probe));
-                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, factory).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

@@ -50,12 +50,6 @@ struct Args {
     /// `scram` (SCRAM-SHA-256 passwords of users made with `CREATE USER ... PASSWORD`).
     #[arg(long, value_enum, default_value_t = Auth::Trust)]
     auth: Auth,
-    /// PEM certificate chain offered to clients asking for TLS (`sslmode=require`).
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of `--tls-cert`.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -79,10 +73,6 @@ fn main() -> anyhow::Result<()> {
         memory_limit: args.memory_limit,
         parallelism: parallelism.max(1),
     };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(eddy_server::tls::acceptor(cert, key)?),
-        _ => None,
-    };
     let auth = match args.auth {
         Auth::Trust => eddy_server::AuthMode::Trust,
         Auth::Scram => eddy_server::AuthMode::Scram,
@@ -94,7 +84,7 @@ fn main() -> anyhow::Result<()> {
              use --auth scram"
         );
     }
-    let connect = eddy_server::ConnectOptions { auth, tls };
+    let connect = eddy_server::ConnectOptions { auth };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(eddy_server::serve_with_options(
         args.listen,

@@ -37,6 +37,7 @@ use crate::engine::Engine;
 use crate::error::{ServerError, to_pg_error};
 use crate::session::{Session, StatementResult};
 use crate::users::{AuthMode, ScramExchange};
+use futures::SinkExt;
 use pgwire::messages::startup::Authentication;
 
 /// Builds the handlers for one server.
@@ -155,7 +156,6 @@ impl pgwire::api::copy::CopyHandler for EddyHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        use futures::SinkExt;
         let Some(copy) = pending_copy(client).lock().take() else {
             return Err(to_pg_error(
                 &ServerError::new(eddy_common::SqlState::ProtocolViolation, "no COPY in progress"),
