@@ -429,7 +429,6 @@ fn psql_as(server: &TestServer, user: &str, password: &str, command: &str) -> (b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails with a db error not yet diagnosed (issue 8, unfinished)"]
 async fn scram_passwords_with_psql_and_psycopg() -> Result<()> {
     let mut server = TestServer::start()?;
     seed(&server).await?;
@@ -440,8 +439,12 @@ async fn scram_passwords_with_psql_and_psycopg() -> Result<()> {
     let err = client.batch_execute("CREATE USER alice").await.err().context("duplicate user")?;
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42710"), "{err}");
     client.batch_execute("ALTER USER bob WITH PASSWORD 'builder'; CREATE USER carol; DROP USER carol").await?;
-    let roles: Vec<String> =
-        client.query("SELECT rolname FROM pg_roles ORDER BY rolname", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let roles: Vec<String> = client
+        .query("SELECT rolname FROM pg_catalog.pg_roles ORDER BY rolname", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(roles, vec!["alice", "bob", "root"]);
     let out = psql(&server, &["\\du"])?;
     assert!(out.contains("alice") && out.contains("bob"), "\\du:\n{out}");
