@@ -356,7 +356,7 @@ async fn start_registry(schemas: Vec<(u32, &'static str)>) -> Result<String> {
                     .and_then(|id| schemas.get(&id));
                 let (status, body) = match schema {
                     Some(s) => {
-                        let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+                        let escaped = s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ");
                         ("200 OK", format!("{{\"schema\":\"{escaped}\"}}"))
                     }
                     None => ("404 Not Found", "{\"error_code\":40403,\"message\":\"Schema not found\"}".to_string()),
@@ -520,11 +520,18 @@ async fn kafka_avro_with_schema_registry() -> Result<()> {
         .into_iter()
         .map(|(channel, (n, total, last))| {
             let secs = (last - base_ms) / 1000;
-            let last = format!("2026-01-01 00:00:{secs:02}.{:03}", (last - base_ms) % 1000);
+            // Postgres text form: trailing zeros of the fraction dropped.
+            let frac = format!(".{:03}", (last - base_ms) % 1000);
+            let last = format!("2026-01-01 00:00:{secs:02}{}", frac.trim_end_matches('0').trim_end_matches('.'));
             vec![channel.clone(), n.to_string(), total.to_string(), last]
         })
         .collect();
-    wait_for(&client, "SELECT * FROM avro_per_channel ORDER BY channel", &want, Duration::from_secs(30)).await?;
+    if let Err(e) =
+        wait_for(&client, "SELECT * FROM avro_per_channel ORDER BY channel", &want, Duration::from_secs(30)).await
+    {
+        let splits = rows(&client, "SELECT * FROM eddy_catalog.source_splits").await?;
+        bail!("{e}\nsplits: {splits:?}\nlog: {}", server.log());
+    }
     wait_for(
         &client,
         "SELECT sum(bad_records) FROM eddy_catalog.source_splits WHERE source = 'avro_bids'",
