@@ -670,3 +670,39 @@ async fn kafka_broker_faults() -> Result<()> {
     assert_eq!(last_per_key(&records), want);
     Ok(())
 }
+
+/// `scan.startup.mode = 'latest'` (the mock cluster cannot look offsets up by time:
+/// `timestamp` is tested against the broker process in kafka_broker.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_startup_modes() -> Result<()> {
+    let cluster = MockCluster::new(1)?;
+    cluster.create_topic("startup", 1, 1)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let p = producer(&bootstrap)?;
+    let base_ms = 1_767_225_600_000i64;
+    let produce = |ids: std::ops::Range<i64>| -> Result<()> {
+        for i in ids {
+            let value = format!("{{\"id\": {i}}}");
+            let record = BaseRecord::<str, str>::to("startup").payload(&value).timestamp(base_ms + i * 1000);
+            p.send(record).map_err(|(e, _)| e)?;
+        }
+        p.flush(Duration::from_secs(10))?;
+        Ok(())
+    };
+    produce(0..10)?;
+    let server = TestServer::start_with(&["--barrier-interval-ms", "100", "--checkpoint-interval-ms", "300"])?;
+    let client = server.connect().await?;
+    let with = format!("connector = 'kafka', topic = 'startup', properties.bootstrap.server = '{bootstrap}'");
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE s_latest (id BIGINT) WITH ({with}, scan.startup.mode = 'latest') FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW v_latest AS SELECT count(*) AS n, sum(id) AS s FROM s_latest;"
+        ))
+        .await?;
+    // `latest` is resolved when the split starts reading, right after CREATE.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce(10..15)?;
+    let want = |ids: std::ops::Range<i64>| vec![vec![ids.clone().count().to_string(), ids.sum::<i64>().to_string()]];
+    wait_for(&client, "SELECT * FROM v_latest", &want(10..15), Duration::from_secs(30)).await?;
+    Ok(())
+}
