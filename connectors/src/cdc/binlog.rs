@@ -488,8 +488,9 @@ fn read_value(r: &mut Reader<'_>, t: u8, meta: u16, unsigned: bool) -> Result<Va
             Value::Unsupported(T_JSON)
         }
         T_BIT => {
-            let bits = (meta >> 8) as usize;
-            let bytes = (meta & 0xFF) as usize;
+            // Metadata: bits beyond whole bytes (first byte), then whole bytes.
+            let bits = (meta & 0xFF) as usize;
+            let bytes = (meta >> 8) as usize;
             Value::Bit(be(r.bytes(bytes + bits.div_ceil(8))?))
         }
         T_YEAR => {
