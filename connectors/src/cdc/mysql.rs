@@ -1006,17 +1006,15 @@ impl Worker {
                         }
                     }
                 }
-                BinlogEvent::TableMap(map) => {
-                    if map.database == self.config.database && map.table == self.table() {
-                        // The same map is sent before every row event: reuse its layout.
-                        let same = ours.as_ref().is_some_and(|l| l.map.types == map.types && l.map.names == map.names);
-                        if same {
-                            if let Some(layout) = ours.as_mut() {
-                                layout.map.id = map.id;
-                            }
-                        } else {
-                            ours = Some(self.layout_for(&map).await?);
+                BinlogEvent::TableMap(map) if map.database == self.config.database && map.table == self.table() => {
+                    // The same map is sent before every row event: reuse its layout.
+                    let same = ours.as_ref().is_some_and(|l| l.map.types == map.types && l.map.names == map.names);
+                    if same {
+                        if let Some(layout) = ours.as_mut() {
+                            layout.map.id = map.id;
                         }
+                    } else {
+                        ours = Some(self.layout_for(&map).await?);
                     }
                 }
                 BinlogEvent::CompressedRows { table_id } if ours.as_ref().is_some_and(|l| l.map.id == table_id) => {
