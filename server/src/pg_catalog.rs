@@ -311,7 +311,7 @@ impl PgKeys {
 
     /// (table oid, namespace oid, table name, key column numbers from 1, index oid) per table
     /// with a primary key.
-    async fn keys(&self) -> DfResult<Vec<(i32, i32, String, Vec<i16>, i32)>> {
+    async fn keys(&self) -> DfResult<Vec<KeyRow>> {
         let mut defs = std::collections::HashMap::new();
         if let Some(public) = self.catalog.schema(crate::engine::SCHEMA)
             && let Some(public) = public.downcast_ref::<crate::catalog::PublicSchema>()
@@ -350,12 +350,12 @@ impl PgKeys {
     }
 
     /// The added rows, each column cast to the bundled table's type.
-    fn key_rows(&self, keys: &[(i32, i32, String, Vec<i16>, i32)]) -> DfResult<RecordBatch> {
+    fn key_rows(&self, keys: &[KeyRow]) -> DfResult<RecordBatch> {
         use datafusion::arrow::array::{
             BooleanArray, Int16Array, Int16Builder, Int32Array, ListBuilder, new_null_array,
         };
         let n = keys.len();
-        let int32 = |f: &dyn Fn(&(i32, i32, String, Vec<i16>, i32)) -> i32| -> ArrayRef {
+        let int32 = |f: &dyn Fn(&KeyRow) -> i32| -> ArrayRef {
             Arc::new(Int32Array::from(keys.iter().map(f).collect::<Vec<_>>()))
         };
         let key_list = || -> ArrayRef {
@@ -449,3 +449,7 @@ impl TableProvider for PgKeys {
         MemTable::try_new(self.schema.clone(), vec![batches])?.scan(state, projection, filters, limit).await
     }
 }
+
+/// One primary key shown in the catalog: table oid, namespace oid, index name, key columns
+/// (1-based), index oid.
+type KeyRow = (i32, i32, String, Vec<i16>, i32);
