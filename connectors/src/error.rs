@@ -4,7 +4,7 @@ use eddy_common::{ErrorClass, ErrorDomain, SqlState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    #[error("unknown connector \"{0}\"; available: kafka, postgres-cdc, nexmark, datagen, blackhole")]
+    #[error("unknown connector \"{0}\"; available: kafka, postgres-cdc, mysql-cdc, nexmark, datagen, blackhole")]
     UnknownConnector(String),
     #[error("{0}")]
     InvalidOption(String),

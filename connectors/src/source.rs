@@ -210,6 +210,12 @@ pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<Sou
             crate::cdc::postgres::validate(&config, declared).await?;
             Ok(SourceInfo { splits: 1, keyed_changes: true })
         }
+        "mysql-cdc" => {
+            refuse_format(spec)?;
+            let config = crate::cdc::mysql::MyCdcConfig::parse(&spec.options)?;
+            crate::cdc::mysql::validate(&config, declared).await?;
+            Ok(SourceInfo { splits: 1, keyed_changes: true })
+        }
         "kafka" => crate::kafka::validate(spec, declared).await,
         "" => Err(ConnectorError::InvalidOption("WITH (...) needs connector = '<name>'".into())),
         other => Err(ConnectorError::UnknownConnector(other.to_string())),
@@ -218,7 +224,7 @@ pub async fn validate_source(spec: &SourceSpec, declared: &Schema) -> Result<Sou
 
 /// True for connectors that read an external system (which may be down while Eddy restarts).
 pub fn is_external(connector: &str) -> bool {
-    matches!(connector, "postgres-cdc")
+    matches!(connector, "postgres-cdc" | "mysql-cdc")
 }
 
 /// The options of a table read from a shared source (`CREATE TABLE t (...) FROM source TABLE
@@ -237,8 +243,17 @@ pub fn table_from_source(spec: &SourceSpec, table: &str) -> Result<HashMap<Strin
             }
             Ok(crate::cdc::postgres::PgCdcConfig::table_options(&spec.options, table))
         }
+        "mysql-cdc" => {
+            if spec.options.contains_key("table.name") {
+                return Err(ConnectorError::InvalidOption(
+                    "this mysql-cdc source already names a table.name; create it without one to share it between tables"
+                        .into(),
+                ));
+            }
+            Ok(crate::cdc::mysql::MyCdcConfig::table_options(&spec.options, table))
+        }
         other => Err(ConnectorError::InvalidOption(format!(
-            "connector \"{other}\" has no upstream tables; FROM source TABLE '...' works with postgres-cdc sources"
+            "connector \"{other}\" has no upstream tables; FROM source TABLE '...' works with postgres-cdc and mysql-cdc sources"
         ))),
     }
 }
@@ -454,6 +469,10 @@ pub fn create_reader(
         "postgres-cdc" => {
             let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
             Ok(Box::new(crate::cdc::postgres::PgCdcReader::new(config, declared, position_bytes, stats)?))
+        }
+        "mysql-cdc" => {
+            let config = crate::cdc::mysql::MyCdcConfig::parse(&spec.options)?;
+            Ok(Box::new(crate::cdc::mysql::MyCdcReader::new(config, declared, position_bytes, stats)?))
         }
         "datagen" => {
             let config = DatagenConfig::parse(&spec.options, &declared)?;

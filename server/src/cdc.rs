@@ -34,7 +34,7 @@ pub fn table_from_source(
             return Err(ServerError::new(
                 SqlState::WrongObjectType,
                 format!(
-                    "\"{name}\" is not a CDC source; FROM ... TABLE reads from CREATE SOURCE ... WITH (connector = 'postgres-cdc', ...)"
+                    "\"{name}\" is not a CDC source; FROM ... TABLE reads from CREATE SOURCE ... WITH (connector = 'postgres-cdc' or 'mysql-cdc', ...)"
                 ),
             ));
         }
@@ -105,8 +105,8 @@ pub fn progress_table() -> datafusion::error::Result<Arc<dyn datafusion::catalog
         text(&|r| r.phase.clone()),
         int(&|r| r.snapshot_rows_copied),
         int(&|r| r.snapshot_rows_estimated),
-        text(&|r| format_lsn(r.confirmed_lsn)),
-        text(&|r| format_lsn(r.server_lsn)),
+        text(&|r| r.confirmed_text.clone().unwrap_or_else(|| format_lsn(r.confirmed_lsn))),
+        text(&|r| r.server_text.clone().unwrap_or_else(|| format_lsn(r.server_lsn))),
         int(&|r| r.slot_lag_bytes()),
         Arc::new(BooleanArray::from(rows.iter().map(|r| r.healthy).collect::<Vec<_>>())),
         Arc::new(StringArray::from(rows.iter().map(|r| r.last_error.clone()).collect::<Vec<_>>())),

@@ -29,6 +29,14 @@ const REWRITES: &[(&str, &str)] = &[
         "(SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)",
         "EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c')",
     ),
+    // JDBC's getPrimaryKeys: `_pg_expandarray` returns (x, n) records, which DataFusion has
+    // no type for; the key columns and their positions are unnested side by side instead.
+    (
+        "(information_schema._pg_expandarray(i.indkey)).n AS KEY_SEQ",
+        "unnest(generate_series(1, array_length(i.indkey, 1))) AS KEY_SEQ",
+    ),
+    ("information_schema._pg_expandarray(i.indkey) AS KEYS", "unnest(i.indkey) AS KEYS_X"),
+    ("(result.KEYS).x", "result.KEYS_X"),
 ];
 
 fn collapse(sql: &str) -> String {
@@ -110,6 +118,70 @@ pub fn aggregate_scalar_subqueries(statement: &mut Statement) {
                 Some(alias) => SelectItem::ExprWithAlias { expr: wrapped, alias },
                 None => SelectItem::UnnamedExpr(wrapped),
             };
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+/// `pg_attribute` columns that are constant in Eddy's catalog: no column has a default
+/// expression in `pg_attrdef` (`atthasdef` is false), an identity (`attidentity` is empty) or a
+/// collation other than the default (`attcollation` is 0).
+const CONSTANT_ATTRIBUTE_COLUMNS: &[&str] = &["atthasdef", "attidentity", "attcollation"];
+
+/// Replaces `CASE WHEN <guard on those columns> THEN (<subquery>) [ELSE NULL] END` with a
+/// typed NULL.
+///
+/// SQLAlchemy's column reflection guards its correlated subqueries for defaults, identity
+/// options and collations this way; DataFusion cannot plan correlated subqueries inside
+/// `CASE`, and for Eddy's columns every guard is false, so the expression is NULL anyway.
+pub fn drop_unreachable_attribute_branches(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |e| -> ControlFlow<()> {
+        if let Expr::Case { operand: None, conditions, else_result, .. } = e
+            && conditions.len() == 1
+            && matches!(conditions[0].result, Expr::Subquery(_))
+            && else_result
+                .as_deref()
+                .is_none_or(|r| matches!(r, Expr::Value(v) if v.value == sqlparser::ast::Value::Null))
+        {
+            let guard = conditions[0].condition.to_string().to_lowercase();
+            if CONSTANT_ATTRIBUTE_COLUMNS.iter().any(|c| guard.contains(c)) {
+                *e = Expr::Cast {
+                    kind: sqlparser::ast::CastKind::Cast,
+                    expr: Box::new(Expr::Value(sqlparser::ast::Value::Null.into())),
+                    data_type: sqlparser::ast::DataType::Text,
+                    array: false,
+                    format: None,
+                };
+            }
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+/// `generate_subscripts(a, 1)` as `unnest(generate_series(1, array_length(a, 1)))`.
+///
+/// SQLAlchemy's key reflection pairs `unnest(indkey)` with `generate_subscripts(indkey, 1)`
+/// to number the key columns; DataFusion has no `generate_subscripts`, but unnests several
+/// lists of the same length in one projection side by side, as Postgres does.
+pub fn rewrite_generate_subscripts(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |e| -> ControlFlow<()> {
+        if let Expr::Function(f) = e
+            && f.name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("generate_subscripts"))
+            && let FunctionArguments::List(list) = &f.args
+            && list.args.len() == 2
+            && let FunctionArg::Unnamed(FunctionArgExpr::Expr(array)) = &list.args[0]
+        {
+            let text = format!("unnest(generate_series(1, array_length({array}, 1)))");
+            if let Ok(expr) = sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                .try_with_sql(&text)
+                .and_then(|mut p| p.parse_expr())
+            {
+                *e = expr;
+            }
         }
         ControlFlow::Continue(())
     });

@@ -51,6 +51,8 @@ struct ReplayState {
 pub struct Engine {
     pub runtime: Arc<Runtime>,
     pub catalog: Arc<Catalog>,
+    /// Users and their password verifiers.
+    pub users: Arc<crate::users::Users>,
     context: SessionContext,
     /// DDL statements run one at a time.
     pub ddl_lock: tokio::sync::Mutex<()>,
@@ -81,10 +83,12 @@ impl Engine {
             },
         )?;
         let catalog = Arc::new(Catalog::new(runtime.store().clone(), 1));
-        let context = build_context(catalog.clone())?;
+        let users = Arc::new(crate::users::Users::load(runtime.store())?);
+        let context = build_context(catalog.clone(), users.clone())?;
         let engine = Arc::new(Self {
             runtime,
             catalog,
+            users,
             context,
             ddl_lock: tokio::sync::Mutex::new(()),
             config,
@@ -213,7 +217,7 @@ impl Engine {
     }
 }
 
-fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
+fn build_context(catalog: Arc<Catalog>, users: Arc<crate::users::Users>) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(DATABASE, SCHEMA)
         .with_information_schema(true)
@@ -243,7 +247,7 @@ fn build_context(catalog: Arc<Catalog>) -> Result<SessionContext> {
     let dev = Arc::new(MemoryCatalogProvider::new());
     dev.register_schema(SCHEMA, Arc::new(PublicSchema { catalog }))?;
     context.register_catalog(DATABASE, dev);
-    crate::pg_catalog::install(&context)?;
+    crate::pg_catalog::install(&context, users)?;
     functions::register(&context);
     crate::pg_functions::register(&context);
     for udf in eddy_planner::windows::window_udfs() {

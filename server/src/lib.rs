@@ -24,6 +24,7 @@ pub mod retained;
 pub mod session;
 pub mod show;
 pub mod system;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +33,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use engine::{Engine, EngineConfig};
+pub use users::AuthMode;
+
+/// How clients connect: authentication.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub auth: AuthMode,
+}
 
 /// A second handle on a connection's socket (sharing the same file description), kept by its
 /// session to notice a client that went away while the server only writes to it.
@@ -59,6 +67,20 @@ pub async fn serve_with_metrics(
     config: EngineConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_with_options(listen, metrics_listen, ConnectOptions::default(), config, shutdown).await
+}
+
+/// [`serve_with_metrics`] with authentication as `connect` says.
+///
+/// # Errors
+/// As [`serve_with_metrics`].
+pub async fn serve_with_options(
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    connect: ConnectOptions,
+    config: EngineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     // Reading a damaged store can panic deep inside the storage engine; say what it means
     // instead of dying with a backtrace.
@@ -76,7 +98,7 @@ pub async fn serve_with_metrics(
     }
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
-    let factory = Arc::new(pg::HandlerFactory::new(engine.clone()));
+    let factory = Arc::new(pg::HandlerFactory::new(engine.clone(), connect.auth));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -104,6 +104,9 @@ pub enum LiveStatement {
     Close {
         cursor: Option<String>,
     },
+    /// `CREATE USER`, `ALTER USER`, `DROP USER` (or `ROLE`): the SQL parser knows other
+    /// dialects' forms of these.
+    User(crate::users::UserStatement),
 }
 
 fn syntax(message: impl Into<String>) -> ServerError {
@@ -191,6 +194,8 @@ fn starts_live(t: &[Token]) -> bool {
         || keyword(first, "close")
         || keyword(first, "declare")
         || ((keyword(first, "create") || keyword(first, "drop")) && keyword(t.get(1), "subscription"))
+        || ((keyword(first, "create") || keyword(first, "alter") || keyword(first, "drop"))
+            && (keyword(t.get(1), "user") || keyword(t.get(1), "role")))
         || (keyword(first, "copy") && t.get(1) == Some(&Token::LParen) && keyword(t.get(2), "subscribe"))
 }
 
@@ -413,9 +418,108 @@ fn subscribe_spec(c: &mut Cursor<'_>) -> Result<SubscribeSpec> {
     Ok(spec)
 }
 
+/// `[WITH] option ...` of `CREATE USER` and `ALTER USER`: the password and superuser flag.
+struct RoleOptions {
+    password: Option<Option<crate::users::Secret>>,
+    superuser: Option<bool>,
+}
+
+fn role_options(c: &mut Cursor<'_>) -> Result<RoleOptions> {
+    let mut out = RoleOptions { password: None, superuser: None };
+    c.eat("with");
+    while c.peek().is_some() {
+        if c.eat("encrypted") {
+            c.expect("password")?;
+            out.password = Some(Some(password_literal(c)?));
+        } else if c.eat("password") {
+            if c.eat("null") {
+                out.password = Some(None);
+            } else {
+                out.password = Some(Some(password_literal(c)?));
+            }
+        } else if c.eat("superuser") {
+            out.superuser = Some(true);
+        } else if c.eat("nosuperuser") {
+            out.superuser = Some(false);
+        } else if c.eat("login") || c.eat("inherit") {
+            // What every Eddy user is.
+        } else {
+            return Err(ServerError::unsupported(format!(
+                "role option {}: PASSWORD, SUPERUSER, NOSUPERUSER and LOGIN are",
+                c.near()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn password_literal(c: &mut Cursor<'_>) -> Result<crate::users::Secret> {
+    match c.next() {
+        Some(Token::SingleQuotedString(s)) => Ok(crate::users::Secret(s.clone())),
+        _ => Err(syntax(format!("syntax error: expected a quoted password near {}", c.near()))),
+    }
+}
+
+fn user_statement(c: &mut Cursor<'_>) -> Result<Option<LiveStatement>> {
+    use crate::users::UserStatement;
+    let at = c.at;
+    let verb = if c.eat("create") {
+        "create"
+    } else if c.eat("alter") {
+        "alter"
+    } else if c.eat("drop") {
+        "drop"
+    } else {
+        return Ok(None);
+    };
+    if !(c.eat("user") || c.eat("role")) {
+        c.at = at;
+        return Ok(None);
+    }
+    let statement = match verb {
+        "create" => {
+            let if_not_exists = c.eat("if");
+            if if_not_exists {
+                c.expect("not")?;
+                c.expect("exists")?;
+            }
+            let name = c.name()?;
+            let options = role_options(c)?;
+            UserStatement::Create {
+                name,
+                if_not_exists,
+                password: options.password.flatten(),
+                superuser: options.superuser.unwrap_or(false),
+            }
+        }
+        "alter" => {
+            let name = c.name()?;
+            let options = role_options(c)?;
+            UserStatement::Alter { name, password: options.password, superuser: options.superuser }
+        }
+        _ => {
+            let if_exists = c.eat("if");
+            if if_exists {
+                c.expect("exists")?;
+            }
+            let mut names = vec![c.name()?];
+            while c.peek() == Some(&Token::Comma) {
+                c.at += 1;
+                names.push(c.name()?);
+            }
+            c.done()?;
+            UserStatement::Drop { names, if_exists }
+        }
+    };
+    Ok(Some(LiveStatement::User(statement)))
+}
+
 /// Parses the statement at `c`; for `DECLARE ... FOR <query>`, leaves `c` at the query (whose
 /// text the caller cuts from the original).
 fn parse_tokens(c: &mut Cursor<'_>) -> Result<LiveStatement> {
+    if let Some(user) = user_statement(c)? {
+        return Ok(user);
+    }
     if keyword(c.peek(), "subscribe") {
         let spec = subscribe_spec(c)?;
         c.done()?;

@@ -46,6 +46,16 @@ struct Args {
     /// Actors per parallel operator; defaults to the number of cores.
     #[arg(long)]
     parallelism: Option<usize>,
+    /// How clients authenticate: `trust` (anyone, as any user; meant for loopback) or
+    /// `scram` (SCRAM-SHA-256 passwords of users made with `CREATE USER ... PASSWORD`).
+    #[arg(long, value_enum, default_value_t = Auth::Trust)]
+    auth: Auth,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Auth {
+    Trust,
+    Scram,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,8 +73,26 @@ fn main() -> anyhow::Result<()> {
         memory_limit: args.memory_limit,
         parallelism: parallelism.max(1),
     };
+    let auth = match args.auth {
+        Auth::Trust => eddy_server::AuthMode::Trust,
+        Auth::Scram => eddy_server::AuthMode::Scram,
+    };
+    if auth == eddy_server::AuthMode::Trust && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            address = %args.listen,
+            "trust authentication on a non-loopback address: anyone who can reach it connects as any user; \
+             use --auth scram"
+        );
+    }
+    let connect = eddy_server::ConnectOptions { auth };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(eddy_server::serve_with_metrics(args.listen, args.metrics_listen, config, shutdown_signal()))
+    runtime.block_on(eddy_server::serve_with_options(
+        args.listen,
+        args.metrics_listen,
+        connect,
+        config,
+        shutdown_signal(),
+    ))
 }
 
 async fn shutdown_signal() {

@@ -36,6 +36,9 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use crate::engine::Engine;
 use crate::error::{ServerError, to_pg_error};
 use crate::session::{Session, StatementResult};
+use crate::users::{AuthMode, ScramExchange};
+use futures::SinkExt;
+use pgwire::messages::startup::Authentication;
 
 /// Builds the handlers for one server.
 pub struct HandlerFactory {
@@ -45,14 +48,18 @@ pub struct HandlerFactory {
 }
 
 impl HandlerFactory {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub fn new(engine: Arc<Engine>, auth: AuthMode) -> Self {
         let connections = Arc::new(ConnectionManager::new());
+        let users = engine.users.clone();
         Self {
             handler: Arc::new(EddyHandler { engine: engine.clone(), parser: Arc::new(EddyQueryParser { engine }) }),
             startup: Arc::new(EddyStartup {
                 connections: connections.clone(),
                 pids: RandomPidSecretKeyGenerator::default(),
                 probe: parking_lot::Mutex::new(None),
+                auth,
+                users,
+                scram: parking_lot::Mutex::new(None),
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         }
@@ -67,6 +74,9 @@ impl HandlerFactory {
                 connections: self.startup.connections.clone(),
                 pids: RandomPidSecretKeyGenerator::default(),
                 probe: parking_lot::Mutex::new(probe),
+                auth: self.startup.auth,
+                users: self.startup.users.clone(),
+                scram: parking_lot::Mutex::new(None),
             }),
             cancel: self.cancel.clone(),
         }
@@ -146,7 +156,6 @@ impl pgwire::api::copy::CopyHandler for EddyHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        use futures::SinkExt;
         let Some(copy) = pending_copy(client).lock().take() else {
             return Err(to_pg_error(
                 &ServerError::new(eddy_common::SqlState::ProtocolViolation, "no COPY in progress"),
@@ -174,11 +183,19 @@ impl ErrorHandler for LogErrors {
     }
 }
 
-/// Trust authentication (the default on loopback) with the parameters clients check.
+/// Authentication (trust, the default on loopback, or SCRAM-SHA-256 passwords) with the
+/// parameters clients check. One per connection: it holds that connection's SCRAM exchange.
 pub struct EddyStartup {
     connections: Arc<ConnectionManager>,
     pids: RandomPidSecretKeyGenerator,
     probe: parking_lot::Mutex<Option<std::net::TcpStream>>,
+    auth: AuthMode,
+    users: Arc<crate::users::Users>,
+    scram: parking_lot::Mutex<Option<ScramExchange>>,
+}
+
+fn auth_error(e: &crate::users::ScramError) -> PgWireError {
+    PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new("FATAL".into(), e.sqlstate().into(), e.to_string())))
 }
 
 fn server_parameters() -> DefaultServerParameterProvider {
@@ -209,20 +226,70 @@ impl StartupHandler for EddyStartup {
             }
             protocol_negotiation(client, startup).await?;
             save_startup_parameters_to_metadata(client, startup);
-            let (pid, secret) = self.pids.generate(client);
-            client.set_pid_and_secret_key(pid, secret.clone());
-            let (handle, guard) = self.connections.register(pid, secret);
-            client.session_extensions().insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
-            client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
-            let app = client.metadata().get("application_name").cloned().unwrap_or_default();
-            client.session_extensions().insert::<Arc<Session>>(Session::new(&app));
-            let probe = crate::live::ClientProbe::new(self.probe.lock().take());
-            client
-                .session_extensions()
-                .insert::<Arc<crate::live::LiveState>>(Arc::new(crate::live::LiveState::new(probe)));
-            finish_authentication(client, &server_parameters()).await?;
-            client.set_state(PgWireConnectionState::ReadyForQuery);
+            if self.auth == AuthMode::Scram {
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                *self.scram.lock() = Some(ScramExchange::new(&user, &self.users));
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(Authentication::SASL(vec!["SCRAM-SHA-256".to_string()])))
+                    .await?;
+                return Ok(());
+            }
+            self.admit(client).await?;
+        } else if let PgWireFrontendMessage::PasswordMessageFamily(message) = message {
+            let reply = {
+                let mut guard = self.scram.lock();
+                let Some(exchange) = guard.as_mut() else {
+                    return Err(PgWireError::InvalidSASLState);
+                };
+                if matches!(exchange, ScramExchange::Start { .. }) {
+                    let initial = message.into_sasl_initial_response()?;
+                    let data = initial.data.unwrap_or_default();
+                    exchange.client_first(&initial.auth_method, &data).map(|r| (r, false))
+                } else {
+                    let response = message.into_sasl_response()?;
+                    exchange.client_final(&response.data).map(|r| (r, true))
+                }
+            };
+            match reply {
+                Ok((bytes, false)) => {
+                    client
+                        .send(PgWireBackendMessage::Authentication(Authentication::SASLContinue(bytes.into())))
+                        .await?;
+                }
+                Ok((bytes, true)) => {
+                    client.send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(bytes.into()))).await?;
+                    self.admit(client).await?;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "authentication failed");
+                    return Err(auth_error(&e));
+                }
+            }
         }
+        Ok(())
+    }
+}
+
+impl EddyStartup {
+    /// Lets an authenticated client in: its session, cancel key and server parameters.
+    async fn admit<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, secret) = self.pids.generate(client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard) = self.connections.register(pid, secret);
+        client.session_extensions().insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+        client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
+        let app = client.metadata().get("application_name").cloned().unwrap_or_default();
+        client.session_extensions().insert::<Arc<Session>>(Session::new(&app));
+        let probe = crate::live::ClientProbe::new(self.probe.lock().take());
+        client.session_extensions().insert::<Arc<crate::live::LiveState>>(Arc::new(crate::live::LiveState::new(probe)));
+        finish_authentication(client, &server_parameters()).await?;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
         Ok(())
     }
 }
@@ -265,6 +332,8 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<ParsedStatement>, ServerError> {
             return Ok(statements
                 .into_iter()
                 .map(|mut s| {
+                    crate::compat::drop_unreachable_attribute_branches(&mut s);
+                    crate::compat::rewrite_generate_subscripts(&mut s);
                     crate::compat::aggregate_scalar_subqueries(&mut s);
                     ParsedStatement { text: s.to_string(), statement: EddyStatement::Sql(Box::new(s)) }
                 })
@@ -456,6 +525,17 @@ impl QueryParser for EddyQueryParser {
                 }
                 _ => {}
             },
+            EddyStatement::Show(eddy_planner::parser::ShowStatement::Variable(name)) if name == "jobs" => {
+                let text = |n: &str| Field::new(n, DataType::Utf8, true);
+                prepared.result = Some(Arc::new(Schema::new(vec![
+                    Field::new("id", DataType::Int64, true),
+                    text("name"),
+                    text("kind"),
+                    text("status"),
+                    text("progress"),
+                    text("statement"),
+                ])));
+            }
             EddyStatement::Show(eddy_planner::parser::ShowStatement::Variable(name)) => {
                 let column = if name == "transaction isolation level" { "transaction_isolation" } else { name };
                 prepared.result = Some(single_text_column(column));

@@ -127,6 +127,10 @@ where
             response.command_tag = "FETCH".to_string();
             Ok(Response::Query(response))
         }
+        LiveStatement::User(user) => {
+            let tag = engine.users.execute(engine, user).await.map_err(err)?;
+            Ok(Response::Execution(Tag::new(tag)))
+        }
         LiveStatement::Close { cursor } => {
             state.close(cursor.as_deref()).map_err(err)?;
             Ok(Response::Execution(Tag::new(if cursor.is_some() { "CLOSE CURSOR" } else { "CLOSE CURSOR ALL" })))

@@ -74,8 +74,17 @@ pub async fn show(engine: &Arc<Engine>, session: &Arc<Session>, show: &ShowState
             StatementResult::single_column("Name", names)
         }
         ShowStatement::Columns(name) => describe(engine, name),
+        ShowStatement::Variable(name) if name == "jobs" => show_jobs(engine, session).await,
         ShowStatement::Variable(name) => show_variable(session, name),
     }
+}
+
+/// `SHOW JOBS`, as in RisingWave: each streaming job with its statement and progress.
+async fn show_jobs(engine: &Arc<Engine>, session: &Arc<Session>) -> Result<StatementResult> {
+    let sql = "SELECT id, name, kind, status, progress, definition AS statement FROM eddy_catalog.jobs ORDER BY id";
+    let mut parsed = eddy_planner::parser::parse_sql(sql)?;
+    let statement = parsed.pop().ok_or_else(|| ServerError::new(SqlState::Internal, "SHOW JOBS did not parse"))?;
+    Box::pin(session.execute(engine, &statement, None)).await
 }
 
 /// `SHOW name` for one setting, or `SHOW ALL`.

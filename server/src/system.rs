@@ -6,7 +6,8 @@
 //!   what each source split has produced, and the records it skipped because they did not
 //!   decode (with the last such error);
 //! - `eddy_catalog.sink_rows(sink, rows)`: rows each sink received;
-//! - `eddy_catalog.jobs(name, kind, status, error)`: every running graph and whether it failed;
+//! - `eddy_catalog.jobs(name, kind, status, error, id, progress, definition)`: every running
+//!   graph, whether it failed, and its statement (`SHOW JOBS` reads it);
 //! - `eddy_catalog.operator_state(job, actor, position, operator, rows, bytes)`: the in-memory
 //!   state of each stateful operator instance (joins, top-N), as of its last barrier;
 //! - `eddy_catalog.freshness(p50_ms, p99_ms, samples)`: how long rows read from sources waited
@@ -157,8 +158,15 @@ impl SchemaProvider for SystemSchema {
                     Field::new("kind", DataType::Utf8, false),
                     Field::new("status", DataType::Utf8, false),
                     Field::new("error", DataType::Utf8, true),
+                    Field::new("id", DataType::Int64, false),
+                    Field::new("progress", DataType::Utf8, false),
+                    Field::new("definition", DataType::Utf8, false),
                 ]));
                 let errors: Vec<Option<String>> = jobs.iter().map(|d| status.failed_jobs.get(&d.id).cloned()).collect();
+                // A view's or sink's backfill completes before its CREATE returns, so every
+                // listed job is past it.
+                let progress =
+                    errors.iter().map(|e| if e.is_some() { "stopped" } else { "100%" }.to_string()).collect();
                 table(
                     schema,
                     vec![
@@ -168,6 +176,9 @@ impl SchemaProvider for SystemSchema {
                             errors.iter().map(|e| if e.is_some() { "failed" } else { "running" }.to_string()).collect(),
                         ),
                         Arc::new(StringArray::from(errors)),
+                        Arc::new(Int64Array::from(jobs.iter().map(|d| i64::from(d.id.0)).collect::<Vec<_>>())),
+                        text(progress),
+                        text(jobs.iter().map(|d| d.definition.clone()).collect()),
                     ],
                 )
                 .map(Some)

@@ -198,6 +198,33 @@ asyncio.run(main())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "asyncpg's array type introspection recurses (issue 8, unfinished)"]
+async fn asyncpg_arrays() -> Result<()> {
+    let server = TestServer::start()?;
+    seed(&server).await?;
+    // Array results and parameters: asyncpg decodes them by the element type the server
+    // reports (and introspects types it does not know), so a wrong OID breaks decoding.
+    let script = r#"
+import sys, asyncio, asyncpg
+async def main():
+    conn = await asyncpg.connect(host="127.0.0.1", port=int(sys.argv[2]), user="root", database="dev")
+    ids = await conn.fetchval("SELECT array_agg(id ORDER BY id) FROM orders")
+    assert ids == [1, 2], ids
+    statuses = await conn.fetchval("SELECT array_agg(status ORDER BY id) FROM orders")
+    assert statuses == ["paid", "paid"], statuses
+    assert await conn.fetchval("SELECT ARRAY[1.5, 2.5]::float8[]") == [1.5, 2.5]
+    assert await conn.fetchval("SELECT ARRAY[10000000000, 2]") == [10000000000, 2]
+    rows = await conn.fetch("SELECT id FROM orders WHERE id = ANY($1::int[]) ORDER BY id", [2, 5])
+    assert [r["id"] for r in rows] == [2], rows
+    assert await conn.fetchval("SELECT cardinality($1::text[])", ["a", "b", "c"]) == 3
+    await conn.close()
+    print("ok")
+asyncio.run(main())
+"#;
+    run_python(&server, "asyncpg arrays", script)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy_reflection() -> Result<()> {
     let server = TestServer::start()?;
     seed(&server).await?;
@@ -209,8 +236,15 @@ insp = inspect(engine)
 assert insp.get_table_names() == ["orders"], insp.get_table_names()
 assert "paid" in insp.get_view_names(), insp.get_view_names()
 assert "revenue" in insp.get_materialized_view_names(), insp.get_materialized_view_names()
-# Column reflection (get_columns) uses correlated subqueries inside CASE that Eddy cannot
-# plan yet; the columns are checked through a query's description instead.
+columns = [(c["name"], str(c["type"]), c["nullable"], c["default"]) for c in insp.get_columns("orders")]
+assert columns == [
+    ("id", "INTEGER", False, None),
+    ("customer", "INTEGER", False, None),
+    ("amount", "NUMERIC", True, None),
+    ("status", "TEXT", True, None),
+], columns
+assert [c["name"] for c in insp.get_columns("revenue")] == ["customer", "n", "total"]
+# get_pk_constraint: pg_index.indkey is not an array yet, so unnest() fails (unfinished).
 with engine.connect() as conn:
     rows = conn.execute(text("SELECT customer, n FROM revenue WHERE customer = :c"), {"c": 7}).all()
     assert rows == [(7, 2)], rows
@@ -375,4 +409,93 @@ print("ok")
     let err = client.query("SHOW no_such_setting", &[]).await.err().context("unknown setting")?;
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42704"), "{err}");
     Ok(())
+}
+
+/// psql as `user` with `password`; whether it succeeded, and its output and errors.
+fn psql_as(server: &TestServer, user: &str, password: &str, command: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", user, "-d", "dev", "-X", "-w"])
+        .args(["-c", command])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output();
+    match out {
+        Ok(o) => (
+            o.status.success() && o.stderr.is_empty(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_passwords_with_psql_and_psycopg() -> Result<()> {
+    let mut server = TestServer::start()?;
+    seed(&server).await?;
+    // Users are made under the default trust authentication, then the server is restarted
+    // with passwords required: they must have been stored durably.
+    let client = server.connect().await?;
+    client.batch_execute("CREATE USER alice PASSWORD 's3cret w0rd'; CREATE ROLE bob WITH LOGIN").await?;
+    let err = client.batch_execute("CREATE USER alice").await.err().context("duplicate user")?;
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42710"), "{err}");
+    client.batch_execute("ALTER USER bob WITH PASSWORD 'builder'; CREATE USER carol; DROP USER carol").await?;
+    let roles: Vec<String> = client
+        .query("SELECT rolname FROM pg_catalog.pg_roles ORDER BY rolname", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(roles, vec!["alice", "bob", "root"]);
+    let out = psql(&server, &["\\du"])?;
+    assert!(out.contains("alice") && out.contains("bob"), "\\du:\n{out}");
+    drop(client);
+    // Only a salted verifier is stored, never the password.
+    for entry in std::fs::read_dir(server.data_dir())?.flatten() {
+        if let Ok(bytes) = std::fs::read(entry.path()) {
+            let found = bytes.windows(b"s3cret w0rd".len()).any(|w| w == b"s3cret w0rd");
+            assert!(!found, "the password is stored in {}", entry.path().display());
+        }
+    }
+
+    server.restart_with(&["--auth", "scram"])?;
+
+    let (ok, out) = psql_as(&server, "alice", "s3cret w0rd", "SELECT customer, n FROM revenue");
+    assert!(ok && out.contains("7 |"), "psql with a password:\n{out}\n{}", server.log());
+    let (ok, out) = psql_as(&server, "bob", "builder", "\\du");
+    assert!(ok && out.contains("alice"), "\\du as bob:\n{out}");
+    // Wrong password, unknown user, and a user without a password all fail the same way.
+    for (user, password) in [("alice", "s3cret"), ("mallory", "x"), ("root", "x")] {
+        let (ok, out) = psql_as(&server, user, password, "SELECT 1");
+        assert!(!ok && out.contains("password authentication failed"), "{user}: {out}");
+    }
+
+    // tokio-postgres sees SQLSTATE 28P01.
+    let url = |user: &str, password: &str| {
+        format!("host=127.0.0.1 port={} user={user} password='{password}' dbname=dev", server.port)
+    };
+    let err = tokio_postgres::connect(&url("alice", "nope"), tokio_postgres::NoTls).await.err().context("wrong")?;
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("28P01"), "{err}");
+    let (good, connection) = tokio_postgres::connect(&url("alice", "s3cret w0rd"), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let n: i64 = good.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
+    assert_eq!(n, 2);
+
+    let script = r#"
+import sys, psycopg
+port = sys.argv[2]
+dsn = f"host=127.0.0.1 port={port} dbname=dev"
+with psycopg.connect(dsn, user="alice", password="s3cret w0rd") as conn:
+    assert conn.execute("SELECT n FROM revenue WHERE customer = 7").fetchone()[0] == 2
+    conn.execute("ALTER USER alice PASSWORD 'rotated'")
+    conn.commit()
+try:
+    psycopg.connect(dsn, user="alice", password="s3cret w0rd")
+    raise SystemExit("the old password still works")
+except psycopg.OperationalError as e:
+    assert "password authentication failed" in str(e), str(e)
+with psycopg.connect(dsn, user="alice", password="rotated") as conn:
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+print("ok")
+"#;
+    run_python(&server, "psycopg 3 with a password", script)
 }

@@ -96,12 +96,32 @@ pub struct RowsBuilder {
     lsns: Vec<u64>,
     /// Rows already known to be unreadable, with why.
     bad: Vec<Option<String>>,
+    /// The connector named in bad-record messages, and how it prints a row's position.
+    origin: &'static str,
+    format_position: fn(u64) -> String,
+}
+
+fn lsn_position(lsn: u64) -> String {
+    format!("LSN {}", format_lsn(lsn))
 }
 
 impl RowsBuilder {
     pub fn new(schema: SchemaRef) -> Self {
+        Self::with_origin(schema, "postgres-cdc", lsn_position)
+    }
+
+    /// A builder whose bad-record messages name `origin` and print positions with
+    /// `format_position`.
+    pub fn with_origin(schema: SchemaRef, origin: &'static str, format_position: fn(u64) -> String) -> Self {
         let columns = schema.fields().iter().map(|f| new_column(f.data_type())).collect();
-        Self { schema, columns, weights: Vec::new(), lsns: Vec::new(), bad: Vec::new() }
+        Self { schema, columns, weights: Vec::new(), lsns: Vec::new(), bad: Vec::new(), origin, format_position }
+    }
+
+    /// Marks the row added last as unreadable (it is counted and left out by `finish`).
+    pub fn mark_last_bad(&mut self, why: String) {
+        if let Some(slot) = self.bad.last_mut() {
+            slot.get_or_insert(why);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -201,8 +221,9 @@ impl RowsBuilder {
             for (row, why) in bad.iter().enumerate() {
                 if let Some(why) = why {
                     stats.bad_record(format!(
-                        "postgres-cdc table {table}: row at LSN {} cannot be decoded: {why}",
-                        format_lsn(lsns[row])
+                        "{} table {table}: row at {} cannot be decoded: {why}",
+                        self.origin,
+                        (self.format_position)(lsns[row])
                     ));
                 }
             }

@@ -22,12 +22,33 @@ pub struct CdcProgress {
     /// False once a row could not be decoded or the stream stopped on an error.
     pub healthy: bool,
     pub last_error: Option<String>,
+    /// Positions of upstreams that have no LSN (a MySQL binlog `file:offset`), shown instead
+    /// of `confirmed_lsn` / `server_lsn`.
+    pub confirmed_text: Option<String>,
+    pub server_text: Option<String>,
 }
 
 impl CdcProgress {
     /// Bytes of WAL the slot retains beyond what is acknowledged.
     pub fn slot_lag_bytes(&self) -> u64 {
+        if self.confirmed_text.is_some() || self.server_text.is_some() {
+            return mysql_lag(self.confirmed_text.as_deref(), self.server_text.as_deref());
+        }
         self.server_lsn.saturating_sub(self.confirmed_lsn)
+    }
+}
+
+/// Bytes between two `file:offset` binlog positions in the same file; across files, the
+/// offset in the newer one (a lower bound).
+fn mysql_lag(confirmed: Option<&str>, server: Option<&str>) -> u64 {
+    let split = |p: &str| {
+        let p = p.split('+').next().unwrap_or(p);
+        p.rsplit_once(':').and_then(|(f, o)| o.parse::<u64>().ok().map(|o| (f.to_string(), o)))
+    };
+    match (confirmed.and_then(split), server.and_then(split)) {
+        (Some((cf, co)), Some((sf, so))) if cf == sf => so.saturating_sub(co),
+        (_, Some((_, so))) => so,
+        _ => 0,
     }
 }
 

@@ -40,7 +40,11 @@ pub enum Envelope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Json,
-    Csv { delimiter: u8 },
+    Csv {
+        delimiter: u8,
+    },
+    /// Confluent schema-registry Avro, transcoded to JSON (see [`super::avro`]).
+    Avro,
 }
 
 /// Kafka metadata a source can expose as columns (`INCLUDE key AS k`).
@@ -102,6 +106,9 @@ struct Pending {
     timestamp_ms: Option<i64>,
     key: Option<(usize, usize)>,
     payload: Option<(usize, usize)>,
+    /// Avro: the key (tombstones only) and payload transcoded to JSON, what is decoded.
+    json_key: Option<(usize, usize)>,
+    json_payload: Option<(usize, usize)>,
 }
 
 /// Decodes batches of records of one source into its declared columns.
@@ -121,6 +128,8 @@ pub struct RecordDecoder {
     bytes: Vec<u8>,
     pending: Vec<Pending>,
     bad: Vec<BadRecord>,
+    /// `ENCODE AVRO`: the writer schemas by id.
+    registry: Option<super::avro::SchemaRegistry>,
 }
 
 fn field_list(schema: &Schema) -> Fields {
@@ -173,8 +182,8 @@ impl RecordDecoder {
             outer.push(Field::new("payload", DataType::Struct(inner), true));
             Arc::new(Schema::new(outer))
         });
-        if envelope == Envelope::Debezium && !matches!(encoding, Encoding::Json) {
-            return Err(ConnectorError::InvalidOption("FORMAT DEBEZIUM needs ENCODE JSON".into()));
+        if envelope == Envelope::Debezium && !matches!(encoding, Encoding::Json | Encoding::Avro) {
+            return Err(ConnectorError::InvalidOption("FORMAT DEBEZIUM needs ENCODE JSON or AVRO".into()));
         }
         let decoder = Self {
             envelope,
@@ -187,6 +196,7 @@ impl RecordDecoder {
             bytes: Vec::new(),
             pending: Vec::new(),
             bad: Vec::new(),
+            registry: None,
         };
         // Building a decoder checks that every column type can be decoded.
         decoder.check_types()?;
@@ -196,7 +206,7 @@ impl RecordDecoder {
     fn check_types(&self) -> Result<()> {
         let schema = self.envelope_schema.clone().unwrap_or_else(|| self.value_schema.clone());
         match self.encoding {
-            Encoding::Json => {
+            Encoding::Json | Encoding::Avro => {
                 arrow::json::ReaderBuilder::new(schema).build_decoder().map_err(|e| {
                     ConnectorError::Schema(format!("the declared columns cannot be decoded from JSON: {e}"))
                 })?;
@@ -214,6 +224,13 @@ impl RecordDecoder {
             }
         }
         Ok(())
+    }
+
+    /// Sets the schema registry `ENCODE AVRO` reads writer schemas from.
+    #[must_use]
+    pub fn with_registry(mut self, registry: super::avro::SchemaRegistry) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Records buffered and not yet decoded.
@@ -262,12 +279,32 @@ impl RecordDecoder {
         };
         let key = r.key.map(&mut span);
         let payload = r.payload.map(&mut span);
+        let (mut json_key, mut json_payload) = (None, None);
+        if let Some(registry) = self.registry.as_mut() {
+            // The key is decoded only for tombstones; the value always.
+            let (input, slot) = match r.payload {
+                Some(p) => (p, &mut json_payload),
+                None => (r.key.unwrap_or_default(), &mut json_key),
+            };
+            let start = self.bytes.len();
+            match registry.to_json(input, &mut self.bytes) {
+                Ok(()) => *slot = Some((start, self.bytes.len())),
+                Err(reason) => {
+                    let reason = if r.payload.is_some() { reason } else { format!("record key: {reason}") };
+                    self.bytes.truncate(key.or(payload).map_or(self.bytes.len(), |(s, _)| s));
+                    self.bad_record(r, reason);
+                    return;
+                }
+            }
+        }
         self.pending.push(Pending {
             partition: r.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
             key,
             payload,
+            json_key,
+            json_payload,
         });
     }
 
@@ -286,7 +323,7 @@ impl RecordDecoder {
         // (record index, true when decoded from the key)
         let mut sources: Vec<(usize, bool)> = Vec::new();
         for (i, p) in pending.iter().enumerate() {
-            match slice(p.payload) {
+            match slice(p.json_payload.or(p.payload)) {
                 Some(v) => {
                     sources.push((i, false));
                     values.push(v);
@@ -294,16 +331,18 @@ impl RecordDecoder {
                 None => {
                     // Only upsert tombstones reach here, and they carry a key.
                     sources.push((i, true));
-                    keys.push(slice(p.key).unwrap_or_default());
+                    keys.push(slice(p.json_key.or(p.key)).unwrap_or_default());
                 }
             }
         }
         let schema = self.envelope_schema.clone().unwrap_or_else(|| self.value_schema.clone());
-        let (value_rows, value_ok) = decode_many(self.encoding, &schema, &values)?;
+        // Avro records were transcoded to JSON when pushed.
+        let encoding = if self.encoding == Encoding::Avro { Encoding::Json } else { self.encoding };
+        let (value_rows, value_ok) = decode_many(encoding, &schema, &values)?;
         let (key_rows, key_ok) = if keys.is_empty() {
             (RecordBatch::new_empty(self.value_schema.clone()), Vec::new())
         } else {
-            decode_many(self.encoding, &self.value_schema, &keys)?
+            decode_many(encoding, &self.value_schema, &keys)?
         };
         // Map each record to its row in the decoded batches (bad ones to None).
         let mut value_index = Vec::with_capacity(value_ok.len());
@@ -522,7 +561,7 @@ fn decode_many(
 /// Decodes exactly one row from each input, or fails.
 fn decode_all(encoding: Encoding, schema: &SchemaRef, inputs: &[&[u8]]) -> std::result::Result<RecordBatch, String> {
     let batch = match encoding {
-        Encoding::Json => {
+        Encoding::Json | Encoding::Avro => {
             let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
                 .with_batch_size(inputs.len() + 1)
                 .with_coerce_primitive(true)

@@ -21,6 +21,7 @@
 //! `eddy_catalog.source_splits`, logged with topic/partition/offset, optionally copied to
 //! `dead_letter.topic`, and skipped.
 
+pub mod avro;
 pub mod decode;
 mod reader;
 pub mod sink;
@@ -84,6 +85,8 @@ pub struct KafkaOptions {
     pub max_record_bytes: usize,
     pub envelope: Envelope,
     pub encoding: Encoding,
+    /// `ENCODE AVRO (schema.registry = '...')`: the registry URL(s).
+    pub schema_registry: Option<String>,
     /// Column name → the Kafka metadata it holds.
     pub meta: HashMap<String, MetaColumn>,
 }
@@ -142,7 +145,7 @@ impl KafkaOptions {
             Some(v) => v.trim().parse().map_err(|_| invalid(format!("record.max.bytes = '{v}' is not a number")))?,
         };
         let format = format.ok_or_else(|| {
-            invalid("connector kafka needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON | CSV after WITH (...)")
+            invalid("connector kafka needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON | CSV | AVRO after WITH (...)")
         })?;
         let envelope = match format.format.to_ascii_uppercase().as_str() {
             "PLAIN" => Envelope::Plain,
@@ -160,12 +163,25 @@ impl KafkaOptions {
                 };
                 Encoding::Csv { delimiter }
             }
-            other => return Err(invalid(format!("ENCODE {other}: expected JSON or CSV"))),
+            "AVRO" => Encoding::Avro,
+            other => return Err(invalid(format!("ENCODE {other}: expected JSON, CSV or AVRO"))),
         };
         for key in format.options.keys() {
-            if !(matches!(encoding, Encoding::Csv { .. }) && key == "delimiter") {
+            let known = match encoding {
+                Encoding::Csv { .. } => key == "delimiter",
+                Encoding::Avro => key == "schema.registry",
+                Encoding::Json => false,
+            };
+            if !known {
                 return Err(invalid(format!("unknown ENCODE option \"{key}\"")));
             }
+        }
+        let schema_registry = format.options.get("schema.registry").cloned();
+        if encoding == Encoding::Avro {
+            let url = schema_registry
+                .as_deref()
+                .ok_or_else(|| invalid("ENCODE AVRO needs (schema.registry = 'http://host:port')"))?;
+            avro::SchemaRegistry::new(url).map_err(invalid)?;
         }
         let mut meta = HashMap::new();
         for m in MetaColumn::ALL {
@@ -182,6 +198,7 @@ impl KafkaOptions {
             max_record_bytes,
             envelope,
             encoding,
+            schema_registry,
             meta,
         })
     }
@@ -209,7 +226,11 @@ impl KafkaOptions {
                 )));
             }
         }
-        RecordDecoder::new(self.envelope, self.encoding, declared, meta, self.max_record_bytes)
+        let decoder = RecordDecoder::new(self.envelope, self.encoding, declared, meta, self.max_record_bytes)?;
+        Ok(match &self.schema_registry {
+            Some(url) => decoder.with_registry(avro::SchemaRegistry::new(url).map_err(invalid)?),
+            None => decoder,
+        })
     }
 }
 

@@ -442,6 +442,9 @@ impl Worker {
 
     fn producer(&mut self) -> Result<&BaseProducer> {
         if self.producer.is_none() {
+            if self.options.exactly_once {
+                self.ensure_progress_topic()?;
+            }
             let mut config = self.options.client_config();
             config.set("enable.idempotence", "true");
             if self.options.exactly_once {
@@ -464,6 +467,53 @@ impl Worker {
     }
 
     /// The last epoch this sink actor's committed transactions recorded.
+    /// Creates the progress topic (one partition, compacted) when the broker does not have
+    /// it, so an exactly-once sink needs no manual setup and no broker-side auto-creation
+    /// (which would pick the broker's default partition count and cleanup policy).
+    fn ensure_progress_topic(&self) -> Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        use rdkafka::types::RDKafkaErrorCode;
+        let topic = self.options.progress_topic.as_str();
+        let mut config = self.options.client_config();
+        config.set("allow.auto.create.topics", "false");
+        let probe: BaseConsumer =
+            config.create().map_err(|e| invalid(format!("invalid Kafka client settings: {e}")))?;
+        let metadata = probe
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|e| ConnectorError::External(format!("cannot read metadata of \"{topic}\": {e}")))?;
+        let exists = metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none());
+        if exists {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .options
+            .client_config()
+            .create()
+            .map_err(|e| invalid(format!("invalid Kafka client settings: {e}")))?;
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+        let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ConnectorError::External(format!("cannot start a runtime for topic creation: {e}")))?;
+        let results = runtime
+            .block_on(admin.create_topics([&new], &options))
+            .map_err(|e| ConnectorError::External(format!("cannot create the progress topic \"{topic}\": {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, e)) => {
+                    return Err(ConnectorError::External(format!(
+                        "cannot create the progress topic \"{topic}\": {e} (create it with one partition)"
+                    )));
+                }
+            }
+        }
+        tracing::info!(%topic, "created the Kafka sink progress topic");
+        Ok(())
+    }
+
     fn read_progress(&self) -> Result<u64> {
         let mut config = self.options.client_config();
         config.set("isolation.level", "read_committed");

@@ -1,0 +1,332 @@
+//! The Kafka session of the README against a real broker process: Tansu, a Kafka-protocol
+//! broker, started on a loopback port by this test (scripts/setup-kafka.sh installs it). A
+//! real rdkafka producer writes JSON bids and a Debezium customer stream with creates, an
+//! update and a delete; Eddy (the real binary, killed with `kill -9` once mid-stream) reads
+//! them into a source with a watermark and a table, maintains a join + aggregate view and an
+//! aggregate view, and sinks the latter to a topic as upserts. The views are read over pgwire
+//! and compared with a recomputation of the same data, and the sink topic is consumed back.
+//!
+//! The test fails (it does not skip) when Tansu is missing: CI installs it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use eddy_sql_tests::{TestServer, free_port};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// The Tansu binary: `$EDDY_TANSU`, else where scripts/setup-kafka.sh links it.
+fn tansu_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("EDDY_TANSU") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = match std::env::var("EDDY_TANSU_ROOT") {
+        Ok(r) => PathBuf::from(r),
+        Err(_) => PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache/eddy-tansu"),
+    };
+    let bin = root.join("tansu");
+    if !bin.is_file() {
+        bail!("Tansu is not installed at {} (run scripts/setup-kafka.sh, or set EDDY_TANSU)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A Tansu broker process with in-memory storage; killed when dropped.
+struct Tansu {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Tansu {
+    fn start() -> Result<Self> {
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut child = Command::new(tansu_binary()?)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tansu")?;
+        // Keep draining its output so the broker never blocks on a full pipe.
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || BufReader::new(out).lines().for_each(drop));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("tansu exited at start with {status}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("tansu did not listen on port {port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, bootstrap: format!("127.0.0.1:{port}") })
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &options).await? {
+        if let Err((topic, e)) = result {
+            bail!("creating topic {topic}: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn producer(bootstrap: &str) -> Result<BaseProducer> {
+    Ok(ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create()?)
+}
+
+fn send(p: &BaseProducer, topic: &str, partition: Option<i32>, value: &str) -> Result<()> {
+    let mut record = BaseRecord::<str, str>::to(topic).payload(value);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    loop {
+        match p.send(record) {
+            Ok(()) => break,
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                p.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+    p.poll(Duration::ZERO);
+    Ok(())
+}
+
+async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
+    let mut out = Vec::new();
+    for m in client.simple_query(sql).await.with_context(|| sql.to_string())? {
+        if let SimpleQueryMessage::Row(r) = m {
+            out.push((0..r.len()).map(|i| eddy_sql_tests::cell_text(r.get(i))).collect());
+        }
+    }
+    Ok(out)
+}
+
+async fn wait_for(client: &Client, sql: &str, want: &[Vec<String>], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = rows(client, sql).await?;
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{sql}: expected {want:?}, got {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Bid `i`: (auction, bidder, price); its event time grows by 1 ms per bid.
+fn bid(i: i64) -> (i64, i64, i64) {
+    (i % 11, i % 6, (i * 37) % 1000)
+}
+
+fn bid_json(i: i64) -> String {
+    let (auction, bidder, price) = bid(i);
+    let ms = i % 1000;
+    let s = i / 1000;
+    format!(
+        "{{\"auction\":{auction},\"bidder\":{bidder},\"price\":{price},\
+         \"date_time\":\"2026-01-01 00:{:02}:{:02}.{ms:03}\"}}",
+        s / 60,
+        s % 60
+    )
+}
+
+/// The final customers: id → tier (after the update of 2 and the delete of 3).
+fn final_tiers() -> BTreeMap<i64, &'static str> {
+    BTreeMap::from([(1, "silver"), (2, "silver"), (4, "gold"), (5, "silver")])
+}
+
+/// Every record of partition 0 of `topic` as (key, value), until `done` holds and the topic
+/// has been quiet for 2 s (or 60 s pass).
+fn consume(
+    bootstrap: &str,
+    topic: &str,
+    done: impl Fn(&[(Option<String>, Option<String>)]) -> bool,
+) -> Result<Vec<(Option<String>, Option<String>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "eddy-broker-test-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&list)?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+                out.push((text(m.key()), text(m.payload())));
+                quiet_since = Instant::now();
+            }
+            Some(Err(e)) => bail!("consuming {topic}: {e}"),
+            None => {
+                if done(&out) && quiet_since.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_session_against_a_broker_process() -> Result<()> {
+    let broker = Tansu::start()?;
+    let bootstrap = broker.bootstrap.clone();
+    create_topics(&bootstrap, &[("bids", 3), ("customers", 1), ("top_bids", 1)]).await?;
+    // The sink's progress topic is left to Eddy to create.
+    let p = producer(&bootstrap)?;
+    let mut server = TestServer::start_with(&["--barrier-interval-ms", "100", "--checkpoint-interval-ms", "300"])?;
+    let client = server.connect().await?;
+
+    // A topic the broker does not have is named at CREATE.
+    let err = client
+        .simple_query(&format!(
+            "CREATE SOURCE nothing (a INT) WITH (connector = 'kafka', topic = 'no_such_topic', \
+             properties.bootstrap.server = '{bootstrap}', properties.allow.auto.create.topics = 'false') \
+             FORMAT PLAIN ENCODE JSON"
+        ))
+        .await
+        .err()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default();
+    assert!(err.contains("no_such_topic"), "{err}");
+
+    let with =
+        |topic: &str| format!("connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{bootstrap}'");
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP,
+                                 WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+               WITH ({}, scan.startup.mode = 'earliest') FORMAT PLAIN ENCODE JSON;
+             CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR, tier VARCHAR)
+               WITH ({}) FORMAT DEBEZIUM ENCODE JSON;
+             CREATE MATERIALIZED VIEW top_bids AS
+               SELECT auction, max(price) AS top, count(*) AS n FROM bids GROUP BY auction;
+             CREATE MATERIALIZED VIEW by_tier AS
+               SELECT c.tier, count(*) AS n, sum(b.price) AS total
+               FROM bids b JOIN customers c ON b.bidder = c.id GROUP BY c.tier;
+             CREATE SINK top_bids_out FROM top_bids WITH ({}, primary_key = 'auction')
+               FORMAT UPSERT ENCODE JSON;",
+            with("bids"),
+            with("customers"),
+            with("top_bids"),
+        ))
+        .await?;
+
+    // Debezium customers: creates, an update (2: gold → silver) and a delete (3).
+    let customer = |id: i64, tier: &str| format!("{{\"id\":{id},\"name\":\"c{id}\",\"tier\":\"{tier}\"}}");
+    for id in 1..=5 {
+        let after = customer(id, if id % 2 == 0 { "gold" } else { "silver" });
+        send(&p, "customers", None, &format!("{{\"before\":null,\"after\":{after},\"op\":\"c\"}}"))?;
+    }
+    let update = format!("{{\"before\":{},\"after\":{},\"op\":\"u\"}}", customer(2, "gold"), customer(2, "silver"));
+    send(&p, "customers", None, &update)?;
+    send(&p, "customers", None, &format!("{{\"before\":{},\"after\":null,\"op\":\"d\"}}", customer(3, "silver")))?;
+    p.flush(Duration::from_secs(10))?;
+
+    // Bids over three partitions, with a kill -9 of Eddy halfway.
+    let total = 4000i64;
+    for i in 0..total {
+        send(&p, "bids", Some((i % 3) as i32), &bid_json(i))?;
+        if i % 500 == 499 {
+            p.flush(Duration::from_secs(10))?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if i == total / 2 {
+            p.flush(Duration::from_secs(10))?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            server.kill();
+            server.restart()?;
+        }
+    }
+    p.flush(Duration::from_secs(10))?;
+    let client = server.connect().await?;
+
+    // The recomputation of both views from the data sent.
+    let mut top: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut tiers: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let customers = final_tiers();
+    for i in 0..total {
+        let (auction, bidder, price) = bid(i);
+        let t = top.entry(auction).or_insert((i64::MIN, 0));
+        t.0 = t.0.max(price);
+        t.1 += 1;
+        if let Some(tier) = customers.get(&bidder) {
+            let g = tiers.entry(tier).or_default();
+            g.0 += 1;
+            g.1 += price;
+        }
+    }
+    let want_top: Vec<Vec<String>> =
+        top.iter().map(|(a, (m, n))| vec![a.to_string(), m.to_string(), n.to_string()]).collect();
+    let want_tiers: Vec<Vec<String>> =
+        tiers.iter().map(|(t, (n, s))| vec![t.to_string(), n.to_string(), s.to_string()]).collect();
+    let want_customers = vec![
+        vec!["1".to_string(), "c1".into(), "silver".into()],
+        vec!["2".into(), "c2".into(), "silver".into()],
+        vec!["4".into(), "c4".into(), "gold".into()],
+        vec!["5".into(), "c5".into(), "silver".into()],
+    ];
+    wait_for(&client, "SELECT * FROM customers ORDER BY id", &want_customers, Duration::from_secs(60)).await?;
+    wait_for(&client, "SELECT * FROM top_bids ORDER BY auction", &want_top, Duration::from_secs(90)).await?;
+    wait_for(&client, "SELECT * FROM by_tier ORDER BY tier", &want_tiers, Duration::from_secs(30)).await?;
+    wait_for(
+        &client,
+        "SELECT coalesce(sum(bad_records), 0) FROM eddy_catalog.source_splits",
+        &[vec!["0".into()]],
+        Duration::from_secs(5),
+    )
+    .await?;
+
+    // The sink topic, consumed back: the last record of each key is the view's row.
+    let expected: BTreeMap<String, String> = top
+        .iter()
+        .map(|(a, (m, n))| (format!("{{\"auction\":{a}}}"), format!("{{\"auction\":{a},\"top\":{m},\"n\":{n}}}")))
+        .collect();
+    let last_per_key = |records: &[(Option<String>, Option<String>)]| {
+        let mut last = BTreeMap::new();
+        for (k, v) in records {
+            last.insert(k.clone().unwrap_or_default(), v.clone().unwrap_or_default());
+        }
+        last
+    };
+    let records = consume(&bootstrap, "top_bids", |r| last_per_key(r) == expected)?;
+    assert_eq!(last_per_key(&records), expected, "the sink topic's last record per key");
+    Ok(())
+}
