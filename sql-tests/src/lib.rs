@@ -4,6 +4,7 @@
 //! Tests find the binary next to their own executable (`target/<profile>/eddy`), which
 //! `cargo test --workspace` builds, or at `$EDDY_BIN`.
 
+pub mod kafka;
 pub mod slt;
 
 use std::net::TcpListener;
@@ -196,4 +197,30 @@ impl Drop for TestServer {
 /// Renders a result row value as text the way the tests compare them.
 pub fn cell_text(v: Option<&str>) -> String {
     v.map(str::to_string).unwrap_or_else(|| "NULL".to_string())
+}
+
+/// Runs `sql` and returns its rows as text (`NULL` for nulls), in the order the server sent them.
+pub async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
+    let mut out = Vec::new();
+    for m in client.simple_query(sql).await.with_context(|| sql.to_string())? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            out.push((0..r.len()).map(|i| cell_text(r.get(i))).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until `sql` returns `want`, or fails with what it returned last.
+pub async fn wait_for(client: &Client, sql: &str, want: &[Vec<String>], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = rows(client, sql).await?;
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{sql}: expected {want:?}, got {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -8,65 +8,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use eddy_sql_tests::TestServer;
+use eddy_sql_tests::kafka::{producer, send};
+use eddy_sql_tests::{TestServer, rows, wait_for};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-fn producer(bootstrap: &str) -> Result<BaseProducer> {
-    Ok(ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create()?)
-}
-
-fn send(p: &BaseProducer, topic: &str, partition: Option<i32>, key: Option<&str>, value: Option<&str>) -> Result<()> {
-    let mut record = BaseRecord::<str, str>::to(topic);
-    if let Some(partition) = partition {
-        record = record.partition(partition);
-    }
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    if let Some(v) = value {
-        record = record.payload(v);
-    }
-    loop {
-        match p.send(record) {
-            Ok(()) => break,
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                p.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
-    p.poll(Duration::ZERO);
-    Ok(())
-}
-
-async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
-    let mut out = Vec::new();
-    for m in client.simple_query(sql).await.with_context(|| sql.to_string())? {
-        if let SimpleQueryMessage::Row(r) = m {
-            out.push((0..r.len()).map(|i| eddy_sql_tests::cell_text(r.get(i))).collect());
-        }
-    }
-    Ok(out)
-}
-
-/// Waits until `sql` returns `want`, or fails with what it returned last.
-async fn wait_for(client: &Client, sql: &str, want: &[Vec<String>], timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = rows(client, sql).await?;
-        if got == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{sql}: expected {want:?}, got {got:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn bid_json(i: i64) -> String {
     format!("{{\"auction\": {}, \"price\": {}, \"date_time\": \"2026-01-01 00:00:{:02}\"}}", i % 7, i * 3 % 101, i % 60)

@@ -15,14 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use eddy_sql_tests::{TestServer, free_port};
+use eddy_sql_tests::kafka::{producer, send};
+use eddy_sql_tests::{TestServer, free_port, wait_for};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The Tansu binary: `$EDDY_TANSU`, else where scripts/setup-kafka.sh links it.
 fn tansu_binary() -> Result<PathBuf> {
@@ -96,53 +96,6 @@ async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn producer(bootstrap: &str) -> Result<BaseProducer> {
-    Ok(ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create()?)
-}
-
-fn send(p: &BaseProducer, topic: &str, partition: Option<i32>, value: &str) -> Result<()> {
-    let mut record = BaseRecord::<str, str>::to(topic).payload(value);
-    if let Some(partition) = partition {
-        record = record.partition(partition);
-    }
-    loop {
-        match p.send(record) {
-            Ok(()) => break,
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                p.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
-    p.poll(Duration::ZERO);
-    Ok(())
-}
-
-async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
-    let mut out = Vec::new();
-    for m in client.simple_query(sql).await.with_context(|| sql.to_string())? {
-        if let SimpleQueryMessage::Row(r) = m {
-            out.push((0..r.len()).map(|i| eddy_sql_tests::cell_text(r.get(i))).collect());
-        }
-    }
-    Ok(out)
-}
-
-async fn wait_for(client: &Client, sql: &str, want: &[Vec<String>], timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = rows(client, sql).await?;
-        if got == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{sql}: expected {want:?}, got {got:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Bid `i`: (auction, bidder, price); its event time grows by 1 ms per bid.
@@ -253,17 +206,23 @@ async fn kafka_session_against_a_broker_process() -> Result<()> {
     let customer = |id: i64, tier: &str| format!("{{\"id\":{id},\"name\":\"c{id}\",\"tier\":\"{tier}\"}}");
     for id in 1..=5 {
         let after = customer(id, if id % 2 == 0 { "gold" } else { "silver" });
-        send(&p, "customers", None, &format!("{{\"before\":null,\"after\":{after},\"op\":\"c\"}}"))?;
+        send(&p, "customers", None, None, Some(&format!("{{\"before\":null,\"after\":{after},\"op\":\"c\"}}")))?;
     }
     let update = format!("{{\"before\":{},\"after\":{},\"op\":\"u\"}}", customer(2, "gold"), customer(2, "silver"));
-    send(&p, "customers", None, &update)?;
-    send(&p, "customers", None, &format!("{{\"before\":{},\"after\":null,\"op\":\"d\"}}", customer(3, "silver")))?;
+    send(&p, "customers", None, None, Some(&update))?;
+    send(
+        &p,
+        "customers",
+        None,
+        None,
+        Some(&format!("{{\"before\":{},\"after\":null,\"op\":\"d\"}}", customer(3, "silver"))),
+    )?;
     p.flush(Duration::from_secs(10))?;
 
     // Bids over three partitions, with a kill -9 of Eddy halfway.
     let total = 4000i64;
     for i in 0..total {
-        send(&p, "bids", Some((i % 3) as i32), &bid_json(i))?;
+        send(&p, "bids", Some((i % 3) as i32), None, Some(&bid_json(i)))?;
         if i % 500 == 499 {
             p.flush(Duration::from_secs(10))?;
             tokio::time::sleep(Duration::from_millis(50)).await;
