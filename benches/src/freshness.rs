@@ -1,11 +1,13 @@
 //! `freshness`: how soon a change reaches a `SUBSCRIBE` client, and how fast a point `SELECT`
 //! on a view answers.
 //!
-//! Writers `INSERT` single rows at a steady rate into a table behind a `GROUP BY` view; each
-//! row carries its send time (microseconds since the Unix epoch, same machine), and the view
-//! keeps the newest per key. A subscriber reads `COPY (SUBSCRIBE ...) TO STDOUT`; for every
-//! `+1` row it takes the difference between its arrival and the send time it carries. Then a
-//! prepared `SELECT ... WHERE k = $1` runs against the view's key.
+//! With `--source insert`, writers `INSERT` single rows at a steady rate into a table behind a
+//! `GROUP BY` view; each row carries its send time (microseconds since the Unix epoch, same
+//! machine), and the view keeps the newest per key. With `--source datagen`, a `datagen`
+//! source stamps each row with its generation time and a view keeps every 100th row. A
+//! subscriber reads `COPY (SUBSCRIBE ...) TO STDOUT`; for every `+1` row it takes the
+//! difference between its arrival and the time the row carries (the last column). Then a
+//! prepared `SELECT ... WHERE k = $1` runs against a `GROUP BY` view's key.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,11 +22,31 @@ fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// Where the changes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// Single-row INSERT statements (each returns once durable and visible).
+    Insert,
+    /// The built-in `datagen` generator (changes become visible at the next barrier).
+    Datagen,
+}
+
+/// Datagen rows kept by the subscribed view: one in this many.
+const DATAGEN_SAMPLE: i64 = 100;
+
 /// Runs the benchmark and prints its figures.
 ///
 /// # Errors
 /// When the server cannot be started or a statement fails.
-pub async fn run(seconds: u64, rate: u64, writers: usize, keys: i64, reads: usize, barrier_ms: u64) -> Result<()> {
+pub async fn run(
+    source: Source,
+    seconds: u64,
+    rate: u64,
+    writers: usize,
+    keys: i64,
+    reads: usize,
+    barrier_ms: u64,
+) -> Result<()> {
     let server = Server::start_with(ServeOptions { barrier_ms, ..ServeOptions::default() })?;
     let admin = server.connect().await?;
     admin
@@ -34,13 +56,29 @@ pub async fn run(seconds: u64, rate: u64, writers: usize, keys: i64, reads: usiz
                SELECT k, count(*) AS n, max(sent_us) AS last_sent_us FROM events GROUP BY k;",
         )
         .await?;
+    let subscribed = match source {
+        Source::Insert => "latest",
+        Source::Datagen => {
+            admin
+                .batch_execute(&format!(
+                    "CREATE SOURCE gen (k BIGINT, ts TIMESTAMP) WITH (connector = 'datagen',
+                       fields.k.kind = 'sequence', fields.k.start = '0', datagen.rows.per.second = '{rate}');
+                     CREATE MATERIALIZED VIEW sampled AS
+                       SELECT k, CAST(extract(epoch FROM ts) * 1000000 AS BIGINT) AS generated_us
+                       FROM gen WHERE k % {DATAGEN_SAMPLE} = 0;"
+                ))
+                .await?;
+            "sampled"
+        }
+    };
 
     // The subscriber: one COPY stream, rows parsed as they arrive.
     let subscriber = server.connect().await?;
     let arrivals: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::new()));
     let collected = arrivals.clone();
     let reader = tokio::spawn(async move {
-        let stream = subscriber.copy_out("COPY (SUBSCRIBE latest WITH (SNAPSHOT = false)) TO STDOUT").await?;
+        let stream =
+            subscriber.copy_out(&format!("COPY (SUBSCRIBE {subscribed} WITH (SNAPSHOT = false)) TO STDOUT")).await?;
         futures::pin_mut!(stream);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -51,7 +89,7 @@ pub async fn run(seconds: u64, rate: u64, writers: usize, keys: i64, reads: usiz
                 if fields.get(1) != Some(&"1") {
                     continue;
                 }
-                if let Some(sent) = fields.get(4).and_then(|s| s.parse::<i64>().ok()) {
+                if let Some(sent) = fields.last().and_then(|s| s.parse::<i64>().ok()) {
                     collected.lock().await.push(Duration::from_micros((arrived - sent).max(0) as u64));
                 }
             }
@@ -59,6 +97,11 @@ pub async fn run(seconds: u64, rate: u64, writers: usize, keys: i64, reads: usiz
         anyhow::Ok(())
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if source == Source::Datagen {
+        generate(&admin, &arrivals, seconds, rate).await?;
+        reader.abort();
+        return point_reads(&admin, keys, reads).await;
+    }
 
     // Writers at a steady rate: each sends one row per tick.
     let per_writer = (rate as f64 / writers.max(1) as f64).max(0.001);
@@ -113,7 +156,59 @@ pub async fn run(seconds: u64, rate: u64, writers: usize, keys: i64, reads: usiz
         ms(percentile(&statement, 0.99))
     );
 
-    // Point reads on the view's key.
+    point_reads(&admin, keys, reads).await
+}
+
+/// The datagen run: a generator at `rate` rows/s for `seconds`, a view keeping every
+/// [`DATAGEN_SAMPLE`]th row with its generation time, and the subscriber's arrival times.
+async fn generate(
+    admin: &tokio_postgres::Client,
+    arrivals: &Arc<Mutex<Vec<Duration>>>,
+    seconds: u64,
+    rate: u64,
+) -> Result<()> {
+    let rows_before = generated_rows(admin).await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let generated = generated_rows(admin).await? - rows_before;
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fresh = arrivals.lock().await.clone();
+    fresh.sort();
+    println!(
+        "freshness: datagen at {rate} rows/s asked, {:.0} rows/s generated and processed over {seconds} s",
+        generated as f64 / elapsed
+    );
+    println!(
+        "  generated -> SUBSCRIBE client: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} sampled rows",
+        ms(percentile(&fresh, 0.5)),
+        ms(percentile(&fresh, 0.9)),
+        ms(percentile(&fresh, 0.99)),
+        ms(fresh.last().copied().unwrap_or_default()),
+        fresh.len()
+    );
+    Ok(())
+}
+
+async fn generated_rows(admin: &tokio_postgres::Client) -> Result<i64> {
+    Ok(admin
+        .query_one("SELECT coalesce(sum(rows), 0)::BIGINT FROM eddy_catalog.source_splits WHERE job = 'sampled'", &[])
+        .await?
+        .get(0))
+}
+
+/// Point reads on the `latest` view's key (filled first when the run did not fill it).
+async fn point_reads(admin: &tokio_postgres::Client, keys: i64, reads: usize) -> Result<()> {
+    let filled: i64 = admin.query_one("SELECT count(*) FROM latest", &[]).await?.get(0);
+    if filled == 0 {
+        admin
+            .batch_execute(&format!(
+                "INSERT INTO events SELECT i, i % {}, 0 FROM generate_series(0, {}) AS t(i)",
+                keys.max(1),
+                keys.max(1) * 4 - 1
+            ))
+            .await?;
+    }
     let select = admin.prepare("SELECT n, last_sent_us FROM latest WHERE k = $1").await?;
     let mut reads_taken = Vec::with_capacity(reads);
     for i in 0..reads {

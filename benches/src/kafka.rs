@@ -1,19 +1,25 @@
 //! `eddy-bench kafka`: Nexmark bids through Kafka.
 //!
-//! librdkafka's mock cluster runs in this process (a real Kafka-protocol broker on loopback);
-//! the topic is pre-loaded with `events` Nexmark bids as flat JSON (from Eddy's own
+//! The broker is Tansu, a Kafka-protocol broker process with in-memory storage (installed by
+//! scripts/setup-kafka.sh), or librdkafka's mock cluster in this process for small runs; the
+//! topic is pre-loaded with `events` Nexmark bids as flat JSON (from Eddy's own
 //! generator), then a server consumes them into a view and the time until every record is
 //! counted gives events/s and events/s per core of the server's CPU time. The same query then
 //! runs on the built-in generator for comparison.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use arrow::json::LineDelimitedWriter;
 use eddy_connectors::nexmark::{
     DEFAULT_BASE_TIME_MS, DEFAULT_INTER_EVENT_US, NexmarkConfig, NexmarkGenerator, TableType,
 };
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -21,6 +27,97 @@ use crate::{ServeOptions, Server};
 
 const BID_COLUMNS: &str = "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, \
                            date_time TIMESTAMP, extra VARCHAR";
+
+/// Which Kafka-protocol broker the bench runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broker {
+    Tansu,
+    Mock,
+}
+
+/// librdkafka's mock cluster keeps only the newest few MB of a partition; more than this many
+/// ~250-byte bids per partition would be trimmed before the server reads them.
+const MOCK_MAX_BIDS_PER_PARTITION: u64 = 20_000;
+
+/// A Tansu broker process with in-memory storage; killed when dropped.
+struct Tansu {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Tansu {
+    fn binary() -> Result<PathBuf> {
+        if let Ok(p) = std::env::var("EDDY_TANSU") {
+            return Ok(PathBuf::from(p));
+        }
+        let root = match std::env::var("EDDY_TANSU_ROOT") {
+            Ok(r) => PathBuf::from(r),
+            Err(_) => PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache/eddy-tansu"),
+        };
+        let bin = root.join("tansu");
+        if !bin.exists() {
+            bail!("Tansu is not installed at {} (run scripts/setup-kafka.sh, or set EDDY_TANSU)", bin.display());
+        }
+        Ok(bin)
+    }
+
+    fn start() -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut child = Command::new(Self::binary()?)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tansu")?;
+        // Keep draining its output so the broker never blocks on a full pipe.
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || BufReader::new(out).lines().for_each(drop));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("tansu exited at start with {status}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("tansu did not listen on port {port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, bootstrap: format!("127.0.0.1:{port}") })
+    }
+
+    /// The broker's CPU seconds so far (user + system, from /proc), to tell its share apart.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options).await?
+    {
+        if let Err((topic, e)) = result {
+            bail!("creating topic {topic}: {e}");
+        }
+    }
+    Ok(())
+}
 
 /// Writes `events` bids as JSON records into `topic`, round-robin over its partitions.
 fn preload(bootstrap: &str, topic: &str, partitions: i32, events: u64) -> Result<()> {
@@ -109,19 +206,42 @@ async fn measure(server: &Server, query: &str, events: u64) -> Result<(f64, f64)
 ///
 /// # Errors
 /// When the broker, the server or a statement fails.
-pub async fn run(events: u64, partitions: i32, query: String) -> Result<()> {
+pub async fn run(broker: Broker, events: u64, partitions: i32, query: String) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let cluster = MockCluster::new(1)?;
-    cluster.create_topic("bids", partitions, 1)?;
-    let bootstrap = cluster.bootstrap_servers();
+    // Whichever broker runs lives until the end of this function.
+    let mut tansu = None;
+    let mut mock = None;
+    let bootstrap = match broker {
+        Broker::Tansu => {
+            let t = Tansu::start()?;
+            create_topic(&t.bootstrap, "bids", partitions).await?;
+            let b = t.bootstrap.clone();
+            tansu = Some(t);
+            b
+        }
+        Broker::Mock => {
+            if events > MOCK_MAX_BIDS_PER_PARTITION * partitions as u64 {
+                bail!(
+                    "the mock cluster keeps only ~{MOCK_MAX_BIDS_PER_PARTITION} bids per partition: \
+                     use --broker tansu, fewer --events or more --partitions"
+                );
+            }
+            let cluster = MockCluster::new(1)?;
+            cluster.create_topic("bids", partitions, 1)?;
+            let b = cluster.bootstrap_servers();
+            mock = Some(cluster);
+            b
+        }
+    };
     let loading = Instant::now();
     let (b, n) = (bootstrap.clone(), events);
     tokio::task::spawn_blocking(move || preload(&b, "bids", partitions, n)).await??;
     println!(
-        "Nexmark bids through Kafka (mock cluster in the bench process), {events} bids as JSON in {partitions} partitions \
+        "Nexmark bids through Kafka ({broker:?} broker), {events} bids as JSON in {partitions} partitions \
          (loaded in {:.1} s), {cores} cores; query: {query}",
         loading.elapsed().as_secs_f64()
     );
+    let broker_cpu_before = tansu.as_ref().and_then(Tansu::cpu_seconds);
     println!("{:<22} {:>12} {:>14} {:>10} {:>10}", "source", "events/s", "events/s/core", "cpu s", "wall s");
     let options = ServeOptions { barrier_ms: 100, checkpoint_ms: 1000, memory_limit: None };
 
@@ -146,7 +266,12 @@ pub async fn run(events: u64, partitions: i32, query: String) -> Result<()> {
         );
     };
     row("kafka json", wall, cpu);
+    if let (Some(before), Some(after)) = (broker_cpu_before, tansu.as_ref().and_then(Tansu::cpu_seconds)) {
+        println!("  (the broker used {:.2} cpu s of the same cores while serving the fetches)", after - before);
+    }
     drop(server);
+    drop(tansu);
+    drop(mock);
 
     // The same bids from the built-in generator (it numbers all events; bids are 46 of 50).
     let server = Server::start_with(options)?;

@@ -73,12 +73,16 @@ enum Cmd {
         #[arg(long)]
         memory_limit: Option<String>,
     },
-    /// Freshness of live results: p50/p99 from an INSERT to its change arriving at a
-    /// SUBSCRIBE client at a steady rate, then p50/p99 of a point SELECT by key on the view.
+    /// Freshness of live results: p50/p99 from an INSERT (or a generated row) to its change
+    /// arriving at a SUBSCRIBE client at a steady rate, then p50/p99 of a point SELECT by key
+    /// on a view.
     Freshness {
+        /// Where changes come from: single-row INSERTs, or the datagen generator.
+        #[arg(long, value_enum, default_value_t = freshness::Source::Insert)]
+        source: freshness::Source,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Single-row INSERTs per second over all writers.
+        /// Single-row INSERTs per second over all writers (or generated rows per second).
         #[arg(long, default_value_t = 200)]
         rate: u64,
         #[arg(long, default_value_t = 4)]
@@ -91,9 +95,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         barrier_ms: u64,
     },
-    /// Nexmark bids through Kafka: pre-load a topic (in-process mock cluster) with JSON bids,
-    /// measure consume → view events/s, and compare with the built-in generator.
+    /// Nexmark bids through Kafka: pre-load a topic with JSON bids, measure consume → view
+    /// events/s, and compare with the built-in generator.
     Kafka {
+        /// The broker: `tansu` (a broker process, installed by scripts/setup-kafka.sh) or
+        /// `mock` (librdkafka's in-process mock cluster; it keeps only the newest ~5 MB per
+        /// partition, so it refuses more than 20 K bids per partition).
+        #[arg(long, value_enum, default_value_t = kafka::Broker::Tansu)]
+        broker: kafka::Broker,
         /// Bids to pre-load.
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
@@ -172,13 +181,13 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(recovery(rows, memory_limit))
         }
-        Cmd::Freshness { seconds, rate, writers, keys, reads, barrier_ms } => {
+        Cmd::Freshness { source, seconds, rate, writers, keys, reads, barrier_ms } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(freshness::run(seconds, rate, writers, keys, reads, barrier_ms))
+            rt.block_on(freshness::run(source, seconds, rate, writers, keys, reads, barrier_ms))
         }
-        Cmd::Kafka { events, partitions, query } => {
+        Cmd::Kafka { broker, events, partitions, query } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(kafka::run(events, partitions, query))
+            rt.block_on(kafka::run(broker, events, partitions, query))
         }
         Cmd::Inserts { seconds, writers, batch, keys, rate } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

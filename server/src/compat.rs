@@ -8,8 +8,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, GroupByExpr, Ident,
-    ObjectName, SelectItem, SetExpr, Statement, visit_expressions, visit_expressions_mut,
+    ArrayElemTypeDef, DataType, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
+    GroupByExpr, Ident, ObjectName, SelectItem, SetExpr, Statement, visit_expressions, visit_expressions_mut,
 };
 
 /// (pattern, replacement), both with single spaces.
@@ -38,6 +38,20 @@ const REWRITES: &[(&str, &str)] = &[
     ("information_schema._pg_expandarray(i.indkey) AS KEYS", "unnest(i.indkey) AS KEYS_X"),
     ("(result.KEYS).x", "result.KEYS_X"),
 ];
+
+/// Postgres types to describe for a statement in place of the ones its Arrow types map to:
+/// (by parameter position, by result column name).
+///
+/// asyncpg's type introspection query (asyncpg/introspection.py) is decoded with asyncpg's
+/// two core array codecs, `oid[]` and `text[]`. Eddy's catalog has no `oid` type (object ids
+/// are `int4`), and an `int4[]` there would send asyncpg to introspect `int4[]` with the same
+/// query, forever; so its parameter and its `attrtypoids` column are described as `oid[]`.
+pub fn described_type_overrides(sql: &str) -> (Vec<Option<pgwire::api::Type>>, Vec<(&'static str, pgwire::api::Type)>) {
+    if sql.contains("typeinfo_tree") && sql.contains("any($1::oid[])") {
+        return (vec![Some(pgwire::api::Type::OID_ARRAY)], vec![("attrtypoids", pgwire::api::Type::OID_ARRAY)]);
+    }
+    (vec![], vec![])
+}
 
 fn collapse(sql: &str) -> String {
     sql.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -128,12 +142,17 @@ pub fn aggregate_scalar_subqueries(statement: &mut Statement) {
 /// collation other than the default (`attcollation` is 0).
 const CONSTANT_ATTRIBUTE_COLUMNS: &[&str] = &["atthasdef", "attidentity", "attcollation"];
 
+/// Type kinds (`pg_type.typtype`) no column of Eddy's ever has: domains and composite types.
+const ABSENT_TYPE_KINDS: &[&str] = &["d", "c"];
+
 /// Replaces `CASE WHEN <guard on those columns> THEN (<subquery>) [ELSE NULL] END` with a
 /// typed NULL.
 ///
 /// SQLAlchemy's column reflection guards its correlated subqueries for defaults, identity
-/// options and collations this way; DataFusion cannot plan correlated subqueries inside
-/// `CASE`, and for Eddy's columns every guard is false, so the expression is NULL anyway.
+/// options and collations this way, and asyncpg's type introspection guards the base type of
+/// a domain and the attributes of a composite type by `t.typtype`. DataFusion cannot plan
+/// correlated subqueries inside `CASE`, and for the types and columns Eddy has every guard is
+/// false, so the expression is NULL anyway.
 pub fn drop_unreachable_attribute_branches(statement: &mut Statement) {
     let _ = visit_expressions_mut(statement, |e| -> ControlFlow<()> {
         if let Expr::Case { operand: None, conditions, else_result, .. } = e
@@ -144,11 +163,27 @@ pub fn drop_unreachable_attribute_branches(statement: &mut Statement) {
                 .is_none_or(|r| matches!(r, Expr::Value(v) if v.value == sqlparser::ast::Value::Null))
         {
             let guard = conditions[0].condition.to_string().to_lowercase();
-            if CONSTANT_ATTRIBUTE_COLUMNS.iter().any(|c| guard.contains(c)) {
+            let branch = conditions[0].result.to_string().to_lowercase();
+            let null_type = if CONSTANT_ATTRIBUTE_COLUMNS.iter().any(|c| guard.contains(c)) {
+                Some(DataType::Text)
+            } else if ABSENT_TYPE_KINDS.iter().any(|k| guard.replace(' ', "") == format!("t.typtype='{k}'")) {
+                // asyncpg's type introspection: a domain's base type (an oid), a composite
+                // type's attribute types (oids) or names.
+                Some(if branch.contains("atttypid") {
+                    DataType::Array(ArrayElemTypeDef::SquareBracket(Box::new(DataType::Int(None)), None))
+                } else if branch.contains("attname") {
+                    DataType::Array(ArrayElemTypeDef::SquareBracket(Box::new(DataType::Text), None))
+                } else {
+                    DataType::Int(None)
+                })
+            } else {
+                None
+            };
+            if let Some(data_type) = null_type {
                 *e = Expr::Cast {
                     kind: sqlparser::ast::CastKind::Cast,
                     expr: Box::new(Expr::Value(sqlparser::ast::Value::Null.into())),
-                    data_type: sqlparser::ast::DataType::Text,
+                    data_type,
                     array: false,
                     format: None,
                 };

@@ -19,11 +19,13 @@ pub mod pg;
 pub mod pg_catalog;
 pub mod pg_functions;
 pub mod pg_live;
+pub mod point_read;
 pub mod query;
 pub mod retained;
 pub mod session;
 pub mod show;
 pub mod system;
+pub mod tls;
 pub mod users;
 
 use std::future::Future;
@@ -35,10 +37,18 @@ use tokio::net::TcpListener;
 pub use engine::{Engine, EngineConfig};
 pub use users::AuthMode;
 
-/// How clients connect: authentication.
-#[derive(Debug, Clone, Default)]
+/// How clients connect: authentication, and TLS when the server has a certificate.
+#[derive(Clone, Default)]
 pub struct ConnectOptions {
     pub auth: AuthMode,
+    /// Offered to clients that ask for TLS (see [`tls::acceptor`]); `None` declines it.
+    pub tls: Option<pgwire::tokio::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions").field("auth", &self.auth).field("tls", &self.tls.is_some()).finish()
+    }
 }
 
 /// A second handle on a connection's socket (sharing the same file description), kept by its
@@ -97,7 +107,8 @@ pub async fn serve_with_options(
         metrics_http::spawn(addr, Arc::downgrade(&engine)).await?;
     }
     let listener = TcpListener::bind(listen).await?;
-    tracing::info!(address = %listener.local_addr()?, "eddy is ready for connections");
+    tracing::info!(address = %listener.local_addr()?, tls = connect.tls.is_some(), "eddy is ready for connections");
+    let tls = connect.tls.clone();
     let factory = Arc::new(pg::HandlerFactory::new(engine.clone(), connect.auth));
     tokio::pin!(shutdown);
     loop {
@@ -119,8 +130,9 @@ pub async fn serve_with_options(
                     }
                 };
                 let factory = Arc::new(factory.for_connection(probe));
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, factory).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

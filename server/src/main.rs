@@ -50,6 +50,14 @@ struct Args {
     /// `scram` (SCRAM-SHA-256 passwords of users made with `CREATE USER ... PASSWORD`).
     #[arg(long, value_enum, default_value_t = Auth::Trust)]
     auth: Auth,
+    /// PEM certificate chain (leaf first) to offer TLS to clients with; needs `--tls-key`.
+    /// Clients choose: `sslmode=require` (or `verify-full`) insists, the default `prefer`
+    /// takes TLS when offered.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -84,7 +92,11 @@ fn main() -> anyhow::Result<()> {
              use --auth scram"
         );
     }
-    let connect = eddy_server::ConnectOptions { auth };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(eddy_server::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let connect = eddy_server::ConnectOptions { auth, tls };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(eddy_server::serve_with_options(
         args.listen,

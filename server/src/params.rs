@@ -17,15 +17,27 @@ fn invalid(message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "22P02".into(), message)))
 }
 
-/// Decodes every parameter of `portal`, given the types inferred for them.
+/// Decodes every parameter of `portal`, given the types inferred for them and the Postgres
+/// types described in their place (`described`, where the server overrides the inferred one).
 ///
 /// # Errors
 /// 22P02 when a value does not decode as its type or cannot be cast to the inferred type.
-pub fn decode<S: Clone>(portal: &Portal<S>, inferred: &[Option<DataType>]) -> PgWireResult<ParamValues> {
+pub fn decode<S: Clone>(
+    portal: &Portal<S>,
+    inferred: &[Option<DataType>],
+    described: &[Option<Type>],
+) -> PgWireResult<ParamValues> {
     let mut values = Vec::with_capacity(portal.parameter_len());
     for i in 0..portal.parameter_len() {
         let target = inferred.get(i).cloned().flatten();
-        let declared = portal.statement.parameter_types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
+        let declared = portal
+            .statement
+            .parameter_types
+            .get(i)
+            .cloned()
+            .flatten()
+            .filter(|t| *t != Type::UNKNOWN)
+            .or_else(|| described.get(i).cloned().flatten());
         let pg_type = declared
             .or_else(|| target.as_ref().and_then(|t| arrow_pg::datatypes::into_pg_type(t).ok()))
             .unwrap_or(Type::UNKNOWN);
@@ -70,6 +82,32 @@ fn decode_one<S: Clone>(portal: &Portal<S>, i: usize, pg_type: &Type) -> PgWireR
             ScalarValue::TimestampMicrosecond(t.map(|t| t.timestamp_micros()), Some("+00:00".into()))
         }
         Type::BYTEA => ScalarValue::Binary(portal.parameter::<Vec<u8>>(i, pg_type)?),
+        // Arrays, in either format (asyncpg sends them binary): one-dimensional, as Postgres'
+        // own array parameters nearly always are.
+        Type::BOOL_ARRAY => {
+            list(portal.parameter::<Vec<Option<bool>>>(i, pg_type)?, ScalarValue::Boolean, DataType::Boolean)?
+        }
+        Type::INT2_ARRAY => {
+            list(portal.parameter::<Vec<Option<i16>>>(i, pg_type)?, ScalarValue::Int16, DataType::Int16)?
+        }
+        Type::INT4_ARRAY => {
+            list(portal.parameter::<Vec<Option<i32>>>(i, pg_type)?, ScalarValue::Int32, DataType::Int32)?
+        }
+        Type::INT8_ARRAY => {
+            list(portal.parameter::<Vec<Option<i64>>>(i, pg_type)?, ScalarValue::Int64, DataType::Int64)?
+        }
+        Type::FLOAT4_ARRAY => {
+            list(portal.parameter::<Vec<Option<f32>>>(i, pg_type)?, ScalarValue::Float32, DataType::Float32)?
+        }
+        Type::FLOAT8_ARRAY => {
+            list(portal.parameter::<Vec<Option<f64>>>(i, pg_type)?, ScalarValue::Float64, DataType::Float64)?
+        }
+        Type::OID_ARRAY => {
+            list(portal.parameter::<Vec<Option<u32>>>(i, pg_type)?, ScalarValue::UInt32, DataType::UInt32)?
+        }
+        Type::TEXT_ARRAY | Type::VARCHAR_ARRAY | Type::BPCHAR_ARRAY | Type::NAME_ARRAY => {
+            list(portal.parameter::<Vec<Option<String>>>(i, pg_type)?, ScalarValue::Utf8, DataType::Utf8)?
+        }
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON | Type::JSONB => {
             ScalarValue::Utf8(raw_text(portal, i)?)
         }
@@ -84,6 +122,19 @@ fn decode_one<S: Clone>(portal: &Portal<S>, i: usize, pg_type: &Type) -> PgWireR
             ScalarValue::Utf8(raw_text(portal, i)?)
         }
     })
+}
+
+/// A list value from a decoded array parameter (`None` is a NULL array).
+fn list<T>(
+    values: Option<Vec<Option<T>>>,
+    scalar: impl Fn(Option<T>) -> ScalarValue,
+    element: DataType,
+) -> PgWireResult<ScalarValue> {
+    let Some(values) = values else {
+        return ScalarValue::try_from(DataType::new_list(element, true)).map_err(|e| invalid(e.to_string()));
+    };
+    let scalars: Vec<ScalarValue> = values.into_iter().map(scalar).collect();
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(&scalars, &element)))
 }
 
 fn raw_text<S: Clone>(portal: &Portal<S>, i: usize) -> PgWireResult<Option<String>> {

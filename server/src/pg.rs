@@ -460,6 +460,11 @@ pub struct Prepared {
     param_types: Vec<Option<DataType>>,
     /// Columns of the rows it returns (queries, SHOW, ...), under their Postgres names.
     result: Option<SchemaRef>,
+    /// Postgres types described in place of the ones the Arrow types map to (by parameter
+    /// position, by result column name), for the few client queries that need Postgres'
+    /// exact types (see [`crate::compat::described_type_overrides`]).
+    param_overrides: Vec<Option<Type>>,
+    column_overrides: Vec<(&'static str, Type)>,
 }
 
 pub struct EddyQueryParser {
@@ -485,6 +490,8 @@ impl QueryParser for EddyQueryParser {
                 plan: None,
                 param_types: vec![],
                 result: None,
+                param_overrides: vec![],
+                column_overrides: vec![],
             }));
         }
         let mut statements = parse(sql).map_err(|e| to_pg_error(&e, sql))?;
@@ -501,7 +508,16 @@ impl QueryParser for EddyQueryParser {
             ));
         }
         let statement = statements.remove(0);
-        let mut prepared = Prepared { live: None, statement: None, plan: None, param_types: vec![], result: None };
+        let (param_overrides, column_overrides) = crate::compat::described_type_overrides(sql);
+        let mut prepared = Prepared {
+            live: None,
+            statement: None,
+            plan: None,
+            param_types: vec![],
+            result: None,
+            param_overrides,
+            column_overrides,
+        };
         match &statement.statement {
             EddyStatement::Sql(stmt) => match stmt.as_ref() {
                 sqlparser::ast::Statement::Query(q) => {
@@ -553,31 +569,49 @@ impl QueryParser for EddyQueryParser {
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
         stmt.param_types
             .iter()
-            .map(|t| match t {
-                Some(t) => arrow_pg::datatypes::into_pg_type(t),
-                None => Ok(Type::UNKNOWN),
+            .enumerate()
+            .map(|(i, t)| match (stmt.param_overrides.get(i).cloned().flatten(), t) {
+                (Some(overridden), _) => Ok(overridden),
+                (None, Some(t)) => arrow_pg::datatypes::into_pg_type(t),
+                (None, None) => Ok(Type::UNKNOWN),
             })
             .collect()
     }
 
     fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
-        match &stmt.result {
-            Some(schema) => {
-                arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
-            }
-            None => Ok(vec![]),
+        let Some(schema) = &stmt.result else {
+            return Ok(vec![]);
+        };
+        let format = format.unwrap_or(&Format::UnifiedText);
+        let fields = arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)?;
+        if stmt.column_overrides.is_empty() {
+            return Ok(fields);
         }
+        Ok(fields
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| match stmt.column_overrides.iter().find(|(name, _)| *name == f.name()) {
+                Some((_, t)) => FieldInfo::new(f.name().to_string(), None, None, t.clone(), format.format_for(i)),
+                None => f,
+            })
+            .collect())
     }
 }
 
-/// `$1, $2, ...` in order, with the types DataFusion inferred from their context.
+/// `$1, $2, ...` in order, with the types DataFusion inferred from their context; a parameter
+/// it left open but that is cast (`$1::int[]`) takes the cast's type, as in Postgres, so
+/// drivers that send typed binary values (asyncpg) encode it right.
 fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
     let Ok(types) = plan.get_parameter_types() else {
         return vec![];
     };
+    let cast = cast_parameter_types(plan);
     let mut entries: Vec<(usize, Option<DataType>)> = types
         .into_iter()
-        .filter_map(|(k, v)| k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v)))
+        .filter_map(|(k, v)| {
+            let v = v.or_else(|| cast.get(&k).cloned());
+            k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v))
+        })
         .collect();
     entries.sort_by_key(|(i, _)| *i);
     let n = entries.last().map(|(i, _)| *i).unwrap_or(0);
@@ -588,6 +622,27 @@ fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
         }
     }
     out
+}
+
+/// The target type of each parameter that appears directly under a cast.
+fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<String, DataType> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Cast, Expr, TryCast};
+    let mut found = std::collections::HashMap::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let (Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field })) = e else {
+                    return Ok(TreeNodeRecursion::Continue);
+                };
+                if let Expr::Placeholder(p) = expr.as_ref() {
+                    found.entry(p.id.clone()).or_insert_with(|| field.data_type().clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 #[async_trait]
@@ -619,8 +674,11 @@ impl ExtendedQueryHandler for EddyHandler {
         {
             return Ok(response);
         }
-        let params =
-            if portal.parameter_len() > 0 { Some(crate::params::decode(portal, &prepared.param_types)?) } else { None };
+        let params = if portal.parameter_len() > 0 {
+            Some(crate::params::decode(portal, &prepared.param_types, &prepared.param_overrides)?)
+        } else {
+            None
+        };
         let result = session.execute(&self.engine, statement, params.as_ref()).await;
         match result {
             Ok(result) => to_response(result, &portal.result_column_format),

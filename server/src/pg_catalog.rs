@@ -304,7 +304,17 @@ impl PgKeys {
         catalog: Arc<dyn datafusion::catalog::CatalogProvider>,
     ) -> Self {
         // Every column nullable: the added rows leave the columns Eddy has nothing for empty.
-        let fields: Vec<_> = inner.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        // Key column lists are `int2[]` as in Postgres (the bundled tables have them as text),
+        // since clients unnest and subscript them.
+        let fields: Vec<_> = inner
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let field = f.as_ref().clone().with_nullable(true);
+                if is_key_list(field.name()) { field.with_data_type(int2_list_type()) } else { field }
+            })
+            .collect();
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         Self { which, inner, pg_class, catalog, schema }
     }
@@ -366,13 +376,6 @@ impl PgKeys {
             }
             Arc::new(b.finish())
         };
-        let key_text = || -> ArrayRef {
-            Arc::new(StringArray::from(
-                keys.iter()
-                    .map(|k| k.3.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" "))
-                    .collect::<Vec<_>>(),
-            ))
-        };
         let truth = |v: bool| -> ArrayRef { Arc::new(BooleanArray::from(vec![v; n])) };
         let count =
             || -> ArrayRef { Arc::new(Int16Array::from(keys.iter().map(|k| k.3.len() as i16).collect::<Vec<_>>())) };
@@ -392,9 +395,7 @@ impl PgKeys {
                 (KeyCatalog::Constraint, "contypid" | "conparentid" | "confrelid" | "coninhcount") => {
                     Some(int32(&|_| 0))
                 }
-                (KeyCatalog::Constraint, "conkey") => {
-                    Some(if field.data_type() == &DataType::Utf8 { key_text() } else { key_list() })
-                }
+                (KeyCatalog::Constraint, "conkey") => Some(key_list()),
                 (KeyCatalog::Index, "indexrelid") => Some(int32(&|k| k.4)),
                 (KeyCatalog::Index, "indrelid") => Some(int32(&|k| k.0)),
                 (KeyCatalog::Index, "indnatts" | "indnkeyatts") => Some(count()),
@@ -402,9 +403,7 @@ impl PgKeys {
                 | (KeyCatalog::Index, "indisready" | "indislive") => Some(truth(true)),
                 (KeyCatalog::Index, "indisexclusion" | "indisclustered" | "indcheckxmin" | "indisreplident")
                 | (KeyCatalog::Index, "indnullsnotdistinct") => Some(truth(false)),
-                (KeyCatalog::Index, "indkey") => {
-                    Some(if field.data_type() == &DataType::Utf8 { key_text() } else { key_list() })
-                }
+                (KeyCatalog::Index, "indkey") => Some(key_list()),
                 _ => None,
             };
             let column = match given {
@@ -440,7 +439,19 @@ impl TableProvider for PgKeys {
         ctx.register_table("t", self.inner.clone())?;
         let mut batches = Vec::new();
         for batch in ctx.table("t").await?.collect().await? {
-            batches.push(RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?);
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(self.schema.fields())
+                .map(|(column, field)| {
+                    if is_key_list(field.name()) && column.data_type() != field.data_type() {
+                        int2_list_from_text(column)
+                    } else {
+                        column.clone()
+                    }
+                })
+                .collect();
+            batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
         }
         let keys = self.keys().await?;
         if !keys.is_empty() {
@@ -448,6 +459,40 @@ impl TableProvider for PgKeys {
         }
         MemTable::try_new(self.schema.clone(), vec![batches])?.scan(state, projection, filters, limit).await
     }
+}
+
+/// Columns of `pg_constraint` / `pg_index` that list column numbers.
+fn is_key_list(column: &str) -> bool {
+    matches!(column, "conkey" | "confkey" | "indkey")
+}
+
+fn int2_list_type() -> DataType {
+    DataType::List(Arc::new(datafusion::arrow::datatypes::Field::new_list_field(DataType::Int16, true)))
+}
+
+/// A text column of space-separated numbers (Postgres' `int2vector` output) as `int2[]`;
+/// anything else becomes NULL.
+fn int2_list_from_text(column: &ArrayRef) -> ArrayRef {
+    use datafusion::arrow::array::{Int16Builder, ListBuilder};
+    let mut b = ListBuilder::new(Int16Builder::new());
+    let text = datafusion::arrow::compute::cast(column, &DataType::Utf8).ok();
+    let text = text.as_ref().and_then(|t| t.as_any().downcast_ref::<StringArray>());
+    for i in 0..column.len() {
+        match text {
+            Some(t) if t.is_valid(i) => {
+                let parsed: Option<Vec<i16>> = t.value(i).split_whitespace().map(|n| n.parse().ok()).collect();
+                match parsed {
+                    Some(numbers) => {
+                        b.values().append_slice(&numbers);
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                }
+            }
+            _ => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
 }
 
 /// One primary key shown in the catalog: table oid, namespace oid, index name, key columns

@@ -36,6 +36,9 @@ pub async fn select(
     statement: &Statement,
     params: Option<&ParamValues>,
 ) -> Result<StatementResult> {
+    if let Some(answer) = crate::point_read::try_answer(engine, query, params)? {
+        return Ok(answer);
+    }
     let state = engine.snapshot_state()?;
     let mut plan = engine.plan(&state, statement).await?;
     if let Some(params) = params {

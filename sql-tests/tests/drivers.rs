@@ -1,6 +1,6 @@
 //! The Postgres client ecosystem against the real binary: psql's meta-commands, psycopg 3
-//! (with a SUBSCRIBE loop), psycopg2, asyncpg, SQLAlchemy reflection (table and view names),
-//! pg8000 and JDBC.
+//! (with a SUBSCRIBE loop), psycopg2, asyncpg, SQLAlchemy reflection (tables, views, columns, keys),
+//! pg8000, JDBC, and TLS (`--tls-cert`/`--tls-key`) with psql, psycopg 3 and asyncpg.
 //!
 //! The Python drivers live in a venv made once under `target/clients-venv`; JDBC uses the
 //! Debian `libpostgresql-jdbc-java` jar and the machine's JDK (`scripts/setup-client-tests.sh`
@@ -198,7 +198,6 @@ asyncio.run(main())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "asyncpg's array type introspection recurses (issue 8, unfinished)"]
 async fn asyncpg_arrays() -> Result<()> {
     let server = TestServer::start()?;
     seed(&server).await?;
@@ -244,7 +243,13 @@ assert columns == [
     ("status", "TEXT", True, None),
 ], columns
 assert [c["name"] for c in insp.get_columns("revenue")] == ["customer", "n", "total"]
-# get_pk_constraint: pg_index.indkey is not an array yet, so unnest() fails (unfinished).
+pk = insp.get_pk_constraint("orders")
+assert pk["constrained_columns"] == ["id"] and pk["name"] == "orders_pkey", pk
+with engine.begin() as conn:
+    conn.execute(text("CREATE TABLE lines (order_id INT, line INT, qty INT, PRIMARY KEY (line, order_id))"))
+# A composite key, in key order (not column order); a fresh inspector (they cache).
+pk = inspect(engine).get_pk_constraint("lines")
+assert pk["constrained_columns"] == ["line", "order_id"], pk
 with engine.connect() as conn:
     rows = conn.execute(text("SELECT customer, n FROM revenue WHERE customer = :c"), {"c": 7}).all()
     assert rows == [(7, 2)], rows
@@ -296,6 +301,11 @@ public class EddyJdbc {
             }
             if (!cols.equals(java.util.List.of("id:int4", "customer:int4", "amount:numeric", "status:text")))
                 throw new AssertionError("columns " + cols);
+            java.util.List<String> keys = new java.util.ArrayList<>();
+            try (ResultSet rs = md.getPrimaryKeys(null, "public", "orders")) {
+                while (rs.next()) keys.add(rs.getString("COLUMN_NAME") + ":" + rs.getInt("KEY_SEQ") + ":" + rs.getString("PK_NAME"));
+            }
+            if (!keys.equals(java.util.List.of("id:1:orders_pkey"))) throw new AssertionError("primary keys " + keys);
             // Past the 5th execution the driver switches to a named statement with binary results.
             try (PreparedStatement ps = c.prepareStatement("SELECT customer, n, total FROM revenue WHERE customer = ?")) {
                 for (int i = 0; i < 8; i++) {
@@ -498,4 +508,110 @@ with psycopg.connect(dsn, user="alice", password="rotated") as conn:
 print("ok")
 "#;
     run_python(&server, "psycopg 3 with a password", script)
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 (made by the openssl CLI).
+fn self_signed_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((cert, key))
+}
+
+fn psql_with(server: &TestServer, conninfo: &str, command: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .arg(format!("host=127.0.0.1 port={} user=root dbname=dev {conninfo}", server.port))
+        .args(["-X", "-w", "-c", command])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output();
+    match out {
+        Ok(o) => (
+            o.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_psql_psycopg_and_asyncpg() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    let (cert, key) = self_signed_certificate(certs.path())?;
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+
+    // A certificate that cannot be read stops the server at start, naming the file.
+    let out = Command::new(eddy_sql_tests::eddy_binary()?)
+        .args(["--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent/server.crt", "--tls-key", &key_arg])
+        .arg("--data-dir")
+        .arg(certs.path().join("unused-data"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("/nonexistent/server.crt"), "{stderr}");
+
+    // Without a certificate, TLS is declined: `require` fails, `prefer` goes on in the clear.
+    let plain = TestServer::start()?;
+    let (ok, out) = psql_with(&plain, "sslmode=require", "SELECT 1");
+    assert!(!ok && out.contains("does not support SSL"), "{out}");
+    let (ok, out) = psql_with(&plain, "sslmode=prefer", "\\conninfo");
+    assert!(ok && !out.contains("SSL connection"), "{out}");
+    drop(plain);
+
+    let mut server = TestServer::start_with(&["--tls-cert", &cert_arg, "--tls-key", &key_arg])?;
+    seed(&server).await?;
+    let (ok, out) = psql_with(&server, "sslmode=require", "\\conninfo");
+    assert!(ok && out.contains("SSL connection (protocol: TLSv1.3"), "{out}\n{}", server.log());
+    let conninfo = format!("host=localhost sslmode=verify-full sslrootcert={cert_arg}");
+    let (ok, out) = psql_with(&server, &conninfo, "SELECT customer, n FROM revenue");
+    assert!(ok && out.contains("7 |"), "{out}");
+
+    let script = format!(
+        r#"
+import sys, ssl, asyncio, psycopg, asyncpg
+port = int(sys.argv[2])
+dsn = f"host=localhost port={{port}} user=root dbname=dev sslmode=verify-full sslrootcert={cert_arg}"
+with psycopg.connect(dsn) as conn:
+    assert conn.pgconn.ssl_in_use
+    assert conn.execute("SELECT n FROM revenue WHERE customer = 7").fetchone()[0] == 2
+    conn.execute("INSERT INTO orders VALUES (3, 8, 1, 'paid')")
+    conn.commit()
+async def main():
+    context = ssl.create_default_context(cafile="{cert_arg}")
+    conn = await asyncpg.connect(host="localhost", port=port, user="root", database="dev", ssl=context)
+    assert await conn.fetchval("SELECT n FROM revenue WHERE customer = 8") == 1
+    await conn.close()
+asyncio.run(main())
+print("ok")
+"#
+    );
+    run_python(&server, "psycopg 3 and asyncpg over TLS", &script)?;
+
+    // Passwords over TLS: a wrong one is refused, the right one connects.
+    server.connect().await?.batch_execute("CREATE USER alice PASSWORD 'over tls'").await?;
+    server.restart_with(&["--auth", "scram"])?;
+    let script = format!(
+        r#"
+import sys, psycopg
+dsn = f"host=localhost port={{sys.argv[2]}} dbname=dev user=alice sslmode=verify-full sslrootcert={cert_arg}"
+try:
+    psycopg.connect(dsn, password="wrong")
+    raise SystemExit("a wrong password connected")
+except psycopg.OperationalError as e:
+    assert "password authentication failed" in str(e), str(e)
+with psycopg.connect(dsn, password="over tls") as conn:
+    assert conn.pgconn.ssl_in_use
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 3
+print("ok")
+"#
+    );
+    run_python(&server, "psycopg 3 with a password over TLS", &script)
 }

@@ -84,8 +84,34 @@ pub struct TableMap {
     pub metadata: Vec<u16>,
     /// Column names, when the server logs them (`binlog_row_metadata = FULL`).
     pub names: Option<Vec<String>>,
-    /// Per column, true when unsigned (from the optional metadata, when logged).
-    pub unsigned: Option<Vec<bool>>,
+    /// The optional metadata's signedness bitmap, when logged: one bit per numeric column,
+    /// read by [`TableMap::unsigned_columns`].
+    pub signedness: Option<Vec<u8>>,
+}
+
+impl TableMap {
+    /// Per column, true when unsigned, from the signedness bitmap (when logged). MariaDB gives
+    /// YEAR a bit of its own (it is an unsigned TINYINT to the server) while MySQL does not, so
+    /// the caller says which server wrote the map; a wrong guess would shift the sign of every
+    /// numeric column after a YEAR.
+    pub fn unsigned_columns(&self, year_has_sign_bit: bool) -> Option<Vec<bool>> {
+        let bits = self.signedness.as_ref()?;
+        let mut n = 0;
+        let unsigned = self
+            .types
+            .iter()
+            .map(|&t| {
+                if is_numeric(t) || (year_has_sign_bit && t == T_YEAR) {
+                    let set = bits.get(n / 8).is_some_and(|b| b & (0x80 >> (n % 8)) != 0);
+                    n += 1;
+                    set
+                } else {
+                    false
+                }
+            })
+            .collect();
+        Some(unsigned)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,23 +310,7 @@ fn parse_table_map(body: &[u8]) -> Result<TableMap> {
             _ => {}
         }
     }
-    // The signedness bitmap has one bit (most significant first) per numeric column.
-    let unsigned = signedness.map(|bits| {
-        let mut n = 0;
-        types
-            .iter()
-            .map(|&t| {
-                if is_numeric(t) {
-                    let set = bits.get(n / 8).is_some_and(|b| b & (0x80 >> (n % 8)) != 0);
-                    n += 1;
-                    set
-                } else {
-                    false
-                }
-            })
-            .collect()
-    });
-    Ok(TableMap { id, database, table, types, metadata, names, unsigned })
+    Ok(TableMap { id, database, table, types, metadata, names, signedness })
 }
 
 fn is_numeric(t: u8) -> bool {
@@ -645,6 +655,56 @@ fn read_decimal(r: &mut Reader<'_>, precision: usize, scale: usize) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    /// Events captured from MariaDB 10.11 (`binlog_row_metadata = FULL`, CRC32) for
+    /// `CREATE TABLE t (id INT PRIMARY KEY, yr YEAR, u INT UNSIGNED, s INT, b BIT(3), u2 TINYINT UNSIGNED)`
+    /// and `INSERT INTO t VALUES (1, 2024, 4000000000, -5, b'101', 200)`.
+    const MARIADB_TABLE_MAP: &str = "3f04116b1301000000480000001b030000000012000000000001000279740001740006030d030310010203003e010168040f026964027972017501730162027532080100b3511a80";
+    const MARIADB_WRITE_ROWS: &str =
+        "3f04116b1701000000310000004c03000000001200000000000100063fc0010000007c00286beefbffffff05c8f534bd05";
+
+    #[test]
+    fn mariadb_gives_year_a_sign_bit() {
+        let (_, event) = parse(&hex(MARIADB_TABLE_MAP), true).expect("table map");
+        let Event::TableMap(map) = event else { panic!("not a table map: {event:?}") };
+        assert_eq!((map.database.as_str(), map.table.as_str()), ("yt", "t"));
+        let names: Vec<&str> = map.names.iter().flatten().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["id", "yr", "u", "s", "b", "u2"]);
+        let unsigned = map.unsigned_columns(true).expect("signedness logged");
+        assert_eq!(unsigned, [false, true, true, false, false, true]);
+        // Read as MySQL would lay the bitmap out, `s` would turn unsigned and `u2` signed.
+        assert_eq!(map.unsigned_columns(false).expect("signedness logged"), [false, false, true, true, false, false]);
+
+        let (_, event) = parse(&hex(MARIADB_WRITE_ROWS), true).expect("rows");
+        let Event::Rows { kind, body, v2, .. } = event else { panic!("not a row event: {event:?}") };
+        let rows = decode_rows(kind, &body, v2, &map, &unsigned).expect("decoded");
+        assert_eq!(
+            rows.rows,
+            vec![(
+                None,
+                vec![
+                    Value::Int(1),
+                    Value::Year(2024),
+                    Value::UInt(4_000_000_000),
+                    Value::Int(-5),
+                    Value::Bit(5),
+                    Value::UInt(200)
+                ]
+            )]
+        );
+    }
+
+    #[test]
+    fn a_corrupted_event_fails_its_checksum() {
+        let mut raw = hex(MARIADB_WRITE_ROWS);
+        raw[30] ^= 1;
+        let err = parse(&raw, true).expect_err("checksum must fail");
+        assert!(err.to_string().contains("CRC32"), "{err}");
+    }
 
     #[test]
     fn decimals_unpack() {

@@ -471,6 +471,7 @@ impl MyCdcReader {
             },
             columns: Vec::new(),
             mapping: Vec::new(),
+            mariadb: false,
         };
         self.worker = Some(tokio::spawn(worker.run()));
         self.events = Some(rx);
@@ -598,6 +599,8 @@ struct Worker {
     columns: Vec<ColumnInfo>,
     /// For each declared column, its index among `columns`.
     mapping: Vec<usize>,
+    /// The upstream is MariaDB, whose table maps lay out signedness differently from MySQL's.
+    mariadb: bool,
 }
 
 /// How the rows of one table map are read (see [`Worker::layout_for`]).
@@ -679,6 +682,7 @@ impl Worker {
 
     async fn session(&mut self) -> std::result::Result<(), SessionError> {
         let mut conn = sql_connection(&self.config.params).await?;
+        self.mariadb = conn.is_mariadb();
         self.load_columns(&mut conn).await?;
         let start = match self.position.clone() {
             Some(p) => p,
@@ -873,8 +877,8 @@ impl Worker {
             mapping.push(i);
         }
         let keys = columns.iter().enumerate().filter(|(_, c)| c.primary_key).map(|(i, _)| i).collect();
-        let unsigned = match &map.unsigned {
-            Some(u) => u.clone(),
+        let unsigned = match map.unsigned_columns(self.mariadb) {
+            Some(u) => u,
             None => columns.iter().map(|c| c.unsigned).collect(),
         };
         Ok(Layout { map: map.clone(), columns, mapping, keys, unsigned })
@@ -1007,8 +1011,10 @@ impl Worker {
                     }
                 }
                 BinlogEvent::TableMap(map) if map.database == self.config.database && map.table == self.table() => {
-                    // The same map is sent before every row event: reuse its layout.
-                    let same = ours.as_ref().is_some_and(|l| l.map.types == map.types && l.map.names == map.names);
+                    // The same map is sent before every row event: reuse its layout while
+                    // everything but the table id matches (a changed length, precision or
+                    // signedness needs a new layout as much as a changed type does).
+                    let same = ours.as_ref().is_some_and(|l| TableMap { id: l.map.id, ..map.clone() } == l.map);
                     if same {
                         if let Some(layout) = ours.as_mut() {
                             layout.map.id = map.id;
