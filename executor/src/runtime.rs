@@ -63,9 +63,84 @@ pub enum StartMode {
 
 struct TableHandle {
     dml: mpsc::Sender<Message>,
-    /// DML statements on one table run one at a time: each reads the committed table, and
-    /// its successor must see its effect.
+    /// DML statements on one table take turns to read the committed table and send their
+    /// changes; an `UPDATE` or `DELETE` also waits for its commit before the next one reads.
     lock: Arc<tokio::sync::Mutex<()>>,
+    pending: Arc<PendingInserts>,
+}
+
+/// `INSERT`s sent into a table whose epoch is not committed yet, with their primary keys.
+///
+/// An `INSERT` only reads the table to check its keys, so it lets the next statement in as
+/// soon as its rows are sent, and many wait for one durable commit together (group commit)
+/// instead of one fsync each. Keys in flight are checked here, committed keys in the store:
+/// an `INSERT` checks both while holding [`PendingInserts::check_and_add`]'s lock with a
+/// snapshot taken under it, and keys leave only after their commit, so every key is always in
+/// one of the two. An `UPDATE` or `DELETE` reads rows, so it first waits until no insert is in
+/// flight ([`PendingInserts::drained`]).
+#[derive(Debug, Default)]
+pub struct PendingInserts {
+    state: Mutex<PendingState>,
+    drained: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    statements: usize,
+    keys: HashMap<Vec<u8>, usize>,
+}
+
+impl PendingInserts {
+    /// Runs `check` with a predicate telling whether a key is in flight; when it succeeds,
+    /// records one more statement in flight with `keys`. `check` runs under the lock that
+    /// commits wait for to remove keys, so a snapshot it takes sees every key that is no
+    /// longer in flight.
+    ///
+    /// # Errors
+    /// Whatever `check` returns; nothing is recorded then.
+    pub fn check_and_add<E>(
+        &self,
+        keys: &[Vec<u8>],
+        check: impl FnOnce(&dyn Fn(&[u8]) -> bool) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut state = self.state.lock();
+        check(&|key| state.keys.contains_key(key))?;
+        state.statements += 1;
+        for key in keys {
+            *state.keys.entry(key.clone()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// One statement's keys left flight (committed, or failed).
+    pub fn remove(&self, keys: &[Vec<u8>]) {
+        let mut state = self.state.lock();
+        state.statements = state.statements.saturating_sub(1);
+        for key in keys {
+            if let Some(n) = state.keys.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    state.keys.remove(key);
+                }
+            }
+        }
+        if state.statements == 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until no insert is in flight.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state.lock().statements == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 pub struct Runtime {
@@ -202,7 +277,9 @@ impl Runtime {
         // table has none.
         let built = build_table(def, &self.build_context(StartMode::Restore)?)?;
         let dml = built.dml.clone().ok_or_else(|| ExecError::Internal("table without DML channel".into()))?;
-        self.tables.lock().insert(def.id, TableHandle { dml, lock: Arc::new(tokio::sync::Mutex::new(())) });
+        self.tables
+            .lock()
+            .insert(def.id, TableHandle { dml, lock: Arc::new(tokio::sync::Mutex::new(())), pending: Arc::default() });
         self.start(def.id, built, catalog).await
     }
 
@@ -305,6 +382,18 @@ impl Runtime {
             .lock()
             .get(&table)
             .map(|t| t.lock.clone())
+            .ok_or_else(|| ExecError::Internal(format!("table {table} is not running")))
+    }
+
+    /// The inserts in flight into a table (see [`PendingInserts`]).
+    ///
+    /// # Errors
+    /// When the table is not running.
+    pub fn pending_inserts(&self, table: ObjectId) -> Result<Arc<PendingInserts>> {
+        self.tables
+            .lock()
+            .get(&table)
+            .map(|t| t.pending.clone())
             .ok_or_else(|| ExecError::Internal(format!("table {table} is not running")))
     }
 

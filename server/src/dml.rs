@@ -5,7 +5,9 @@
 //! table's constraints, and sends the resulting changes into the table's actor: inserts as
 //! `+1`, deletes as `-1`, updates as adjacent `-old, +new`. The statement returns once the
 //! epoch holding its changes is durably committed, so its effect is visible to the next
-//! statement in every view. Statements on one table run one at a time.
+//! statement in every view. Statements on one table take turns; an `INSERT` lets the next
+//! one in once its rows are sent, so concurrent inserts share one commit (see
+//! [`eddy_executor::runtime::PendingInserts`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -70,7 +72,13 @@ pub async fn execute(
         ));
     }
     let lock = engine.runtime.table_lock(def.id)?;
-    let _guard = lock.lock().await;
+    let pending = engine.runtime.pending_inserts(def.id)?;
+    let guard = lock.lock().await;
+    let is_insert = matches!(dml.op, WriteOp::Insert(_));
+    if !is_insert {
+        // It reads rows: every insert sent before it must be committed first.
+        pending.drained().await;
+    }
     let snapshot = engine.runtime.snapshot()?;
     let state = engine.state(Some(snapshot.clone()));
     let codec = RowCodec::new(def.schema.clone(), def.storage.clone().unwrap_or(StorageLayout::Counted))?;
@@ -78,9 +86,33 @@ pub async fn execute(
         WriteOp::Insert(_) => {
             let rows = run(&state, dml.input.as_ref().clone(), &def.schema).await?;
             check_not_null(&def, &rows)?;
-            check_new_keys(&def, &codec, &snapshot, &rows, &HashSet::new())?;
             let n = rows.num_rows();
-            (ChangeBatch::inserts(rows), "INSERT", n)
+            if n == 0 {
+                return Ok(StatementResult::Command { tag: "INSERT 0".into(), rows: Some(0) });
+            }
+            let keys = if codec.counted() { Vec::new() } else { codec.encode_keys(&rows)? };
+            // Checked against keys in flight and, under the same lock, a fresh snapshot.
+            pending.check_and_add(&keys, |in_flight| {
+                let committed = engine.runtime.snapshot()?;
+                check_new_keys(&def, &keys, &committed, &rows, &HashSet::new(), in_flight)
+            })?;
+            let sent = engine.runtime.write_table(def.id, ChangeBatch::inserts(rows)).await;
+            drop(guard);
+            // The commit and the key release run to the end even when the client goes away
+            // meanwhile: the rows are sent, and their keys must stay checked until committed.
+            let runtime = engine.runtime.clone();
+            let committed = tokio::spawn(async move {
+                let result = match sent {
+                    Ok(()) => runtime.flush().await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                pending.remove(&keys);
+                result
+            })
+            .await
+            .map_err(|e| ServerError::new(SqlState::Internal, format!("insert commit task: {e}")))?;
+            committed?;
+            return Ok(StatementResult::Command { tag: "INSERT 0".into(), rows: Some(n) });
         }
         WriteOp::Delete => {
             let rows = run(&state, dml.input.as_ref().clone(), &def.schema).await?;
@@ -92,7 +124,8 @@ pub async fn execute(
             check_not_null(&def, &new)?;
             let old_keys: HashSet<Vec<u8>> =
                 if codec.counted() { HashSet::new() } else { codec.encode_keys(&old)?.into_iter().collect() };
-            check_new_keys(&def, &codec, &snapshot, &new, &old_keys)?;
+            let new_keys = if codec.counted() { Vec::new() } else { codec.encode_keys(&new)? };
+            check_new_keys(&def, &new_keys, &snapshot, &new, &old_keys, &|_| false)?;
             let n = old.num_rows();
             (interleave_update(&def.schema, &old, &new)?, "UPDATE", n)
         }
@@ -102,8 +135,8 @@ pub async fn execute(
         engine.runtime.write_table(def.id, changes).await?;
         engine.runtime.flush().await?;
     }
-    let tag = if tag == "INSERT" { "INSERT 0".to_string() } else { tag.to_string() };
-    Ok(StatementResult::Command { tag, rows: Some(count) })
+    drop(guard);
+    Ok(StatementResult::Command { tag: tag.to_string(), rows: Some(count) })
 }
 
 /// Runs `plan` and returns its rows as one batch in `schema`.
@@ -202,22 +235,21 @@ fn check_not_null(def: &RelationDef, rows: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
-/// Primary keys of `rows` must be unique among themselves and absent from the table, except
-/// for keys in `freed` (rows the same statement removes).
+/// Primary keys `keys` (encoded, one per row of `rows`) must be unique among themselves and
+/// absent from the table and from inserts in flight, except for keys in `freed` (rows the same
+/// statement removes).
 fn check_new_keys(
     def: &RelationDef,
-    codec: &RowCodec,
+    keys: &[Vec<u8>],
     snapshot: &Snapshot,
     rows: &RecordBatch,
     freed: &HashSet<Vec<u8>>,
+    in_flight: &dyn Fn(&[u8]) -> bool,
 ) -> Result<()> {
-    if codec.counted() || rows.num_rows() == 0 {
-        return Ok(());
-    }
-    let keys = codec.encode_keys(rows)?;
     let mut seen = HashSet::with_capacity(keys.len());
     for (row, key) in keys.iter().enumerate() {
-        let duplicate = !seen.insert(key.clone()) || (!freed.contains(key) && snapshot.contains_key(def.id, key)?);
+        let duplicate = !seen.insert(key.as_slice())
+            || (!freed.contains(key) && (in_flight(key) || snapshot.contains_key(def.id, key)?));
         if duplicate {
             return Err(
                 ExecError::UniqueViolation { relation: def.name.clone(), key: describe_key(def, rows, row) }.into()
