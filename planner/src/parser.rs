@@ -163,6 +163,7 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>, PlanError> {
     let (tokens, emit_markers) = extract_emit_clauses(tokens);
     let tokens = rewrite_flink_window_calls(tokens);
     let tokens = rewrite_temporal_joins(tokens);
+    let tokens = quote_top_columns(tokens);
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let line_starts = line_starts(sql);
     let mut out = Vec::new();
@@ -602,6 +603,31 @@ fn rewrite_temporal_joins(
 }
 
 /// True for an unquoted word equal to `w`, ignoring case.
+/// `SELECT top FROM t`: sqlparser reads `TOP` after `SELECT` (or `DISTINCT`/`ALL`) as the
+/// T-SQL clause in every dialect, but in Postgres `top` is an ordinary name there. Unless a
+/// number or `(` follows (the clause's shapes), the word becomes the identifier `top`.
+fn quote_top_columns(mut tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
+    let significant = significant_tokens(&tokens);
+    for k in 1..significant.len() {
+        let i = significant[k];
+        if !is_plain_word(&tokens[i].token, "top") {
+            continue;
+        }
+        let before = &tokens[significant[k - 1]].token;
+        let after = significant.get(k + 1).map(|j| &tokens[*j].token);
+        let clause_position = ["select", "distinct", "all"].iter().any(|w| is_plain_word(before, w));
+        let clause_shape = matches!(after, Some(Token::Number(..) | Token::LParen | Token::Placeholder(_)));
+        if clause_position && !clause_shape {
+            tokens[i].token = Token::Word(sqlparser::tokenizer::Word {
+                value: "top".into(),
+                quote_style: Some('"'),
+                keyword: Keyword::NoKeyword,
+            });
+        }
+    }
+    tokens
+}
+
 fn is_plain_word(t: &Token, w: &str) -> bool {
     matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w))
 }
@@ -1218,6 +1244,20 @@ pub fn literal_to_string(expr: &Expr) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn top_is_a_column_name_after_select() {
+        for sql in ["SELECT top FROM t", "SELECT DISTINCT top, n FROM t", "SELECT top AS best FROM t"] {
+            let parsed = parse_sql(sql).expect(sql);
+            let EddyStatement::Sql(statement) = &parsed[0].statement else { panic!("{sql}") };
+            let Statement::Query(q) = statement.as_ref() else { panic!("{sql}") };
+            let sqlparser::ast::SetExpr::Select(select) = q.body.as_ref() else { panic!("{sql}") };
+            assert!(select.top.is_none(), "{sql}");
+            assert!(select.projection[0].to_string().starts_with("\"top\""), "{sql}: {}", select.projection[0]);
+        }
+        // The clause shapes are left to the parser as they were.
+        assert!(parse_sql("SELECT TOP 3 a FROM t").is_ok());
+    }
     use super::*;
 
     fn one(sql: &str) -> EddyStatement {

@@ -231,7 +231,7 @@ async fn point_reads_answer_as_the_general_path_does() -> Result<()> {
                                  PRIMARY KEY (region, order_id, line));
              CREATE MATERIALIZED VIEW per_order AS
                SELECT region, order_id, count(*) AS n, sum(qty) AS total FROM lines GROUP BY region, order_id;
-             CREATE MATERIALIZED VIEW per_region AS SELECT region, max(qty) AS biggest FROM lines GROUP BY region;
+             CREATE MATERIALIZED VIEW per_region AS SELECT region, max(qty) AS top FROM lines GROUP BY region;
              INSERT INTO lines VALUES ('eu', 1, 1, 5, 'a'), ('eu', 1, 2, 7, NULL), ('us', -3, 1, 2, 'it''s'),
                                       ('eu', 2, 9000000000, 1, 'b');",
         )
@@ -243,10 +243,10 @@ async fn point_reads_answer_as_the_general_path_does() -> Result<()> {
         "SELECT n, total FROM per_order WHERE region = 'eu' AND order_id = 1",
         "SELECT total, n, region AS r FROM per_order WHERE (order_id = -3) AND ('us' = region)",
         "SELECT * FROM per_order WHERE region = 'nowhere' AND order_id = 1",
-        "SELECT biggest FROM per_region WHERE region = 'eu'",
+        "SELECT top FROM per_region WHERE region = 'eu'",
         // Not point reads (a NULL key, an out-of-range or fractional value, a missing key
         // column, a cast): these take the general path either way and must say the same.
-        "SELECT biggest FROM per_region WHERE region = NULL",
+        "SELECT top FROM per_region WHERE region = NULL",
         "SELECT n FROM per_order WHERE region = 'eu' AND order_id = 100000",
         "SELECT n FROM per_order WHERE region = 'eu' AND order_id = 1.5",
         "SELECT n FROM per_order WHERE region = 'eu'",
