@@ -7,19 +7,15 @@
 //! counted gives events/s and events/s per core of the server's CPU time. The same query then
 //! runs on the built-in generator for comparison.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use arrow::json::LineDelimitedWriter;
 use eddy_connectors::nexmark::{
     DEFAULT_BASE_TIME_MS, DEFAULT_INTER_EVENT_US, NexmarkConfig, NexmarkGenerator, TableType,
 };
+use eddy_sql_tests::kafka::{Tansu, create_topics};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -39,84 +35,12 @@ pub enum Broker {
 /// ~250-byte bids per partition would be trimmed before the server reads them.
 const MOCK_MAX_BIDS_PER_PARTITION: u64 = 20_000;
 
-/// A Tansu broker process with in-memory storage; killed when dropped.
-struct Tansu {
-    child: Child,
-    bootstrap: String,
-}
-
-impl Tansu {
-    fn binary() -> Result<PathBuf> {
-        if let Ok(p) = std::env::var("EDDY_TANSU") {
-            return Ok(PathBuf::from(p));
-        }
-        let root = match std::env::var("EDDY_TANSU_ROOT") {
-            Ok(r) => PathBuf::from(r),
-            Err(_) => PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache/eddy-tansu"),
-        };
-        let bin = root.join("tansu");
-        if !bin.exists() {
-            bail!("Tansu is not installed at {} (run scripts/setup-kafka.sh, or set EDDY_TANSU)", bin.display());
-        }
-        Ok(bin)
-    }
-
-    fn start() -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = Command::new(Self::binary()?)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting tansu")?;
-        // Keep draining its output so the broker never blocks on a full pipe.
-        if let Some(out) = child.stdout.take() {
-            std::thread::spawn(move || BufReader::new(out).lines().for_each(drop));
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait()? {
-                bail!("tansu exited at start with {status}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("tansu did not listen on port {port} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self { child, bootstrap: format!("127.0.0.1:{port}") })
-    }
-
-    /// The broker's CPU seconds so far (user + system, from /proc), to tell its share apart.
-    fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options).await?
-    {
-        if let Err((topic, e)) = result {
-            bail!("creating topic {topic}: {e}");
-        }
-    }
-    Ok(())
+/// The broker's CPU seconds so far (user + system, from /proc), to tell its share apart.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Writes `events` bids as JSON records into `topic`, round-robin over its partitions.
@@ -214,7 +138,7 @@ pub async fn run(broker: Broker, events: u64, partitions: i32, query: String) ->
     let bootstrap = match broker {
         Broker::Tansu => {
             let t = Tansu::start()?;
-            create_topic(&t.bootstrap, "bids", partitions).await?;
+            create_topics(&t.bootstrap, &[("bids", partitions)]).await?;
             let b = t.bootstrap.clone();
             tansu = Some(t);
             b
@@ -241,7 +165,7 @@ pub async fn run(broker: Broker, events: u64, partitions: i32, query: String) ->
          (loaded in {:.1} s), {cores} cores; query: {query}",
         loading.elapsed().as_secs_f64()
     );
-    let broker_cpu_before = tansu.as_ref().and_then(Tansu::cpu_seconds);
+    let broker_cpu_before = tansu.as_ref().and_then(|t| process_cpu_seconds(t.pid()));
     println!("{:<22} {:>12} {:>14} {:>10} {:>10}", "source", "events/s", "events/s/core", "cpu s", "wall s");
     let options = ServeOptions { barrier_ms: 100, checkpoint_ms: 1000, memory_limit: None };
 
@@ -266,7 +190,8 @@ pub async fn run(broker: Broker, events: u64, partitions: i32, query: String) ->
         );
     };
     row("kafka json", wall, cpu);
-    if let (Some(before), Some(after)) = (broker_cpu_before, tansu.as_ref().and_then(Tansu::cpu_seconds)) {
+    if let (Some(before), Some(after)) = (broker_cpu_before, tansu.as_ref().and_then(|t| process_cpu_seconds(t.pid())))
+    {
         println!("  (the broker used {:.2} cpu s of the same cores while serving the fetches)", after - before);
     }
     drop(server);
