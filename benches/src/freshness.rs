@@ -143,18 +143,8 @@ pub async fn run(
         "freshness: {written} single-row INSERTs in {seconds} s ({:.0}/s) by {writers} writers",
         written as f64 / elapsed
     );
-    println!(
-        "  INSERT -> SUBSCRIBE client: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} changes",
-        ms(percentile(&fresh, 0.5)),
-        ms(percentile(&fresh, 0.99)),
-        ms(fresh.last().copied().unwrap_or_default()),
-        fresh.len()
-    );
-    println!(
-        "  INSERT statement (returns once durable and visible): p50 {:.2} ms, p99 {:.2} ms",
-        ms(percentile(&statement, 0.5)),
-        ms(percentile(&statement, 0.99))
-    );
+    println!("  INSERT -> SUBSCRIBE client: {} over {} changes", latencies(&fresh), fresh.len());
+    println!("  INSERT statement (returns once durable and visible): {}", latencies(&statement));
 
     point_reads(&admin, keys, reads).await
 }
@@ -179,14 +169,7 @@ async fn generate(
         "freshness: datagen at {rate} rows/s asked, {:.0} rows/s generated and processed over {seconds} s",
         generated as f64 / elapsed
     );
-    println!(
-        "  generated -> SUBSCRIBE client: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} sampled rows",
-        ms(percentile(&fresh, 0.5)),
-        ms(percentile(&fresh, 0.9)),
-        ms(percentile(&fresh, 0.99)),
-        ms(fresh.last().copied().unwrap_or_default()),
-        fresh.len()
-    );
+    println!("  generated -> SUBSCRIBE client: {} over {} sampled rows", latencies(&fresh), fresh.len());
     Ok(())
 }
 
@@ -227,6 +210,17 @@ async fn point_reads(admin: &tokio_postgres::Client, keys: i64, reads: usize) ->
         ms(percentile(&reads_taken, 0.99))
     );
     Ok(())
+}
+
+/// p50, p90, p99 and max of sorted durations, in milliseconds.
+fn latencies(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.9)),
+        ms(percentile(sorted, 0.99)),
+        ms(sorted.last().copied().unwrap_or_default())
+    )
 }
 
 fn ms(d: Duration) -> f64 {

@@ -543,6 +543,12 @@ impl RowCodec {
         if leading.is_empty() {
             return Ok(Vec::new());
         }
+        // The whole key: the codec's own converter encodes it, no need to build another.
+        if leading.len() == self.key_columns.len()
+            && let Some(key) = &self.key
+        {
+            return Ok(key.convert_columns(leading)?.row(0).as_ref().to_vec());
+        }
         let fields = self.key_columns[..leading.len()]
             .iter()
             .map(|c| SortField::new(self.schema.field(*c).data_type().clone()))
