@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use eddy_sql_tests::TestServer;
@@ -30,15 +31,21 @@ async fn seed(server: &TestServer) -> Result<()> {
     Ok(())
 }
 
+/// Tests run as threads of one process; the first to need the venv makes it while the others
+/// wait, so no two run `python3 -m venv` on the same directory (which fails on a clean checkout).
+static VENV_LOCK: Mutex<()> = Mutex::new(());
+
 /// A venv with every Python driver, made once (pip reads the machine's pip configuration).
 fn python() -> Result<PathBuf> {
+    let _made_by_one_test_at_a_time = VENV_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/clients-venv");
     let python = venv.join("bin/python");
     let check = "import psycopg, psycopg2, asyncpg, sqlalchemy, pg8000";
     if Command::new(&python).args(["-c", check]).output().is_ok_and(|o| o.status.success()) {
         return Ok(python);
     }
-    let status = Command::new("python3").arg("-m").arg("venv").arg(&venv).status()?;
+    // `--clear` so a venv left half-made by an interrupted run is rebuilt rather than refused.
+    let status = Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv).status()?;
     if !status.success() {
         bail!("creating a Python venv at {} failed", venv.display());
     }
