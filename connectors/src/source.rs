@@ -258,19 +258,33 @@ pub fn table_from_source(spec: &SourceSpec, table: &str) -> Result<HashMap<Strin
     }
 }
 
+/// The replication slot a CDC table reads, as `host:port/database/slot`: tables with the same
+/// one share it.
+pub fn upstream_slot(spec: &SourceSpec) -> Option<String> {
+    match spec.connector.as_str() {
+        "postgres-cdc" => {
+            let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options).ok()?;
+            config.table.as_ref()?;
+            Some(config.slot_identity())
+        }
+        _ => None,
+    }
+}
+
 /// Releases what a source holds upstream once its table or source is dropped (a replication
-/// slot retains WAL until it is dropped).
+/// slot retains WAL until it is dropped); `slot_still_used` when other tables read the same
+/// slot (see [`upstream_slot`]), which then stays.
 ///
 /// # Errors
 /// When upstream cannot be reached; the message says what to drop by hand.
-pub async fn drop_source(spec: &SourceSpec) -> Result<()> {
+pub async fn drop_source(spec: &SourceSpec, slot_still_used: bool) -> Result<()> {
     match spec.connector.as_str() {
         "postgres-cdc" => {
             let config = crate::cdc::postgres::PgCdcConfig::parse(&spec.options)?;
             if config.table.is_none() {
                 return Ok(());
             }
-            crate::cdc::postgres::drop_upstream(&config).await
+            crate::cdc::postgres::drop_upstream(&config, slot_still_used).await
         }
         _ => Ok(()),
     }

@@ -54,15 +54,25 @@ pub fn table_from_source(
 }
 
 /// Drops the replication slots of dropped CDC tables, so upstream stops retaining WAL for
-/// them. A failure is logged with what to drop by hand; the DROP itself has happened.
-pub async fn release_upstream(dropped: &[Arc<RelationDef>]) {
-    for def in dropped {
-        let Some(c) = &def.connector else { continue };
+/// them; a slot that tables still in `remaining` read stays. A failure is logged with what to
+/// drop by hand; the DROP itself has happened.
+pub async fn release_upstream(dropped: &[Arc<RelationDef>], remaining: &[Arc<RelationDef>]) {
+    let slot_of = |def: &RelationDef| {
+        let c = def.connector.as_ref()?;
         if def.kind != RelationKind::Table || !eddy_connectors::source::is_external(&c.connector) {
-            continue;
+            return None;
         }
-        let spec = eddy_executor::build::source_spec(c, 1);
-        if let Err(e) = eddy_connectors::drop_source(&spec).await {
+        Some(eddy_executor::build::source_spec(c, 1))
+    };
+    let still_read: Vec<String> = remaining
+        .iter()
+        .filter_map(|d| slot_of(d))
+        .filter_map(|spec| eddy_connectors::source::upstream_slot(&spec))
+        .collect();
+    for def in dropped {
+        let Some(spec) = slot_of(def) else { continue };
+        let still_used = eddy_connectors::source::upstream_slot(&spec).is_some_and(|s| still_read.contains(&s));
+        if let Err(e) = eddy_connectors::drop_source(&spec, still_used).await {
             tracing::warn!(table = %def.name, error = %e, "could not release the upstream replication slot");
         }
     }

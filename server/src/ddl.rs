@@ -651,7 +651,7 @@ pub async fn create_sink(
         create.emit_on_window_close,
         &target,
     )?;
-    let sink_connector = ConnectorDef {
+    let mut sink_connector = ConnectorDef {
         connector: connector.clone(),
         options: options.clone(),
         format: create.format.as_ref().map(|f| f.format.clone()),
@@ -664,6 +664,17 @@ pub async fn create_sink(
         let kafka = eddy_connectors::kafka::sink::KafkaSinkOptions::parse(&options, format.as_ref(), &schema)
             .map_err(|e| ServerError::new(SqlState::InvalidParameterValue, e.to_string()))?;
         append_only_sink |= kafka.envelope == eddy_connectors::kafka::sink::SinkEnvelope::Plain;
+        // An Avro sink's schemas are registered now, so a registry problem shows at CREATE and
+        // the running sink needs only the ids.
+        let avro_schema = schema.clone();
+        let registered = tokio::task::spawn_blocking(move || kafka.register_avro_schemas(&avro_schema))
+            .await
+            .map_err(|e| ServerError::new(SqlState::Internal, format!("registering the sink's Avro schemas: {e}")))?
+            .map_err(|e| {
+                use eddy_common::ErrorClass;
+                ServerError::new(e.sqlstate(), e.to_string())
+            })?;
+        sink_connector.format_options.extend(registered);
     }
     let forced = options.get("force_append_only").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if append_only_sink && !graph.append_only && !forced {
@@ -840,6 +851,6 @@ pub async fn drop(engine: &Arc<Engine>, drop: &DropStatement) -> Result<Statemen
     for d in &ordered {
         engine.catalog.remove(d.id);
     }
-    crate::cdc::release_upstream(&ordered).await;
+    crate::cdc::release_upstream(&ordered, &engine.catalog.all()).await;
     Ok(StatementResult::command(&tag))
 }

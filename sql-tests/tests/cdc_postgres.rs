@@ -169,21 +169,22 @@ async fn snapshot_then_stream_through_a_shared_source() -> Result<()> {
     let named = "SELECT c.name, count(*) AS n FROM orders o JOIN customers c ON o.customer = c.id GROUP BY c.name";
     converges(&eddy, "SELECT * FROM named", &up, named, Duration::from_secs(10)).await?;
 
-    // Progress and slot lag are visible.
+    // Progress and slot lag are visible; both tables read the source's one slot, and the
+    // temporary slots that exported their snapshots are gone.
     let progress = rows(
         &eddy,
-        "SELECT slot, phase, snapshot_rows_copied >= 20000 OR slot LIKE '%customers', healthy FROM eddy_catalog.cdc_progress",
+        "SELECT upstream_table, slot, phase, snapshot_rows_copied >= 20000 OR upstream_table LIKE '%customers', healthy
+         FROM eddy_catalog.cdc_progress ORDER BY upstream_table",
     )
     .await?;
-    assert_eq!(
-        progress,
-        vec![
-            vec!["eddy_shared_public_customers".to_string(), "streaming".into(), "t".into(), "t".into()],
-            vec!["eddy_shared_public_orders".to_string(), "streaming".into(), "t".into(), "t".into()],
-        ]
-    );
+    let expected_progress = |table: &str| -> Vec<String> {
+        vec![format!("public.{table}"), "eddy_shared".into(), "streaming".into(), "t".into(), "t".into()]
+    };
+    assert_eq!(progress, vec![expected_progress("customers"), expected_progress("orders")]);
+    let slots = format!("SELECT slot_name FROM pg_replication_slots WHERE database = '{db}'");
+    assert_eq!(rows(&up, &slots).await?, vec![vec!["eddy_shared".to_string()]]);
 
-    // A restart replays `FROM pg TABLE ...` and resumes both slots.
+    // A restart replays `FROM pg TABLE ...` and resumes both tables from the one slot.
     drop(eddy);
     server.restart()?;
     let eddy = server.connect().await?;
@@ -193,13 +194,38 @@ async fn snapshot_then_stream_through_a_shared_source() -> Result<()> {
     converges(&eddy, "SELECT * FROM revenue", &up, REVENUE, Duration::from_secs(10)).await?;
     converges(&eddy, "SELECT * FROM named", &up, named, Duration::from_secs(10)).await?;
 
-    // Dropping the source with its tables releases the slots upstream.
-    assert!(slot_exists(&up, "eddy_shared_public_orders").await?);
+    // The slot is acknowledged once both tables' changes are durable.
+    let confirmed =
+        "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'eddy_shared'";
+    let written: String = up.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !up.query_one(confirmed, &[&written]).await?.get::<_, bool>(0) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the shared slot was not acknowledged past {written}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Dropping one table keeps the slot for the other, which goes on streaming; a table added
+    // later copies its own snapshot while the stream runs.
+    eddy.batch_execute("DROP MATERIALIZED VIEW named; DROP TABLE customers").await?;
+    assert!(slot_exists(&up, "eddy_shared").await?);
+    up.batch_execute(
+        "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'a'), (2, 'b');",
+    )
+    .await?;
+    let writer = tokio::spawn(write_concurrently(format!("{UPSTREAM} dbname={db}"), 200_000, 200));
+    eddy.batch_execute("CREATE TABLE notes (id INT PRIMARY KEY, body VARCHAR) FROM pg TABLE 'public.notes'").await?;
+    up.batch_execute("INSERT INTO notes VALUES (3, 'c'); UPDATE notes SET body = 'B' WHERE id = 2; UPDATE orders SET status = 'x' WHERE id = 1;")
+        .await?;
+    writer.await??;
+    converges(&eddy, ORDER_ROWS, &up, ORDER_ROWS, Duration::from_secs(30)).await?;
+    converges(&eddy, "SELECT * FROM notes", &up, "SELECT * FROM notes", Duration::from_secs(30)).await?;
+    assert_eq!(rows(&up, &slots).await?, vec![vec!["eddy_shared".to_string()]]);
+
+    // Dropping the source with its tables releases the slot upstream.
     let refused = eddy.batch_execute("DROP SOURCE pg").await;
     assert!(refused.is_err(), "tables read from the source depend on it");
     eddy.batch_execute("DROP SOURCE pg CASCADE").await?;
-    assert!(!slot_exists(&up, "eddy_shared_public_orders").await?);
-    assert!(!slot_exists(&up, "eddy_shared_public_customers").await?);
+    assert!(!slot_exists(&up, "eddy_shared").await?);
     Ok(())
 }
 

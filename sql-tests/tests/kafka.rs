@@ -276,37 +276,78 @@ async fn kafka_sink_exactly_once_across_kill_9() -> Result<()> {
 }
 
 /// A minimal Confluent schema registry: `GET /schemas/ids/{id}` answers `{"schema": "..."}`
-/// for the ids it knows and 404 otherwise.
+/// for the ids it knows and 404 otherwise; `POST /subjects/{subject}/versions` registers a
+/// schema (the same text gets the same id) and answers `{"id": n}`.
 async fn start_registry(schemas: Vec<(u32, &'static str)>) -> Result<String> {
+    use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let schemas: BTreeMap<u32, String> = schemas.into_iter().map(|(id, s)| (id, s.to_string())).collect();
+    let schemas = Arc::new(Mutex::new(schemas));
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let schemas = schemas.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                while request.len() < head_end + length {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let request = String::from_utf8_lossy(&request);
-                let path = request.split_whitespace().nth(1).unwrap_or_default();
-                let schema = path
-                    .strip_prefix("/schemas/ids/")
-                    .and_then(|id| id.parse::<u32>().ok())
-                    .and_then(|id| schemas.get(&id));
-                let (status, body) = match schema {
-                    Some(s) => {
-                        let escaped = s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ");
-                        ("200 OK", format!("{{\"schema\":\"{escaped}\"}}"))
-                    }
-                    None => ("404 Not Found", "{\"error_code\":40403,\"message\":\"Schema not found\"}".to_string()),
-                };
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+                let (status, body) =
+                    if method == "POST" && path.starts_with("/subjects/") && path.ends_with("/versions") {
+                        let posted: serde_json::Value =
+                            serde_json::from_slice(&request[head_end..]).unwrap_or(serde_json::Value::Null);
+                        match posted.get("schema").and_then(serde_json::Value::as_str) {
+                            Some(schema) => {
+                                let mut known = schemas.lock().unwrap_or_else(|p| p.into_inner());
+                                let id = match known.iter().find(|(_, s)| s.as_str() == schema) {
+                                    Some((id, _)) => *id,
+                                    None => {
+                                        let id = known.keys().max().copied().unwrap_or(0).max(99) + 1;
+                                        known.insert(id, schema.to_string());
+                                        id
+                                    }
+                                };
+                                ("200 OK", format!("{{\"id\":{id}}}"))
+                            }
+                            None => (
+                                "422 Unprocessable Entity",
+                                "{\"error_code\":42201,\"message\":\"Invalid schema\"}".into(),
+                            ),
+                        }
+                    } else {
+                        let schema = path
+                            .strip_prefix("/schemas/ids/")
+                            .and_then(|id| id.parse::<u32>().ok())
+                            .and_then(|id| schemas.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned());
+                        match schema {
+                            Some(s) => ("200 OK", serde_json::json!({ "schema": s }).to_string()),
+                            None => {
+                                ("404 Not Found", "{\"error_code\":40403,\"message\":\"Schema not found\"}".to_string())
+                            }
+                        }
+                    };
                 let response = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -527,6 +568,103 @@ async fn kafka_avro_with_schema_registry() -> Result<()> {
         Duration::from_secs(30),
     )
     .await?;
+    Ok(())
+}
+
+/// Waits until `eddy_sql` returns the same rows as `oracle_sql` (both over Eddy), with
+/// something in them.
+async fn same_rows(client: &tokio_postgres::Client, eddy_sql: &str, oracle_sql: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, want) = (rows(client, eddy_sql).await?, rows(client, oracle_sql).await?);
+        if got == want && !want.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{eddy_sql}: expected {want:?} (from {oracle_sql}), got {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Avro sinks: a view's changes leave as Avro UPSERT and DEBEZIUM records whose schemas the
+/// sink registered, and Eddy tables reading those topics back through the registry equal the
+/// view and the table they came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_avro_sinks_round_trip() -> Result<()> {
+    let cluster = MockCluster::new(1)?;
+    for topic in ["avro_totals", "avro_orders", "eddy_sink_progress"] {
+        cluster.create_topic(topic, 1, 1)?;
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let registry = start_registry(Vec::new()).await?;
+    let server = TestServer::start_with(&["--barrier-interval-ms", "100", "--checkpoint-interval-ms", "200"])?;
+    let client = server.connect().await?;
+    let with =
+        |topic: &str| format!("connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{bootstrap}'");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id INT PRIMARY KEY, customer INT, amount DECIMAL(10,2), note VARCHAR, at TIMESTAMP);
+             CREATE MATERIALIZED VIEW totals AS
+               SELECT customer, count(*) AS n, sum(amount) AS total, max(at) AS last FROM orders GROUP BY customer;
+             CREATE SINK totals_out AS SELECT * FROM totals
+               WITH ({}, primary_key = 'customer') FORMAT UPSERT ENCODE AVRO (schema.registry = '{registry}');
+             CREATE SINK orders_out AS SELECT * FROM orders
+               WITH ({}, primary_key = 'id') FORMAT DEBEZIUM ENCODE AVRO (schema.registry = '{registry}');
+             CREATE TABLE totals_back (customer INT PRIMARY KEY, n BIGINT, total DECIMAL, last TIMESTAMP)
+               WITH ({}) FORMAT UPSERT ENCODE AVRO (schema.registry = '{registry}');
+             CREATE TABLE orders_back (id INT PRIMARY KEY, customer INT, amount DECIMAL(10,2), note VARCHAR, at TIMESTAMP)
+               WITH ({}) FORMAT DEBEZIUM ENCODE AVRO (schema.registry = '{registry}');",
+            with("avro_totals"),
+            with("avro_orders"),
+            with("avro_totals"),
+            with("avro_orders"),
+        ))
+        .await?;
+    client
+        .batch_execute(
+            "INSERT INTO orders SELECT i, i % 7, (i * 37 % 1000) / 100.0, 'note ' || i,
+                    CAST(to_timestamp(1767225600 + i * 1.5) AS TIMESTAMP)
+             FROM generate_series(1, 300) AS s(i);
+             INSERT INTO orders VALUES (1000, 8, NULL, NULL, NULL), (1001, 9, -0.01, 'ünïcode \"quoted\"', '1999-12-31 23:59:59.999999');",
+        )
+        .await?;
+    client
+        .batch_execute(
+            "UPDATE orders SET amount = amount + 1, note = 'touched' WHERE id % 10 = 0;
+             DELETE FROM orders WHERE id % 9 = 0;
+             DELETE FROM orders WHERE customer = 9;",
+        )
+        .await?;
+    let totals = "SELECT customer, n, total, last FROM totals ORDER BY customer";
+    same_rows(&client, "SELECT customer, n, total, last FROM totals_back ORDER BY customer", totals).await?;
+    let orders = "SELECT id, customer, amount, note, at FROM orders ORDER BY id";
+    same_rows(&client, "SELECT id, customer, amount, note, at FROM orders_back ORDER BY id", orders).await?;
+    // Customer 9's group was deleted: a tombstone removed it from the read-back table.
+    assert!(rows(&client, "SELECT * FROM totals_back WHERE customer = 9").await?.is_empty());
+
+    // What Avro cannot carry, and a registry that does not answer, are refused at CREATE.
+    let refused = |sql: String| {
+        let client = &client;
+        async move {
+            let err = client.simple_query(&sql).await.err();
+            err.map(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())).unwrap_or_default()
+        }
+    };
+    let err = refused(format!(
+        "CREATE SINK bad AS SELECT id, ARRAY[id] AS ids FROM orders WITH ({}, primary_key = 'id')
+           FORMAT UPSERT ENCODE AVRO (schema.registry = '{registry}')",
+        with("avro_orders")
+    ))
+    .await;
+    assert!(err.contains("column \"ids\""), "{err}");
+    let err = refused(format!(
+        "CREATE SINK bad AS SELECT id FROM orders WITH ({}, primary_key = 'id')
+           FORMAT UPSERT ENCODE AVRO (schema.registry = 'http://127.0.0.1:9')",
+        with("avro_orders")
+    ))
+    .await;
+    assert!(err.contains("registering the Avro schema"), "{err}");
     Ok(())
 }
 

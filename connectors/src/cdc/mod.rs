@@ -15,6 +15,7 @@ pub mod binlog;
 pub mod my_values;
 pub mod my_wire;
 pub mod mysql;
+mod pg_slot;
 pub mod pg_values;
 pub mod pg_wire;
 pub mod pgoutput;

@@ -483,7 +483,7 @@ impl Drop for MyCdcReader {
         if let Some(w) = self.worker.take() {
             w.abort();
         }
-        progress::unregister(&self.config.progress_key(), &self.progress);
+        progress::unregister(&self.progress);
     }
 }
 

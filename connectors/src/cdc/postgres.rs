@@ -1,31 +1,33 @@
-//! The `postgres-cdc` connector: one upstream table, snapshot then pgoutput stream.
+//! The `postgres-cdc` connector: upstream tables, each a snapshot then the pgoutput stream.
 //!
-//! A background task owns the connections and sends decoded changes over a channel, so
-//! [`SourceReader::next_chunk`] only waits on that channel and is cancel-safe. The task
-//! - on a fresh start, (re)creates the slot with an exported snapshot, reads the table in
-//!   that snapshot through a cursor in chunks (progress in `eddy_catalog.cdc_progress`), then
-//!   streams from the slot's consistent point, so no change is missed or seen twice;
-//! - on resume, streams from the slot and skips transactions whose commit is at or before the
-//!   stored position (delivery after a crash is at-least-once);
-//! - reconnects after a dropped connection and stops the table, with the error in
-//!   `cdc_progress`, on what a retry cannot fix (slot gone, incompatible schema change).
+//! The tables of one source share its replication slot and publication: one walsender
+//! streams for all of them ([`super::pg_slot`] hands each its own changes), and the slot
+//! retains WAL only up to what every table has durably absorbed. A new table
+//! - copies its rows in the snapshot exported by a temporary slot created after the shared
+//!   one (progress in `eddy_catalog.cdc_progress`), then takes from the shared stream every
+//!   transaction that commits after that snapshot, so no change is missed or seen twice;
+//! - on resume, takes from the stream what commits after its stored position (delivery after
+//!   a crash is at-least-once, and already-absorbed transactions are skipped);
+//! - reconnects after a dropped connection and stops, with the error in `cdc_progress`, on
+//!   what a retry cannot fix (slot gone, incompatible schema change).
+//!
+//! Background tasks own the connections and send decoded changes over a channel, so
+//! [`SourceReader::next_chunk`] only waits on that channel and is cancel-safe.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use eddy_common::{ChangeBatch, SqlState};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
+use super::pg_slot::{self, MemberSpec, Membership};
 use super::pg_values::{RowsBuilder, compatible, format_lsn};
-use super::pg_wire::{
-    ConnectParams, ReplicationConnection, SESSION_OPTIONS, StreamMessage, WireError, quote_ident, quote_literal,
-};
-use super::pgoutput::{Datum, Message, OldKind, Relation, decode};
+use super::pg_wire::{ConnectParams, ReplicationConnection, SESSION_OPTIONS, WireError, quote_ident, quote_literal};
 use super::progress::{self, CdcProgress};
 use crate::error::{ConnectorError, Result};
 use crate::source::{SourceReader, SourceStats};
@@ -45,7 +47,7 @@ pub const OPTIONS: &[&str] = &[
 ];
 
 /// Rows per batch handed to the table (snapshot chunks and coalesced transactions).
-const CHUNK_ROWS: usize = 8192;
+pub(super) const CHUNK_ROWS: usize = 8192;
 
 /// A parsed `postgres-cdc` configuration.
 #[derive(Debug, Clone)]
@@ -97,10 +99,11 @@ impl PgCdcConfig {
         }
         let slot = match get("slot.name") {
             Some(s) => s,
-            None => {
-                let t = table.clone().unwrap_or_default();
-                sanitize(&format!("eddy_{database}_{schema}_{t}"))
-            }
+            None => match &table {
+                Some(t) => sanitize(&format!("eddy_{database}_{schema}_{t}")),
+                // A source's tables share its slot.
+                None => sanitize(&format!("eddy_{database}")),
+            },
         };
         if slot.is_empty()
             || slot.len() > 63
@@ -124,15 +127,22 @@ impl PgCdcConfig {
         })
     }
 
-    /// The options of a table read `FROM` a shared source: the source's connection (and
-    /// publication, when it names one; the table is added to it), the table's name, and a slot
-    /// of its own named after the source's.
+    /// The options of a table read `FROM` a shared source: the source's connection, slot
+    /// and publication (the table is added to it), and the table's name.
     pub fn table_options(source: &HashMap<String, String>, table: &str) -> HashMap<String, String> {
         let mut options = source.clone();
+        if !options.contains_key("slot.name")
+            && let Ok(shared) = Self::parse(source)
+        {
+            options.insert("slot.name".into(), shared.slot);
+        }
         options.insert("table.name".into(), table.to_string());
-        let base = source.get("slot.name").cloned().unwrap_or_else(|| "eddy".into());
-        options.insert("slot.name".into(), sanitize(&format!("{base}_{}", table.replace('.', "_"))));
         options
+    }
+
+    /// Where the slot lives and its name: tables with the same identity share one slot.
+    pub fn slot_identity(&self) -> String {
+        format!("{}:{}/{}/{}", self.params.host, self.params.port, self.params.database, self.slot)
     }
 
     fn upstream_table(&self) -> String {
@@ -361,12 +371,27 @@ async fn ensure_publication(client: &tokio_postgres::Client, config: &PgCdcConfi
     })
 }
 
-/// Drops what the table left upstream: its replication slot (so Postgres stops retaining
+/// Releases what a dropped table held upstream. While other tables still read the slot, only
+/// the table leaves the publication; the last one drops the slot (so Postgres stops retaining
 /// WAL for it) and the publication it created.
 ///
 /// # Errors
 /// When upstream cannot be reached or refuses; the message says what to drop by hand.
-pub async fn drop_upstream(config: &PgCdcConfig) -> Result<()> {
+pub async fn drop_upstream(config: &PgCdcConfig, slot_still_used: bool) -> Result<()> {
+    if slot_still_used {
+        if config.owns_publication && config.table.is_some() {
+            let client = sql_client(&config.params).await?;
+            let statement = format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                quote_ident(&config.publication),
+                config.qualified_table()
+            );
+            if let Err(e) = client.batch_execute(&statement).await {
+                tracing::info!(error = %e, %statement, "the table stays in the shared publication");
+            }
+        }
+        return Ok(());
+    }
     let client = sql_client(&config.params).await.map_err(|e| ConnectorError::Upstream {
         state: SqlState::ObjectNotInPrerequisiteState,
         message: format!("{e}; drop the slot by hand: SELECT pg_drop_replication_slot('{}')", config.slot),
@@ -444,8 +469,8 @@ impl Position {
     }
 }
 
-/// What the background task hands the reader.
-enum Event {
+/// What the snapshot task and the slot's stream hand the reader.
+pub(super) enum Event {
     /// Snapshot rows, or part of a large transaction (no new position).
     Rows(ChangeBatch),
     SnapshotDone(u64),
@@ -460,10 +485,13 @@ pub struct PgCdcReader {
     declared: SchemaRef,
     stats: Arc<SourceStats>,
     position: Position,
-    events: Option<mpsc::Receiver<Event>>,
+    events: mpsc::Receiver<Event>,
+    /// The sending side, until the snapshot task takes it.
+    sender: Option<mpsc::Sender<Event>>,
     pending: Option<Event>,
-    ack: watch::Sender<u64>,
-    worker: Option<tokio::task::JoinHandle<()>>,
+    membership: Arc<Membership>,
+    snapshot_task: Option<tokio::task::JoinHandle<()>>,
+    started: bool,
     stopped: bool,
     progress: Arc<Mutex<CdcProgress>>,
 }
@@ -477,54 +505,72 @@ impl PgCdcReader {
         position: Option<&[u8]>,
         stats: Arc<SourceStats>,
     ) -> Result<Self> {
-        if config.table.is_none() {
+        let Some(table) = config.table.clone() else {
             return Err(ConnectorError::InvalidOption(
                 "a postgres-cdc source is read through tables: CREATE TABLE t (...) FROM source TABLE 'schema.table'"
                     .into(),
             ));
-        }
+        };
         let position = match position {
             Some(p) => Position::decode(p)?,
             None => Position::Fresh,
         };
-        let acked = match position {
-            Position::Streaming(lsn) => lsn,
-            Position::Fresh => 0,
+        let streaming_from = match position {
+            Position::Streaming(lsn) => Some(lsn),
+            Position::Fresh => None,
         };
         let progress = progress::register(&config.slot, &config.upstream_table());
-        progress.lock().confirmed_lsn = acked;
+        progress.lock().confirmed_lsn = streaming_from.unwrap_or(0);
+        let (sender, events) = mpsc::channel(16);
+        // Joining now, before any checkpoint can be taken, keeps the slot from being
+        // acknowledged past this table's position by the other tables of the source.
+        let membership = Arc::new(pg_slot::join(
+            &config.params,
+            &config.slot,
+            &config.publication,
+            MemberSpec {
+                schema: config.schema.clone(),
+                table,
+                declared: declared.clone(),
+                events: sender.clone(),
+                stats: stats.clone(),
+                progress: progress.clone(),
+            },
+            streaming_from,
+        ));
         Ok(Self {
             config: Arc::new(config),
             declared,
             stats,
             position,
-            events: None,
+            events,
+            sender: Some(sender),
             pending: None,
-            ack: watch::channel(acked).0,
-            worker: None,
+            membership,
+            snapshot_task: None,
+            started: false,
             stopped: false,
             progress,
         })
     }
 
     fn start(&mut self) {
-        let (tx, rx) = mpsc::channel(16);
-        let worker = Worker {
-            config: self.config.clone(),
-            declared: self.declared.clone(),
-            events: tx,
-            acks: self.ack.subscribe(),
-            stats: self.stats.clone(),
-            progress: self.progress.clone(),
-            last_emitted: match self.position {
-                Position::Fresh => None,
-                Position::Streaming(lsn) => Some(lsn),
-            },
-            relation: None,
-            columns: Vec::new(),
-        };
-        self.worker = Some(tokio::spawn(worker.run()));
-        self.events = Some(rx);
+        self.started = true;
+        let sender = self.sender.take();
+        match (self.position, sender) {
+            (Position::Fresh, Some(events)) => {
+                let task = SnapshotTask {
+                    config: self.config.clone(),
+                    declared: self.declared.clone(),
+                    events,
+                    stats: self.stats.clone(),
+                    progress: self.progress.clone(),
+                    membership: Arc::downgrade(&self.membership),
+                };
+                self.snapshot_task = Some(tokio::spawn(task.run()));
+            }
+            _ => self.membership.ensure_running(),
+        }
     }
 
     fn keeps_columns(batch: &ChangeBatch) -> bool {
@@ -534,17 +580,17 @@ impl PgCdcReader {
 
 impl Drop for PgCdcReader {
     fn drop(&mut self) {
-        if let Some(w) = self.worker.take() {
+        if let Some(w) = self.snapshot_task.take() {
             w.abort();
         }
-        progress::unregister(&self.config.slot, &self.progress);
+        progress::unregister(&self.progress);
     }
 }
 
 #[async_trait]
 impl SourceReader for PgCdcReader {
     async fn next_chunk(&mut self) -> Result<Option<ChangeBatch>> {
-        if self.events.is_none() {
+        if !self.started {
             self.start();
         }
         loop {
@@ -553,12 +599,9 @@ impl SourceReader for PgCdcReader {
             }
             let event = match self.pending.take() {
                 Some(e) => e,
-                None => match self.events.as_mut() {
-                    Some(rx) => match rx.recv().await {
-                        Some(e) => e,
-                        None => Event::Failed("the CDC task ended".into()),
-                    },
-                    None => Event::Failed("the CDC task did not start".into()),
+                None => match self.events.recv().await {
+                    Some(e) => e,
+                    None => Event::Failed("the CDC task ended".into()),
                 },
             };
             let mut out: Vec<ChangeBatch> = Vec::new();
@@ -598,9 +641,7 @@ impl SourceReader for PgCdcReader {
                 if alone || rows >= CHUNK_ROWS {
                     break;
                 }
-                if let Some(rx) = self.events.as_mut() {
-                    event = rx.try_recv().ok();
-                }
+                event = self.events.try_recv().ok();
             }
             match out.len() {
                 0 => continue,
@@ -619,22 +660,16 @@ impl SourceReader for PgCdcReader {
 
     fn checkpoint_committed(&mut self, position: &[u8]) {
         if let Ok(Position::Streaming(lsn)) = Position::decode(position) {
-            self.ack.send_if_modified(|acked| {
-                let newer = lsn > *acked;
-                if newer {
-                    *acked = lsn;
-                }
-                newer
-            });
+            self.membership.durable(lsn);
         }
     }
 }
 
 /// A failure of one session with upstream.
-enum SessionError {
+pub(super) enum SessionError {
     /// Reconnect and go on.
     Retry(String),
-    /// Stop the table.
+    /// Stop the table (or every table of the slot).
     Fatal(String),
     /// The reader is gone.
     Closed,
@@ -646,33 +681,35 @@ impl From<WireError> for SessionError {
     }
 }
 
-impl From<ConnectorError> for SessionError {
-    fn from(e: ConnectorError) -> Self {
-        SessionError::Retry(e.to_string())
-    }
-}
+/// Names of temporary snapshot slots, unique within the process.
+static SNAPSHOT_SLOTS: AtomicU64 = AtomicU64::new(0);
 
-struct Worker {
+/// Copies a new table's rows as of a consistent point, then has the slot's stream feed it
+/// from that point.
+struct SnapshotTask {
     config: Arc<PgCdcConfig>,
     declared: SchemaRef,
     events: mpsc::Sender<Event>,
-    acks: watch::Receiver<u64>,
     stats: Arc<SourceStats>,
     progress: Arc<Mutex<CdcProgress>>,
-    /// Commit end LSN of the last transaction handed out; `None` until the snapshot is done.
-    last_emitted: Option<u64>,
-    /// The upstream relation id of our table, once announced.
-    relation: Option<Relation>,
-    /// For each declared column, its index among the relation's columns.
-    columns: Vec<usize>,
+    membership: Weak<Membership>,
 }
 
-impl Worker {
-    async fn run(mut self) {
+impl SnapshotTask {
+    async fn run(self) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.session().await {
-                Ok(()) | Err(SessionError::Closed) => return,
+            match self.snapshot().await {
+                Ok(consistent_point) => {
+                    if self.events.send(Event::SnapshotDone(consistent_point)).await.is_err() {
+                        return;
+                    }
+                    if let Some(membership) = self.membership.upgrade() {
+                        membership.start_streaming(consistent_point);
+                    }
+                    return;
+                }
+                Err(SessionError::Closed) => return,
                 Err(SessionError::Fatal(message)) => {
                     {
                         let mut p = self.progress.lock();
@@ -680,11 +717,14 @@ impl Worker {
                         p.healthy = false;
                         p.last_error = Some(message.clone());
                     }
+                    if let Some(membership) = self.membership.upgrade() {
+                        membership.stop();
+                    }
                     let _ = self.events.send(Event::Failed(message)).await;
                     return;
                 }
                 Err(SessionError::Retry(message)) => {
-                    tracing::warn!(slot = %self.config.slot, %message, "postgres-cdc connection lost; reconnecting");
+                    tracing::warn!(table = %self.config.upstream_table(), %message, "postgres-cdc snapshot failed; retrying");
                     {
                         let mut p = self.progress.lock();
                         p.phase = "reconnecting".into();
@@ -701,49 +741,39 @@ impl Worker {
         self.events.send(event).await.map_err(|_| SessionError::Closed)
     }
 
-    async fn session(&mut self) -> std::result::Result<(), SessionError> {
-        let mut conn = ReplicationConnection::connect(&self.config.params).await?;
-        if self.last_emitted.is_none() {
-            let consistent_point = self.snapshot(&mut conn).await?;
-            self.last_emitted = Some(consistent_point);
-            self.send(Event::SnapshotDone(consistent_point)).await?;
-        }
-        self.progress.lock().phase = "streaming".into();
-        if let Err(e) = conn.start_replication(&self.config.slot, 0, &self.config.publication).await {
-            if let WireError::Server { code, .. } = &e
-                && code == "42704"
-            {
-                return Err(SessionError::Fatal(format!(
-                    "replication slot {} no longer exists upstream, so changes since the last checkpoint are lost; drop and recreate the table",
-                    self.config.slot
-                )));
-            }
-            return Err(e.into());
-        }
-        self.stream(&mut conn).await
-    }
-
-    /// Creates the slot with an exported snapshot and copies the table as of that snapshot.
-    /// Returns the slot's consistent point.
-    async fn snapshot(&mut self, conn: &mut ReplicationConnection) -> std::result::Result<u64, SessionError> {
+    /// Makes sure the source's slot exists, then copies the table in the snapshot exported by
+    /// a temporary slot created after it: the shared slot has every change after the copy.
+    /// Returns the temporary slot's consistent point.
+    async fn snapshot(&self) -> std::result::Result<u64, SessionError> {
         let slot = &self.config.slot;
+        let mut conn = ReplicationConnection::connect(&self.config.params).await?;
         let existing = conn
-            .simple_query(&format!(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = {}",
-                quote_literal(slot)
-            ))
+            .simple_query(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = {}", quote_literal(slot)))
             .await?;
-        if let Some(row) = existing.first() {
-            // A slot without a stored position has no baseline here: start it over.
-            if let Some(Some(pid)) = row.first() {
-                conn.simple_query(&format!("SELECT pg_terminate_backend({})", pid.parse::<i32>().unwrap_or(0))).await?;
+        if existing.is_empty() {
+            match conn
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                    quote_ident(slot)
+                ))
+                .await
+            {
+                Ok(_) => tracing::info!(%slot, "postgres-cdc replication slot created"),
+                // Another table of the source created it meanwhile.
+                Err(WireError::Server { code, .. }) if code == "42710" => {}
+                Err(e) => return Err(e.into()),
             }
-            conn.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(slot))).await?;
         }
+        let temporary = format!(
+            "{}_snap_{}_{}",
+            &slot[..slot.len().min(40)],
+            std::process::id(),
+            SNAPSHOT_SLOTS.fetch_add(1, Ordering::Relaxed)
+        );
         let created = conn
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-                quote_ident(slot)
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')",
+                quote_ident(&temporary)
             ))
             .await?;
         let row =
@@ -809,7 +839,7 @@ impl Worker {
                 break;
             }
             copied += n as u64;
-            if let Some(batch) = builder.finish(&table, &self.stats)? {
+            if let Some(batch) = builder.finish(&table, &self.stats).map_err(|e| SessionError::Retry(e.to_string()))? {
                 self.send(Event::Rows(batch)).await?;
             }
             let mut p = self.progress.lock();
@@ -817,256 +847,12 @@ impl Worker {
             p.snapshot_rows_estimated = p.snapshot_rows_estimated.max(copied);
         }
         client.batch_execute("COMMIT").await.map_err(retry)?;
+        // The temporary slot goes with its connection.
+        drop(conn);
+        self.progress.lock().phase = "streaming".into();
         tracing::info!(%table, rows = copied, lsn = %format_lsn(consistent_point), "postgres-cdc snapshot copied");
         Ok(consistent_point)
     }
-
-    /// Checks a Relation message of our table against the declared columns.
-    fn on_relation(&mut self, relation: Relation) -> std::result::Result<(), SessionError> {
-        let mut columns = Vec::with_capacity(self.declared.fields().len());
-        for field in self.declared.fields() {
-            let Some(i) = relation.columns.iter().position(|c| c.name == *field.name()) else {
-                return Err(SessionError::Fatal(format!(
-                    "upstream table {} no longer has column \"{}\" (dropped or renamed); the table stopped to avoid wrong rows: drop it and create it again with the new columns",
-                    self.config.upstream_table(),
-                    field.name()
-                )));
-            };
-            let oid = relation.columns[i].type_oid;
-            if !compatible(oid, field.data_type()) {
-                return Err(SessionError::Fatal(format!(
-                    "column \"{}\" of upstream table {} changed to type oid {oid}, which cannot be read as {}; the table stopped: drop it and create it again",
-                    field.name(),
-                    self.config.upstream_table(),
-                    field.data_type()
-                )));
-            }
-            columns.push(i);
-        }
-        if let Some(old) = &self.relation
-            && old.columns.len() != relation.columns.len()
-        {
-            tracing::info!(table = %self.config.upstream_table(), "upstream columns changed compatibly; continuing");
-        }
-        self.columns = columns;
-        self.relation = Some(relation);
-        Ok(())
-    }
-
-    fn is_ours(&self, relation: u32) -> bool {
-        self.relation.as_ref().is_some_and(|r| r.id == relation)
-    }
-
-    /// Adds a row to `builder` from a tuple; values missing from the tuple (NULL in a key-only
-    /// old tuple) become placeholders in NOT NULL columns, which a delete by key never reads.
-    fn push_tuple(&self, builder: &mut RowsBuilder, tuple: &[Datum], weight: i64, lsn: u64, key_only: bool) {
-        let values = self.columns.iter().enumerate().map(|(declared, &i)| match tuple.get(i) {
-            Some(Datum::Text(b)) => Some(b.as_ref()),
-            _ if key_only && !self.declared.field(declared).is_nullable() => {
-                placeholder(self.declared.field(declared).data_type())
-            }
-            _ => None,
-        });
-        builder.push(values, weight, lsn);
-    }
-
-    async fn stream(&mut self, conn: &mut ReplicationConnection) -> std::result::Result<(), SessionError> {
-        let table = self.config.upstream_table();
-        let mut status = tokio::time::interval(Duration::from_secs(1));
-        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut builder = RowsBuilder::new(self.declared.clone());
-        let mut skipping = false;
-        let mut in_transaction = false;
-        let mut commit_lsn = 0;
-        enum Wake {
-            Message(std::result::Result<StreamMessage, WireError>),
-            Status,
-            Acked,
-        }
-        loop {
-            let wake = tokio::select! {
-                m = conn.next_message() => Wake::Message(m),
-                _ = status.tick() => Wake::Status,
-                Ok(()) = self.acks.changed() => Wake::Acked,
-            };
-            let message = match wake {
-                Wake::Status | Wake::Acked => {
-                    let acked = *self.acks.borrow_and_update();
-                    self.progress.lock().confirmed_lsn = acked;
-                    conn.send_status(acked, false).await?;
-                    continue;
-                }
-                Wake::Message(m) => m?,
-            };
-            let (wal_start, data) = match message {
-                StreamMessage::Keepalive { wal_end, reply } => {
-                    self.progress.lock().server_lsn = wal_end;
-                    // Between transactions, everything committed before `wal_end` has been
-                    // sent: moving the position there lets the slot free WAL written by
-                    // tables we do not follow (pgoutput sends nothing for them).
-                    if !in_transaction && self.last_emitted.is_some_and(|done| done < wal_end) {
-                        self.last_emitted = Some(wal_end);
-                        self.send(Event::Committed(None, wal_end)).await?;
-                    }
-                    if reply {
-                        let acked = *self.acks.borrow();
-                        conn.send_status(acked, false).await?;
-                    }
-                    continue;
-                }
-                StreamMessage::Done => {
-                    return Err(SessionError::Retry("the server ended the replication stream".into()));
-                }
-                StreamMessage::XLogData { wal_start, data } => (wal_start, data),
-            };
-            let message = match decode(data) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.progress.lock().healthy = false;
-                    self.stats.bad_record(format!("postgres-cdc table {table}: at LSN {}: {e}", format_lsn(wal_start)));
-                    continue;
-                }
-            };
-            match message {
-                Message::Begin { final_lsn, .. } => {
-                    in_transaction = true;
-                    commit_lsn = final_lsn;
-                    // Already handed out before a reconnect or crash: skip it.
-                    skipping = self.last_emitted.is_some_and(|done| final_lsn < done);
-                }
-                Message::Relation(relation)
-                    if relation.namespace == self.config.schema
-                        && Some(relation.name.as_str()) == self.config.table.as_deref() =>
-                {
-                    self.on_relation(relation)?;
-                }
-                Message::Insert { relation, new } if !skipping && self.is_ours(relation) => {
-                    self.push_tuple(&mut builder, &new, 1, commit_lsn, false);
-                }
-                Message::Update { relation, old, new } if !skipping && self.is_ours(relation) => {
-                    self.on_update(&mut builder, old, new, commit_lsn).await?;
-                }
-                Message::Delete { relation, old: (kind, old) } if !skipping && self.is_ours(relation) => {
-                    self.push_tuple(&mut builder, &old, -1, commit_lsn, kind == OldKind::Key);
-                }
-                Message::Truncate { relations } if !skipping && relations.iter().any(|r| self.is_ours(*r)) => {
-                    return Err(SessionError::Fatal(format!(
-                        "upstream table {table} was truncated; following TRUNCATE is not supported yet, so the table stopped: drop it and create it again"
-                    )));
-                }
-                Message::Commit { end_lsn, .. } => {
-                    in_transaction = false;
-                    if skipping {
-                        skipping = false;
-                        continue;
-                    }
-                    let batch = builder.finish(&table, &self.stats)?;
-                    self.last_emitted = Some(end_lsn);
-                    if let Some(batch) = batch {
-                        self.send(Event::Committed(Some(batch), end_lsn)).await?;
-                    } else {
-                        self.send(Event::Committed(None, end_lsn)).await?;
-                    }
-                    if self.stats.bad_records() > 0 {
-                        self.progress.lock().healthy = false;
-                    }
-                }
-                _ => {}
-            }
-            if builder.len() >= CHUNK_ROWS
-                && let Some(batch) = builder.finish(&table, &self.stats)?
-            {
-                self.send(Event::Rows(batch)).await?;
-            }
-        }
-    }
-
-    async fn on_update(
-        &mut self,
-        builder: &mut RowsBuilder,
-        old: Option<(OldKind, Vec<Datum>)>,
-        mut new: Vec<Datum>,
-        lsn: u64,
-    ) -> std::result::Result<(), SessionError> {
-        let table = self.config.upstream_table();
-        let key_columns: Vec<usize> = self
-            .relation
-            .as_ref()
-            .map(|r| r.columns.iter().enumerate().filter(|(_, c)| c.flags & 1 == 1).map(|(i, _)| i).collect())
-            .unwrap_or_default();
-        if let Some((kind, old)) = &old {
-            let key_changed = key_columns
-                .iter()
-                .any(|&i| matches!((old.get(i), new.get(i)), (Some(Datum::Text(a)), Some(Datum::Text(b))) if a != b));
-            if key_changed {
-                self.push_tuple(builder, old, -1, lsn, *kind == OldKind::Key);
-            }
-            // A full old row carries the TOAST values the new row left out.
-            if *kind == OldKind::Full {
-                for (i, d) in new.iter_mut().enumerate() {
-                    if *d == Datum::UnchangedToast
-                        && let Some(v) = old.get(i)
-                    {
-                        *d = v.clone();
-                    }
-                }
-            }
-        }
-        let keep: Vec<usize> = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| new.get(**i) == Some(&Datum::UnchangedToast))
-            .map(|(declared, _)| declared)
-            .collect();
-        if keep.is_empty() {
-            self.push_tuple(builder, &new, 1, lsn, false);
-            return Ok(());
-        }
-        // The table fills these columns from its current row: send the row on its own, after
-        // what came before it.
-        if let Some(batch) = builder.finish(&table, &self.stats)? {
-            self.send(Event::Rows(batch)).await?;
-        }
-        let mut single = RowsBuilder::new(self.declared.clone());
-        self.push_tuple(&mut single, &new, 1, lsn, true);
-        if let Some(batch) = single.finish(&table, &self.stats)? {
-            let (data, weights) = batch.into_parts();
-            let mut metadata = data.schema().metadata().clone();
-            let list: Vec<String> = keep.iter().map(|i| i.to_string()).collect();
-            metadata.insert(super::KEEP_COLUMNS_METADATA.to_string(), list.join(","));
-            let schema = Arc::new(data.schema().as_ref().clone().with_metadata(metadata));
-            let data = RecordBatch::try_new(schema, data.columns().to_vec()).map_err(ConnectorError::from)?;
-            let batch = ChangeBatch::try_new(data, weights).map_err(ConnectorError::from)?;
-            self.send(Event::Rows(batch)).await?;
-        }
-        Ok(())
-    }
-}
-
-/// A stand-in value for a NOT NULL column of a delete-by-key row (never read).
-fn placeholder(t: &DataType) -> Option<&'static [u8]> {
-    Some(match t {
-        DataType::Boolean => b"f",
-        DataType::Binary => b"\\x",
-        DataType::Utf8 => b"",
-        DataType::Date32 => b"1970-01-01",
-        DataType::Timestamp(_, None) => b"1970-01-01 00:00:00",
-        DataType::Timestamp(_, Some(_)) => b"1970-01-01 00:00:00+00:00",
-        DataType::List(_) => b"{}",
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-        | DataType::Float32
-        | DataType::Float64
-        | DataType::Decimal128(_, _) => b"0",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ fn mysql_lag(confirmed: Option<&str>, server: Option<&str>) -> u64 {
 
 static READERS: LazyLock<Mutex<BTreeMap<String, Arc<Mutex<CdcProgress>>>>> = LazyLock::new(Default::default);
 
-/// Registers a reader under its slot name (replacing an older reader of the same slot).
+/// Registers a reader under its slot and table (replacing an older reader of the same).
 pub fn register(slot: &str, upstream_table: &str) -> Arc<Mutex<CdcProgress>> {
     let entry = Arc::new(Mutex::new(CdcProgress {
         upstream_table: upstream_table.to_string(),
@@ -63,15 +63,19 @@ pub fn register(slot: &str, upstream_table: &str) -> Arc<Mutex<CdcProgress>> {
         healthy: true,
         ..Default::default()
     }));
-    READERS.lock().insert(slot.to_string(), entry.clone());
+    READERS.lock().insert(format!("{slot}/{upstream_table}"), entry.clone());
     entry
 }
 
-/// Forgets a reader's entry, unless a newer reader took the slot over.
-pub fn unregister(slot: &str, entry: &Arc<Mutex<CdcProgress>>) {
+/// Forgets a reader's entry, unless a newer reader took its place.
+pub fn unregister(entry: &Arc<Mutex<CdcProgress>>) {
+    let key = {
+        let e = entry.lock();
+        format!("{}/{}", e.slot, e.upstream_table)
+    };
     let mut readers = READERS.lock();
-    if readers.get(slot).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-        readers.remove(slot);
+    if readers.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+        readers.remove(&key);
     }
 }
 

@@ -22,6 +22,7 @@
 //! `dead_letter.topic`, and skipped.
 
 pub mod avro;
+pub mod avro_sink;
 pub mod decode;
 mod reader;
 pub mod sink;

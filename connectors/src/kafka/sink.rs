@@ -10,6 +10,9 @@
 //!   or update writes the new row as the value, a delete writes a tombstone (no value).
 //! - `FORMAT DEBEZIUM ENCODE JSON`: the value is `{"before", "after", "op", "ts_ms"}` with
 //!   `op` = `c` (insert), `u` (an update: the `-old, +new` pair of one key) or `d` (delete).
+//! - `ENCODE AVRO (schema.registry = '...')` with any of the three: the same records in the
+//!   Confluent Avro wire format, with schemas registered at `CREATE SINK`
+//!   (see [`super::avro_sink`]).
 //!
 //! # Exactly once
 //! Each sink actor owns one transactional producer (`transactional.id` =
@@ -53,6 +56,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use serde_json::Value;
+
+use super::avro_sink::{AvroRecordWriter, debezium_schema, register, write_long};
 use crate::error::{ConnectorError, Result};
 use crate::source::SourceFormat;
 
@@ -90,7 +96,22 @@ pub struct KafkaSinkOptions {
     pub force_append_only: bool,
     pub exactly_once: bool,
     pub progress_topic: String,
+    /// `ENCODE AVRO`: the registry and the ids of the registered schemas (value, key), which
+    /// [`KafkaSinkOptions::register_avro_schemas`] gives when the sink is created.
+    pub avro: Option<AvroEncoding>,
 }
+
+/// Where an Avro sink's schemas are registered, and their ids once they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvroEncoding {
+    pub registry: String,
+    pub value_schema_id: Option<u32>,
+    pub key_schema_id: Option<u32>,
+}
+
+/// Format options under which a created Avro sink keeps its schema ids.
+pub const VALUE_SCHEMA_ID_OPTION: &str = "eddy.value.schema.id";
+pub const KEY_SCHEMA_ID_OPTION: &str = "eddy.key.schema.id";
 
 fn invalid(message: impl Into<String>) -> ConnectorError {
     ConnectorError::InvalidOption(message.into())
@@ -115,17 +136,38 @@ impl KafkaSinkOptions {
             .or_else(|| options.get("properties.bootstrap.servers"))
             .cloned()
             .ok_or_else(|| invalid("sink connector kafka needs properties.bootstrap.server = 'host:port'"))?;
-        let format =
-            format.ok_or_else(|| invalid("sink connector kafka needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON"))?;
+        let format = format
+            .ok_or_else(|| invalid("sink connector kafka needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON | AVRO"))?;
         let envelope = match format.format.to_ascii_uppercase().as_str() {
             "PLAIN" => SinkEnvelope::Plain,
             "UPSERT" => SinkEnvelope::Upsert,
             "DEBEZIUM" => SinkEnvelope::Debezium,
             other => return Err(invalid(format!("FORMAT {other}: expected PLAIN, UPSERT or DEBEZIUM"))),
         };
-        if !format.encode.eq_ignore_ascii_case("json") {
-            return Err(invalid(format!("ENCODE {}: the Kafka sink writes JSON", format.encode)));
-        }
+        let avro = if format.encode.eq_ignore_ascii_case("json") {
+            None
+        } else if format.encode.eq_ignore_ascii_case("avro") {
+            let registry = format.options.get("schema.registry").cloned().ok_or_else(|| {
+                invalid("ENCODE AVRO needs a schema registry: ENCODE AVRO (schema.registry = 'http://host:port')")
+            })?;
+            if registry.split(',').map(str::trim).any(|u| !u.starts_with("http://")) {
+                return Err(invalid(format!("schema.registry = '{registry}': only http:// registries are supported")));
+            }
+            let id = |key: &str| -> Result<Option<u32>> {
+                format
+                    .options
+                    .get(key)
+                    .map(|v| v.parse::<u32>().map_err(|_| invalid(format!("{key} = '{v}'"))))
+                    .transpose()
+            };
+            Some(AvroEncoding {
+                registry,
+                value_schema_id: id(VALUE_SCHEMA_ID_OPTION)?,
+                key_schema_id: id(KEY_SCHEMA_ID_OPTION)?,
+            })
+        } else {
+            return Err(invalid(format!("ENCODE {}: the Kafka sink writes JSON or AVRO", format.encode)));
+        };
         let mut key = Vec::new();
         if let Some(list) = options.get("primary_key") {
             for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -162,7 +204,48 @@ impl KafkaSinkOptions {
                 .get("sink.progress.topic")
                 .cloned()
                 .unwrap_or_else(|| DEFAULT_PROGRESS_TOPIC.into()),
+            avro,
         })
+    }
+
+    /// The Avro schemas of the sink's records: value, and key when there are key columns.
+    ///
+    /// # Errors
+    /// A column type Avro cannot carry here.
+    pub fn avro_writers(&self, schema: &Schema) -> Result<(AvroRecordWriter, Option<AvroRecordWriter>, Value)> {
+        let value = AvroRecordWriter::new(schema, None, &format!("{}_value", self.topic)).map_err(invalid)?;
+        let key = if self.key.is_empty() {
+            None
+        } else {
+            Some(AvroRecordWriter::new(schema, Some(&self.key), &format!("{}_key", self.topic)).map_err(invalid)?)
+        };
+        let value_schema = match self.envelope {
+            SinkEnvelope::Debezium => debezium_schema(value.schema(), &format!("{}_envelope", self.topic)),
+            _ => value.schema().clone(),
+        };
+        Ok((value, key, value_schema))
+    }
+
+    /// Registers the sink's Avro schemas (subjects `<topic>-value` and `<topic>-key`) and
+    /// returns the format options that keep their ids; nothing for a JSON sink. Blocks on the
+    /// registry's HTTP answers.
+    ///
+    /// # Errors
+    /// A column type Avro cannot carry, or a registry that does not register.
+    pub fn register_avro_schemas(&self, schema: &Schema) -> Result<Vec<(String, String)>> {
+        let Some(avro) = &self.avro else { return Ok(Vec::new()) };
+        let (_, key, value_schema) = self.avro_writers(schema)?;
+        let registry_error = |e: String| ConnectorError::External(e);
+        let mut out = Vec::new();
+        let value_id =
+            register(&avro.registry, &format!("{}-value", self.topic), &value_schema).map_err(registry_error)?;
+        out.push((VALUE_SCHEMA_ID_OPTION.to_string(), value_id.to_string()));
+        if let Some(key) = key {
+            let key_id =
+                register(&avro.registry, &format!("{}-key", self.topic), key.schema()).map_err(registry_error)?;
+            out.push((KEY_SCHEMA_ID_OPTION.to_string(), key_id.to_string()));
+        }
+        Ok(out)
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -229,10 +312,38 @@ pub fn decode_records(mut bytes: &[u8]) -> Result<Vec<SinkRecord>> {
     Ok(out)
 }
 
+/// One encoded value (or key) per row of a batch.
+type EncodedRows = Vec<Vec<u8>>;
+
 /// Turns change batches into records of the sink's format.
 pub struct RecordEncoder {
     options: KafkaSinkOptions,
     schema: SchemaRef,
+    avro: Option<AvroRows>,
+}
+
+/// How an Avro sink writes rows: the row (and key) writers and the registered schema ids.
+struct AvroRows {
+    value: AvroRecordWriter,
+    value_id: u32,
+    key: Option<(AvroRecordWriter, u32)>,
+}
+
+/// Each row of `batch` as a Confluent-framed Avro record (`0`, schema `id`, body), or, without
+/// an id, as the bare body (to be placed inside an envelope).
+fn avro_rows(writer: &AvroRecordWriter, id: Option<u32>, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let prepared = writer.prepare(batch.columns()).map_err(ConnectorError::InvalidOption)?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let mut record = Vec::with_capacity(64);
+        if let Some(id) = id {
+            record.push(0);
+            record.extend_from_slice(&id.to_be_bytes());
+        }
+        writer.write(&prepared, row, &mut record).map_err(ConnectorError::InvalidOption)?;
+        out.push(record);
+    }
+    Ok(out)
 }
 
 /// Each row of `batch` (or of its `columns`) as a JSON object, named by `schema`.
@@ -261,8 +372,78 @@ fn json_rows(schema: &Schema, batch: &RecordBatch, columns: Option<&[usize]>) ->
 }
 
 impl RecordEncoder {
-    pub fn new(options: KafkaSinkOptions, schema: SchemaRef) -> Self {
-        Self { options, schema }
+    /// # Errors
+    /// An Avro sink whose schemas were not registered, or a column Avro cannot carry.
+    pub fn new(options: KafkaSinkOptions, schema: SchemaRef) -> Result<Self> {
+        let avro = match &options.avro {
+            None => None,
+            Some(encoding) => {
+                let (value, key, _) = options.avro_writers(&schema)?;
+                let unregistered = || invalid("the Avro sink's schemas were not registered; create the sink again");
+                let value_id = encoding.value_schema_id.ok_or_else(unregistered)?;
+                let key = match key {
+                    Some(k) => Some((k, encoding.key_schema_id.ok_or_else(unregistered)?)),
+                    None => None,
+                };
+                Some(AvroRows { value, value_id, key })
+            }
+        };
+        Ok(Self { options, schema, avro })
+    }
+
+    /// The values (framed unless inside a Debezium envelope) and keys of a batch's rows.
+    fn rows(&self, batch: &RecordBatch) -> Result<(EncodedRows, Option<EncodedRows>)> {
+        match &self.avro {
+            None => {
+                let values = json_rows(&self.schema, batch, None)?;
+                let keys = if self.options.key.is_empty() {
+                    None
+                } else {
+                    Some(json_rows(&self.schema, batch, Some(&self.options.key))?)
+                };
+                Ok((values, keys))
+            }
+            Some(avro) => {
+                let framed = (self.options.envelope != SinkEnvelope::Debezium).then_some(avro.value_id);
+                let values = avro_rows(&avro.value, framed, batch)?;
+                let keys = match &avro.key {
+                    Some((writer, id)) => Some(avro_rows(writer, Some(*id), batch)?),
+                    None => None,
+                };
+                Ok((values, keys))
+            }
+        }
+    }
+
+    /// A Debezium envelope around row bodies (JSON text or Avro bodies).
+    fn envelope(&self, before: Option<&[u8]>, after: Option<&[u8]>, op: &str, now_ms: i64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(128);
+        match &self.avro {
+            None => {
+                v.extend_from_slice(b"{\"before\":");
+                v.extend_from_slice(before.unwrap_or(b"null"));
+                v.extend_from_slice(b",\"after\":");
+                v.extend_from_slice(after.unwrap_or(b"null"));
+                v.extend_from_slice(format!(",\"op\":\"{op}\",\"ts_ms\":{now_ms}}}").as_bytes());
+            }
+            Some(avro) => {
+                v.push(0);
+                v.extend_from_slice(&avro.value_id.to_be_bytes());
+                for side in [before, after] {
+                    match side {
+                        None => write_long(0, &mut v),
+                        Some(body) => {
+                            write_long(1, &mut v);
+                            v.extend_from_slice(body);
+                        }
+                    }
+                }
+                write_long(op.len() as i64, &mut v);
+                v.extend_from_slice(op.as_bytes());
+                write_long(now_ms, &mut v);
+            }
+        }
+        v
     }
 
     /// The records of one change batch, in order.
@@ -271,12 +452,7 @@ impl RecordEncoder {
     /// When a PLAIN sink without `force_append_only` receives a retraction, or encoding fails.
     pub fn encode(&self, changes: &ChangeBatch) -> Result<Vec<SinkRecord>> {
         let batch = changes.data();
-        let values = json_rows(&self.schema, batch, None)?;
-        let keys = if self.options.key.is_empty() {
-            None
-        } else {
-            Some(json_rows(&self.schema, batch, Some(&self.options.key))?)
-        };
+        let (values, keys) = self.rows(batch)?;
         let ops = changes.ops(|a, b| keys.as_ref().is_some_and(|k| k[a] == k[b]));
         let weights = changes.weights().values();
         let key = |i: usize| keys.as_ref().map(|k| k[i].clone());
@@ -305,17 +481,10 @@ impl RecordEncoder {
                 (SinkEnvelope::Debezium, op) => {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis())
+                        .map(|d| d.as_millis() as i64)
                         .unwrap_or(0);
-                    let envelope = |before: Option<&[u8]>, after: Option<&[u8]>, op: &str| {
-                        let mut v = Vec::with_capacity(128);
-                        v.extend_from_slice(b"{\"before\":");
-                        v.extend_from_slice(before.unwrap_or(b"null"));
-                        v.extend_from_slice(b",\"after\":");
-                        v.extend_from_slice(after.unwrap_or(b"null"));
-                        v.extend_from_slice(format!(",\"op\":\"{op}\",\"ts_ms\":{now}}}").as_bytes());
-                        v
-                    };
+                    let envelope =
+                        |before: Option<&[u8]>, after: Option<&[u8]>, op: &str| self.envelope(before, after, op, now);
                     match op {
                         Op::UpdateDelete if i + 1 < ops.len() => {
                             let v = envelope(Some(&values[i]), Some(&values[i + 1]), "u");
@@ -653,12 +822,12 @@ mod tests {
             Field::new("id", arrow::datatypes::DataType::Int64, true),
             Field::new("name", arrow::datatypes::DataType::Utf8, true),
         ]));
-        let upsert = RecordEncoder::new(options("UPSERT", &[("primary_key", "id")], &schema)?, schema.clone());
+        let upsert = RecordEncoder::new(options("UPSERT", &[("primary_key", "id")], &schema)?, schema.clone())?;
         assert_eq!(
             text(&upsert.encode(&changes)?),
             vec!["{\"id\":1} {\"id\":1,\"name\":\"a\"}", "{\"id\":1} {\"id\":1,\"name\":\"b\"}", "{\"id\":2} -"]
         );
-        let debezium = RecordEncoder::new(options("DEBEZIUM", &[("primary_key", "id")], &schema)?, schema.clone());
+        let debezium = RecordEncoder::new(options("DEBEZIUM", &[("primary_key", "id")], &schema)?, schema.clone())?;
         let out = text(&debezium.encode(&changes)?);
         assert_eq!(out.len(), 3);
         assert!(
@@ -668,13 +837,90 @@ mod tests {
             "{out:?}"
         );
         assert!(out[2].contains("\"after\":null,\"op\":\"d\""), "{out:?}");
-        let plain = RecordEncoder::new(options("PLAIN", &[], &schema)?, schema.clone());
+        let plain = RecordEncoder::new(options("PLAIN", &[], &schema)?, schema.clone())?;
         assert!(plain.encode(&changes).is_err());
-        let forced = RecordEncoder::new(options("PLAIN", &[("force_append_only", "true")], &schema)?, schema.clone());
+        let forced = RecordEncoder::new(options("PLAIN", &[("force_append_only", "true")], &schema)?, schema.clone())?;
         assert_eq!(text(&forced.encode(&changes)?), vec!["- {\"id\":1,\"name\":\"a\"}", "- {\"id\":1,\"name\":\"b\"}"]);
         assert!(options("UPSERT", &[], &schema).is_err());
         let records = upsert.encode(&changes)?;
         assert_eq!(decode_records(&encode_records(&records))?, records);
+        Ok(())
+    }
+
+    #[test]
+    fn avro_records_are_framed_and_enveloped() -> Result<()> {
+        let changes = ChangeBatch::from_pretty("I T\n + 1 a\n - 1 a\n + 1 b\n - 2 c");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", arrow::datatypes::DataType::Int64, false),
+            Field::new("name", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        let avro_options = |format: &str, ids: bool| -> Result<KafkaSinkOptions> {
+            let o: HashMap<String, String> = [
+                ("connector", "kafka"),
+                ("topic", "t"),
+                ("properties.bootstrap.server", "127.0.0.1:1"),
+                ("primary_key", "id"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let mut f = HashMap::from([("schema.registry".to_string(), "http://127.0.0.1:1".to_string())]);
+            if ids {
+                f.insert(VALUE_SCHEMA_ID_OPTION.into(), "7".into());
+                f.insert(KEY_SCHEMA_ID_OPTION.into(), "8".into());
+            }
+            KafkaSinkOptions::parse(
+                &o,
+                Some(&SourceFormat { format: format.into(), encode: "AVRO".into(), options: f }),
+                &schema,
+            )
+        };
+        // Not registered: refused rather than written without a schema id.
+        assert!(RecordEncoder::new(avro_options("UPSERT", false)?, schema.clone()).is_err());
+        let to_json = |schema_json: &Value, record: &[u8], id: u32| -> Result<String> {
+            assert_eq!(&record[..5], &[0, 0, 0, 0, id as u8][..]);
+            let parsed = crate::kafka::avro::AvroSchema::parse(&schema_json.to_string()).map_err(invalid)?;
+            let mut out = Vec::new();
+            parsed.to_json(&record[5..], &mut out).map_err(invalid)?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        };
+
+        let options = avro_options("UPSERT", true)?;
+        let (value, key, _) = options.avro_writers(&schema)?;
+        let key = key.ok_or_else(|| invalid("no key writer"))?;
+        let records = RecordEncoder::new(options, schema.clone())?.encode(&changes)?;
+        let mut seen = Vec::new();
+        for r in &records {
+            let k = to_json(key.schema(), r.key.as_deref().unwrap_or_default(), 8)?;
+            let v = match &r.value {
+                Some(v) => to_json(value.schema(), v, 7)?,
+                None => "-".into(),
+            };
+            seen.push(format!("{k} {v}"));
+        }
+        assert_eq!(
+            seen,
+            vec!["{\"id\":1} {\"id\":1,\"name\":\"a\"}", "{\"id\":1} {\"id\":1,\"name\":\"b\"}", "{\"id\":2} -"]
+        );
+
+        let options = avro_options("DEBEZIUM", true)?;
+        let (_, _, envelope) = options.avro_writers(&schema)?;
+        let records = RecordEncoder::new(options, schema.clone())?.encode(&changes)?;
+        let values: Vec<String> = records
+            .iter()
+            .map(|r| to_json(&envelope, r.value.as_deref().unwrap_or_default(), 7))
+            .collect::<Result<_>>()?;
+        assert_eq!(values.len(), 3);
+        assert!(
+            values[1].starts_with(
+                "{\"before\":{\"id\":1,\"name\":\"a\"},\"after\":{\"id\":1,\"name\":\"b\"},\"op\":\"u\",\"ts_ms\":"
+            ),
+            "{values:?}"
+        );
+        assert!(
+            values[2].starts_with("{\"before\":{\"id\":2,\"name\":\"c\"},\"after\":null,\"op\":\"d\""),
+            "{values:?}"
+        );
         Ok(())
     }
 }

@@ -45,10 +45,12 @@ impl KafkaSink {
         actor: usize,
         rows: Arc<AtomicU64>,
     ) -> Result<Self> {
+        let encoder =
+            RecordEncoder::new(options.clone(), schema).map_err(|e| ExecError::InvalidInput(e.to_string()))?;
         let delivery =
-            KafkaDelivery::start(options.clone(), sink, actor).map_err(|e| ExecError::InvalidInput(e.to_string()))?;
+            KafkaDelivery::start(options, sink, actor).map_err(|e| ExecError::InvalidInput(e.to_string()))?;
         Ok(Self {
-            encoder: RecordEncoder::new(options, schema),
+            encoder,
             delivery,
             rows,
             unstaged: Vec::new(),
