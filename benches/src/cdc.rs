@@ -8,6 +8,10 @@
 //!   first insert until the view shows them all;
 //! - latency: single-row transactions, each timed from its commit upstream until the view
 //!   shows it (polled every millisecond).
+//!
+//! With `--tables N` the rows are spread by id over N upstream tables read `FROM` one source,
+//! so all of them stream through one replication slot; each has its own view, and the figures
+//! are over all of them.
 
 use std::time::{Duration, Instant};
 
@@ -26,15 +30,21 @@ async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
-async fn count(eddy: &Client) -> Result<(i64, i64)> {
-    let row = eddy.query_one("SELECT n, top FROM bench_counts", &[]).await?;
-    Ok((row.get(0), row.get(1)))
+/// Rows and the largest id over the views of all `tables`.
+async fn count(eddy: &Client, tables: usize) -> Result<(i64, i64)> {
+    let parts: Vec<String> = (0..tables).map(|t| format!("SELECT n, top FROM bench_counts_{t}")).collect();
+    let sql = format!(
+        "SELECT CAST(sum(n) AS BIGINT), CAST(max(top) AS BIGINT) FROM ({}) AS all_views",
+        parts.join(" UNION ALL ")
+    );
+    let row = eddy.query_one(sql.as_str(), &[]).await?;
+    Ok((row.get::<_, Option<i64>>(0).unwrap_or(0), row.get::<_, Option<i64>>(1).unwrap_or(0)))
 }
 
-async fn wait_for_count(eddy: &Client, n: i64, timeout: Duration) -> Result<()> {
+async fn wait_for_count(eddy: &Client, tables: usize, n: i64, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if count(eddy).await.map(|(c, _)| c >= n).unwrap_or(false) {
+        if count(eddy, tables).await.map(|(c, _)| c >= n).unwrap_or(false) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -45,7 +55,14 @@ async fn wait_for_count(eddy: &Client, n: i64, timeout: Duration) -> Result<()> 
 }
 
 /// Runs the benchmark; `upstream` is a libpq-style connection string without `dbname`.
-pub async fn run(upstream: String, rows: i64, batch: i64, samples: usize, barrier_ms: u64) -> Result<()> {
+pub async fn run(
+    upstream: String,
+    rows: i64,
+    batch: i64,
+    samples: usize,
+    barrier_ms: u64,
+    tables: usize,
+) -> Result<()> {
     let admin = connect(&format!("{upstream} dbname=postgres")).await.context("connecting to upstream Postgres")?;
     admin
         .batch_execute(
@@ -55,11 +72,15 @@ pub async fn run(upstream: String, rows: i64, batch: i64, samples: usize, barrie
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).await?;
     admin.batch_execute(&format!("CREATE DATABASE {DATABASE}")).await?;
     let up = connect(&format!("{upstream} dbname={DATABASE}")).await?;
-    up.batch_execute(&format!(
-        "CREATE TABLE bench_events (id BIGINT PRIMARY KEY, k INT NOT NULL, v BIGINT NOT NULL, note TEXT);
-         INSERT INTO bench_events SELECT i, i % 1000, i, 'snapshot row ' || i FROM generate_series(1, {rows}) i;"
-    ))
-    .await?;
+    let n = tables as i64;
+    for t in 0..tables {
+        up.batch_execute(&format!(
+            "CREATE TABLE bench_events_{t} (id BIGINT PRIMARY KEY, k INT NOT NULL, v BIGINT NOT NULL, note TEXT);
+             INSERT INTO bench_events_{t} SELECT i, i % 1000, i, 'snapshot row ' || i
+               FROM generate_series(1, {rows}) i WHERE i % {n} = {t};"
+        ))
+        .await?;
+    }
 
     let server = Server::start_with(ServeOptions { barrier_ms, checkpoint_ms: 1000, memory_limit: None })?;
     let eddy = server.connect().await?;
@@ -68,16 +89,23 @@ pub async fn run(upstream: String, rows: i64, batch: i64, samples: usize, barrie
     let user = upstream_param(&upstream, "user").unwrap_or("postgres");
     let started = Instant::now();
     eddy.batch_execute(&format!(
-        "CREATE TABLE bench_events (id BIGINT PRIMARY KEY, k INT NOT NULL, v BIGINT NOT NULL, note VARCHAR)
-           WITH (connector = 'postgres-cdc', hostname = '{host}', port = '{port}', username = '{user}',
-                 database.name = '{DATABASE}', slot.name = 'eddy_bench', table.name = 'bench_events');
-         CREATE MATERIALIZED VIEW bench_counts AS SELECT count(*) AS n, coalesce(max(id), 0) AS top FROM bench_events;"
+        "CREATE SOURCE pg WITH (connector = 'postgres-cdc', hostname = '{host}', port = '{port}', username = '{user}',
+           database.name = '{DATABASE}', slot.name = 'eddy_bench')"
     ))
     .await?;
-    wait_for_count(&eddy, rows, Duration::from_secs(600)).await?;
+    for t in 0..tables {
+        eddy.batch_execute(&format!(
+            "CREATE TABLE bench_events_{t} (id BIGINT PRIMARY KEY, k INT NOT NULL, v BIGINT NOT NULL, note VARCHAR)
+               FROM pg TABLE 'public.bench_events_{t}';
+             CREATE MATERIALIZED VIEW bench_counts_{t} AS
+               SELECT count(*) AS n, coalesce(max(id), 0) AS top FROM bench_events_{t};"
+        ))
+        .await?;
+    }
+    wait_for_count(&eddy, tables, rows, Duration::from_secs(600)).await?;
     let snapshot = started.elapsed();
     println!(
-        "cdc snapshot: {rows} rows visible in the view after {:.2} s = {:.0} rows/s",
+        "cdc snapshot ({tables} table(s), one slot): {rows} rows visible in the views after {:.2} s = {:.0} rows/s",
         snapshot.as_secs_f64(),
         rows as f64 / snapshot.as_secs_f64()
     );
@@ -86,14 +114,19 @@ pub async fn run(upstream: String, rows: i64, batch: i64, samples: usize, barrie
     let mut next = rows + 1;
     while next <= 2 * rows {
         let last = (next + batch - 1).min(2 * rows);
-        up.batch_execute(&format!(
-            "INSERT INTO bench_events SELECT i, i % 1000, i, 'streamed row ' || i FROM generate_series({next}, {last}) i"
-        ))
-        .await?;
+        let inserts: Vec<String> = (0..tables)
+            .map(|t| {
+                format!(
+                    "INSERT INTO bench_events_{t} SELECT i, i % 1000, i, 'streamed row ' || i
+                       FROM generate_series({next}, {last}) i WHERE i % {n} = {t};"
+                )
+            })
+            .collect();
+        up.batch_execute(&format!("BEGIN; {} COMMIT;", inserts.join(" "))).await?;
         next = last + 1;
     }
     let written = started.elapsed();
-    wait_for_count(&eddy, 2 * rows, Duration::from_secs(600)).await?;
+    wait_for_count(&eddy, tables, 2 * rows, Duration::from_secs(600)).await?;
     let streamed = started.elapsed();
     println!(
         "cdc stream: {rows} rows in transactions of {batch}: written upstream in {:.2} s, visible in the view after {:.2} s = {:.0} rows/s",
@@ -105,11 +138,12 @@ pub async fn run(upstream: String, rows: i64, batch: i64, samples: usize, barrie
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples as i64 {
         let id = 10 * rows + i;
-        up.batch_execute(&format!("INSERT INTO bench_events VALUES ({id}, 1, 1, 'latency')")).await?;
+        let t = id % n;
+        up.batch_execute(&format!("INSERT INTO bench_events_{t} VALUES ({id}, 1, 1, 'latency')")).await?;
         let committed = Instant::now();
         let deadline = committed + Duration::from_secs(30);
         loop {
-            if count(&eddy).await?.1 >= id {
+            if count(&eddy, tables).await?.1 >= id {
                 latencies.push(committed.elapsed());
                 break;
             }
@@ -127,7 +161,7 @@ pub async fn run(upstream: String, rows: i64, batch: i64, samples: usize, barrie
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
-    eddy.batch_execute("DROP MATERIALIZED VIEW bench_counts; DROP TABLE bench_events").await?;
+    eddy.batch_execute("DROP SOURCE pg CASCADE").await?;
     drop(server);
     Ok(())
 }

@@ -149,6 +149,10 @@ enum Cmd {
         /// Barrier interval of the server, in milliseconds.
         #[arg(long, default_value_t = 10)]
         barrier_ms: u64,
+        /// Upstream tables, read through one source (and so one replication slot); rows are
+        /// spread over them by id.
+        #[arg(long, default_value_t = 1)]
+        tables: usize,
     },
 }
 
@@ -193,9 +197,9 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(inserts(seconds, writers, batch, keys, rate))
         }
-        Cmd::Cdc { upstream, rows, batch, samples, barrier_ms } => {
+        Cmd::Cdc { upstream, rows, batch, samples, barrier_ms, tables } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(cdc::run(upstream, rows, batch, samples, barrier_ms))
+            rt.block_on(cdc::run(upstream, rows, batch, samples, barrier_ms, tables.max(1)))
         }
     }
 }

@@ -243,7 +243,7 @@ fn build_context(catalog: Arc<Catalog>, users: Arc<crate::users::Users>) -> Resu
         .with_default_features()
         .with_optimizer_rules(rules)
         .build();
-    let context = SessionContext::new_with_state(state);
+    let mut context = SessionContext::new_with_state(state);
     let dev = Arc::new(MemoryCatalogProvider::new());
     dev.register_schema(SCHEMA, Arc::new(PublicSchema { catalog }))?;
     context.register_catalog(DATABASE, dev);
@@ -254,5 +254,10 @@ fn build_context(catalog: Arc<Catalog>, users: Arc<crate::users::Users>) -> Resu
         context.register_udf(udf);
     }
     context.register_udf(eddy_planner::stream::join::as_of_marker_udf());
+    {
+        use datafusion::execution::FunctionRegistry;
+        context.register_udf(crate::interval_arith::IntervalMul::udf().as_ref().clone());
+        context.register_expr_planner(Arc::new(crate::interval_arith::IntervalArithmeticPlanner))?;
+    }
     Ok(context)
 }

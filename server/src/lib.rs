@@ -12,6 +12,7 @@ pub mod dml;
 pub mod engine;
 pub mod error;
 pub mod functions;
+pub mod interval_arith;
 pub mod live;
 pub mod metrics_http;
 pub mod params;
