@@ -459,23 +459,7 @@ impl SchemaRegistry {
     /// # Errors
     /// When a URL is not `http://`.
     pub fn new(urls: &str) -> Result<Self, String> {
-        let mut endpoints = Vec::new();
-        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let rest = url
-                .strip_prefix("http://")
-                .ok_or_else(|| format!("schema.registry = '{url}': only http:// registries are supported"))?;
-            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-            if authority.is_empty() || authority.contains('@') {
-                return Err(format!("schema.registry = '{url}': expected http://host[:port][/path]"));
-            }
-            let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-            let path = path.trim_end_matches('/');
-            endpoints.push((authority, if path.is_empty() { String::new() } else { format!("/{path}") }));
-        }
-        if endpoints.is_empty() {
-            return Err("schema.registry needs a URL".into());
-        }
-        Ok(Self { endpoints, cache: HashMap::new(), failed: HashMap::new() })
+        Ok(Self { endpoints: registry_endpoints(urls)?, cache: HashMap::new(), failed: HashMap::new() })
     }
 
     /// The writer schema with this id.
@@ -532,9 +516,34 @@ impl SchemaRegistry {
     }
 }
 
-/// `GET path` over HTTP/1.0 (the server closes the connection, so no chunking); the
-/// `schema` field of the JSON answer.
-fn fetch_schema(authority: &str, path: &str) -> Result<String, String> {
+/// `host:port` and base path of each URL of `schema.registry` (`http://host[:port][/path]`,
+/// comma-separated).
+///
+/// # Errors
+/// A URL that is not `http://`, or none at all.
+pub(crate) fn registry_endpoints(urls: &str) -> Result<Vec<(String, String)>, String> {
+    let mut endpoints = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("schema.registry = '{url}': only http:// registries are supported"))?;
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("schema.registry = '{url}': expected http://host[:port][/path]"));
+        }
+        let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+        let path = path.trim_end_matches('/');
+        endpoints.push((authority, if path.is_empty() { String::new() } else { format!("/{path}") }));
+    }
+    if endpoints.is_empty() {
+        return Err("schema.registry needs a URL".into());
+    }
+    Ok(endpoints)
+}
+
+/// One HTTP/1.0 request to a registry (the server closes the connection, so no chunking):
+/// `method path`, with a JSON `body` when given; the answer's JSON body on status 200.
+pub(crate) fn registry_request(authority: &str, method: &str, path: &str, body: Option<&str>) -> Result<Value, String> {
     use std::net::ToSocketAddrs;
     let addr = authority
         .to_socket_addrs()
@@ -545,10 +554,19 @@ fn fetch_schema(authority: &str, path: &str) -> Result<String, String> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\n\
-         Accept: application/vnd.schemaregistry.v1+json, application/json\r\n\r\n"
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n\
+         Accept: application/vnd.schemaregistry.v1+json, application/json\r\n"
     );
+    match body {
+        Some(body) => {
+            request.push_str(&format!(
+                "Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        }
+        None => request.push_str("\r\n"),
+    }
     stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     stream.take(16 << 20).read_to_end(&mut response).map_err(|e| e.to_string())?;
@@ -557,9 +575,14 @@ fn fetch_schema(authority: &str, path: &str) -> Result<String, String> {
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or("malformed HTTP response")?;
     let body = &response[split + 4..];
     if status != 200 {
-        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])));
+        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
     }
-    let answer: Value = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))
+}
+
+/// `GET path`: the `schema` field of the registry's answer.
+fn fetch_schema(authority: &str, path: &str) -> Result<String, String> {
+    let answer = registry_request(authority, "GET", path, None)?;
     if let Some(kind) = answer.get("schemaType").and_then(Value::as_str)
         && !kind.eq_ignore_ascii_case("AVRO")
     {

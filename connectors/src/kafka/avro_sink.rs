@@ -13,10 +13,6 @@
 //! `local-timestamp-micros` (without), and `decimal` (bytes). Other column types are refused
 //! when the sink is created, naming the column.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Decimal128Array, LargeBinaryArray, LargeStringArray,
     StringArray, StringViewArray,
@@ -28,8 +24,7 @@ use arrow::datatypes::{
 };
 use serde_json::{Value, json};
 
-/// How long one registry request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+use super::avro::{registry_endpoints, registry_request};
 
 /// How one column is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,19 +269,8 @@ pub fn debezium_schema(row: &Value, name: &str) -> Value {
 pub fn register(registry: &str, subject: &str, schema: &Value) -> Result<u32, String> {
     let body = json!({"schema": schema.to_string()}).to_string();
     let mut error = String::from("schema.registry names no URL");
-    for url in registry.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("schema.registry = '{url}': only http:// registries are supported"))?;
-        let (authority, base) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-        let base = base.trim_end_matches('/');
-        let path = if base.is_empty() {
-            format!("/subjects/{subject}/versions")
-        } else {
-            format!("/{base}/subjects/{subject}/versions")
-        };
-        match post(&authority, &path, &body) {
+    for (authority, base) in registry_endpoints(registry)? {
+        match registry_request(&authority, "POST", &format!("{base}/subjects/{subject}/versions"), Some(&body)) {
             Ok(answer) => {
                 return answer
                     .get("id")
@@ -298,36 +282,6 @@ pub fn register(registry: &str, subject: &str, schema: &Value) -> Result<u32, St
         }
     }
     Err(error)
-}
-
-/// `POST path` with a JSON body over HTTP/1.0; the answer's JSON body.
-fn post(authority: &str, path: &str, body: &str) -> Result<Value, String> {
-    use std::net::ToSocketAddrs;
-    let addr = authority
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {authority}"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    let request = format!(
-        "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
-         Accept: application/vnd.schemaregistry.v1+json, application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream.take(1 << 20).read_to_end(&mut response).map_err(|e| e.to_string())?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("malformed HTTP response")?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or("malformed HTTP response")?;
-    let body = &response[split + 4..];
-    if status != 200 {
-        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
-    }
-    serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))
 }
 
 #[cfg(test)]
