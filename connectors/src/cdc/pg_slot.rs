@@ -598,8 +598,13 @@ impl SlotHub {
                     }
                 }
                 Message::Update { relation, old, new } => {
+                    // Usually one table reads the relation: it gets the tuples without a copy.
+                    let mut readers = decoders.values().filter(|d| d.is_ours(relation)).count();
+                    let mut tuples = Some((old, new));
                     for d in decoders.values_mut().filter(|d| d.is_ours(relation)) {
-                        d.on_update(old.clone(), new.clone(), commit_lsn).await?;
+                        readers -= 1;
+                        let (old, new) = if readers == 0 { tuples.take() } else { tuples.clone() }.unwrap_or_default();
+                        d.on_update(old, new, commit_lsn).await?;
                     }
                 }
                 Message::Delete { relation, old: (kind, old) } => {
